@@ -1,0 +1,1 @@
+"""The `modeloptim` command line."""

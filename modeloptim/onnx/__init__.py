@@ -1,0 +1,1 @@
+"""ONNX model optimization: post-training quantization and mixed-precision autocast."""

@@ -1,0 +1,1 @@
+"""PyTorch model optimization: quantization, tracing, modes, pruning, export."""

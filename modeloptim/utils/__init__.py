@@ -1,0 +1,1 @@
+"""Framework-independent helpers (logging, atomic file writes, text corpora)."""

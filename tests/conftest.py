@@ -1,0 +1,10 @@
+"""Shared test configuration: deterministic seeds, CPU threads sized for CI."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
