@@ -31,13 +31,16 @@ E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 
 def naive_int(x, amax, bits=8):
     bound = 2 ** (bits - 1) - 1
-    scale = bound / amax.float()
+    scale = torch.div(torch.tensor(float(bound)), amax.float())
     return (torch.clamp(torch.round(x.float() * scale), -bound, bound) / scale).to(x.dtype)
 
 
 def naive_fp8(x, amax, dt=torch.float8_e4m3fn, fmax=448.0):
-    scale = fmax / amax.float()
-    return (torch.clamp(x.float() * scale, -fmax, fmax).to(dt).float() * (1 / scale)).to(x.dtype)
+    scale = torch.div(torch.tensor(fmax), amax.float())
+    return (
+        torch.clamp(x.float() * scale, -fmax, fmax).to(dt).float()
+        * torch.div(torch.tensor(1.0), scale)
+    ).to(x.dtype)
 
 
 def naive_grid_round(v, grid):
@@ -50,7 +53,7 @@ def naive_grid_round(v, grid):
 
 def naive_nvfp4(x, gamax):
     xb = x.float().reshape(-1, 16)
-    scale_2 = gamax / (6 * 448)
+    scale_2 = torch.div(gamax, torch.tensor(6.0 * 448))
     s = xb.abs().amax(-1, keepdim=True) / (6 * scale_2)
     s = torch.where(s == 0, torch.ones_like(s), s).clamp(2**-9, 448)
     d = s.to(torch.float8_e4m3fn).float() * scale_2
