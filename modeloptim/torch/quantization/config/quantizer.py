@@ -80,6 +80,19 @@ class QuantizerAttributeConfig(BaseModel):
             raise ValueError("axis: empty tuple; use None for per-tensor")
         return v
 
+    @field_validator("block_sizes", mode="before")
+    @classmethod
+    def _normalize_block_keys(cls, v: Any) -> Any:
+        # JSON round trips turn int dim keys into strings ("-1"); store them as ints again.
+        if isinstance(v, dict):
+            out: dict[Any, Any] = {}
+            for k, val in v.items():
+                if isinstance(k, str) and k.lstrip("-").isdigit():
+                    k = int(k)
+                out[k] = tuple(val) if k == "scale_bits" and isinstance(val, list) else val
+            return out
+        return v
+
     @field_validator("calibrator", mode="before")
     @classmethod
     def _check_calibrator(cls, v: Any) -> Any:

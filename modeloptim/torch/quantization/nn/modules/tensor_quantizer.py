@@ -333,7 +333,10 @@ class TensorQuantizer(nn.Module):
         if self._pre_quant_scale is not None:
             x = x * self._pre_quant_scale.to(device=x.device, dtype=x.dtype)
         if self._if_calib and self._calibrator is not None:
-            self._calibrator.collect(x)
+            try:
+                self._calibrator.collect(x)
+            except ValueError as e:
+                raise ValueError(f"{self._label()}: {e}") from e
         if not self._if_quant:
             return x
         fmt = self._format

@@ -156,9 +156,32 @@ def test_reset_and_export_amax():
         TensorQuantizer().load_calib_amax()
 
 
-def test_calib_rejects_nan():
+def test_calib_rejects_nan_naming_the_quantizer():
     q = TensorQuantizer()
+    q.name = "fc1.input_quantizer"
     q.enable_calib()
     q.disable_quant()
-    with pytest.raises(ValueError, match="NaN or Inf"):
+    with pytest.raises(ValueError, match=r"'fc1\.input_quantizer'.*NaN or Inf"):
         q(torch.tensor([1.0, float("nan")]))
+    assert q.amax is None
+
+
+def test_forward_does_not_modify_input():
+    for attrs in (
+        {"num_bits": 8},
+        {"num_bits": "nvfp4"},
+        {"num_bits": "mxfp4"},
+        {"num_bits": (4, 3)},
+        {"num_bits": 4, "block_sizes": {-1: 16}},
+    ):
+        x = torch.randn(4, 64)
+        x0 = x.clone()
+        q = TensorQuantizer(attrs, amax=None)
+        q.enable_calib()
+        q(x)
+        assert torch.equal(x, x0), attrs
+
+
+def test_json_style_block_sizes_keys_become_ints():
+    q = TensorQuantizer({"num_bits": 4, "block_sizes": {"-1": 32, "type": "dynamic"}})
+    assert q.block_sizes == {-1: 32, "type": "dynamic"}
