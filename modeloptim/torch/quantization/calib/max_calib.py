@@ -26,7 +26,7 @@ class MaxCalibrator(Calibrator):
         num_bits: int | tuple[int, int] = 8,
         axis: int | tuple[int, ...] | None = None,
         unsigned: bool = False,
-        block_sizes: Mapping[int, int] | None = None,
+        block_sizes: Mapping[int, int | None] | None = None,
     ) -> None:
         super().__init__(num_bits, axis, unsigned)
         self._granularity = granularity_for(axis, block_sizes)

@@ -45,7 +45,7 @@ class NVFP4Format(QuantFormat):
     max_value = 6.0
 
     def __init__(
-        self, block_sizes: Mapping[int, int] | None = None, dynamic_global: bool = False
+        self, block_sizes: Mapping[int, int | None] | None = None, dynamic_global: bool = False
     ) -> None:
         self.granularity = Blocked(dict(block_sizes or {-1: 16}), dynamic=True)
         self.dynamic_global = dynamic_global
@@ -54,7 +54,7 @@ class NVFP4Format(QuantFormat):
     def scale_bits(self) -> float:  # noqa: D102
         g = self.granularity
         assert isinstance(g, Blocked)
-        return 8.0 / g.block_numel
+        return 8.0 / g.block_numel if g.block_numel else 0.0
 
     @property
     def amax_granularity(self) -> Granularity | None:  # noqa: D102
