@@ -83,6 +83,13 @@ class QuantizedCodes:
         """Decode to a tensor of the original shape/dtype, equal to the fake-quantized input."""
         return self.format.dequantize(self)
 
+    def __repr__(self) -> str:
+        scales = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in self.scales.items())
+        return (
+            f"QuantizedCodes({self.format.describe()}, shape={tuple(self.shape)}, "
+            f"codes={tuple(self.codes.shape)} {self.codes.dtype}, scales={{{scales}}})"
+        )
+
 
 class QuantFormat(ABC):
     """A number format with its scale granularity.

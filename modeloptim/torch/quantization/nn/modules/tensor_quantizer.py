@@ -45,6 +45,11 @@ def _fmt_values(t: torch.Tensor) -> str:
 class TensorQuantizer(nn.Module):
     """Quantize a tensor with a configurable format, amax and calibrator.
 
+    ``amax`` shapes: per tensor ``[]``; per channel the input's rank with the ``axis`` dims
+    kept and 1 elsewhere (weight ``[out, in]``, ``axis=0`` -> ``[out, 1]``); static blocks
+    ``[num_blocks, 1]``; NVFP4 the global (per-tensor) amax ``[]``; MX and dynamic formats
+    none.
+
     Args:
         quant_attribute_cfg: attributes (config object or dict); defaults to INT8 per tensor.
         amax: optional initial amax (float or tensor in the format's amax shape).
