@@ -43,8 +43,14 @@ def _docstrings(source: str) -> list[str]:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return []
-    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(
-        n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef))]
+    nodes = [
+        tree,
+        *(
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        ),
+    ]
     docs = (ast.get_docstring(n, clean=True) for n in nodes)
     return [d for d in docs if d and len(d) > 40]
 

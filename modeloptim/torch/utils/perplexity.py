@@ -51,8 +51,9 @@ def token_windows(
 
 
 @torch.no_grad()
-def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 1,
-               progress: bool = False) -> float:
+def perplexity(
+    model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 1, progress: bool = False
+) -> float:
     """Perplexity ``exp(mean NLL)`` of next-token prediction over all windows.
 
     Args:
@@ -67,12 +68,14 @@ def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 
         )
     device = next(model.parameters()).device
     nll, count = 0.0, 0
-    for start in tqdm(range(0, windows.shape[0], batch_size), disable=not progress,
-                      desc="perplexity", leave=False):
+    for start in tqdm(
+        range(0, windows.shape[0], batch_size), disable=not progress, desc="perplexity", leave=False
+    ):
         batch = windows[start : start + batch_size].to(device)
         logits = model(input_ids=batch).logits[:, :-1].float()
         target = batch[:, 1:]
-        nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                               reduction="sum").item()
+        nll += F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum"
+        ).item()
         count += target.numel()
     return math.exp(nll / count)

@@ -1,0 +1,27 @@
+"""Modes, optimizer state and save/restore (``import modeloptim.torch.opt as mto``)."""
+
+from modeloptim.torch.opt.checkpoint import load_checkpoint, restore, save
+from modeloptim.torch.opt.mode import MODES, ModeDescriptor, ModeRegistry
+from modeloptim.torch.opt.state import (
+    STATE_FORMAT_VERSION,
+    ModeloptStateManager,
+    apply_mode,
+    is_converted,
+    modelopt_state,
+    restore_from_modelopt_state,
+)
+
+__all__ = [
+    "MODES",
+    "STATE_FORMAT_VERSION",
+    "ModeDescriptor",
+    "ModeRegistry",
+    "ModeloptStateManager",
+    "apply_mode",
+    "is_converted",
+    "load_checkpoint",
+    "modelopt_state",
+    "restore",
+    "restore_from_modelopt_state",
+    "save",
+]
