@@ -11,6 +11,14 @@ from modeloptim.torch.opt.state import (
     restore_from_modelopt_state,
 )
 
+
+def enable_huggingface_checkpointing() -> None:
+    """Make ``save_pretrained``/``from_pretrained`` of transformers models carry the state."""
+    from modeloptim.torch.opt.plugins.huggingface import enable_huggingface_checkpointing as _en
+
+    _en()
+
+
 __all__ = [
     "MODES",
     "STATE_FORMAT_VERSION",
@@ -18,6 +26,7 @@ __all__ = [
     "ModeRegistry",
     "ModeloptStateManager",
     "apply_mode",
+    "enable_huggingface_checkpointing",
     "is_converted",
     "load_checkpoint",
     "modelopt_state",
