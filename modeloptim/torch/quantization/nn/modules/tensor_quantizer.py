@@ -336,7 +336,14 @@ class TensorQuantizer(nn.Module):
         if self._disabled:
             return x
         if self._pre_quant_scale is not None:
-            x = x * self._pre_quant_scale.to(device=x.device, dtype=x.dtype)
+            pqs = self._pre_quant_scale.to(device=x.device, dtype=x.dtype)
+            try:
+                x = x * pqs
+            except RuntimeError:
+                raise ValueError(
+                    f"{self._label()}: pre_quant_scale of shape {tuple(pqs.shape)} does not "
+                    f"broadcast to the input of shape {tuple(x.shape)}"
+                ) from None
         if self._if_calib and self._calibrator is not None:
             try:
                 self._calibrator.collect(x)

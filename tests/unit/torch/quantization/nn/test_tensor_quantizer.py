@@ -79,6 +79,9 @@ def test_pre_quant_scale_and_real_quant():
     assert codes.codes.dtype == torch.int8
     assert torch.equal(codes.dequantize(), _ref_int8(xs, torch.tensor(2.0)))
     q.fake_quant = True
+    q.pre_quant_scale = torch.ones(5)
+    with pytest.raises(ValueError, match=r"pre_quant_scale of shape \(5,\) does not broadcast"):
+        q(x)
 
 
 def test_dynamic_formats_need_no_amax():
