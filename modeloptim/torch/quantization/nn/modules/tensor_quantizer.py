@@ -213,6 +213,16 @@ class TensorQuantizer(nn.Module):
         if attr == "_amax" and bool((t < 0).any()):
             raise ValueError(f"amax: must be non-negative, got min {t.min().item():.4g}")
         old = self._buffers.get(attr, self._parameters.get(attr))
+        if (
+            old is not None
+            and old.shape == t.shape
+            and isinstance(old, nn.Parameter) == learnable
+            and old is not value
+        ):
+            # Same slot: copy in place so optimizers, hooks and devices keep their tensor.
+            with torch.no_grad():
+                old.copy_(t)
+            return
         self._buffers.pop(attr, None)
         self._parameters.pop(attr, None)
         self.__dict__.pop(attr, None)

@@ -188,3 +188,16 @@ def test_forward_does_not_modify_input():
 def test_json_style_block_sizes_keys_become_ints():
     q = TensorQuantizer({"num_bits": 4, "block_sizes": {"-1": 32, "type": "dynamic"}})
     assert q.block_sizes == {-1: 32, "type": "dynamic"}
+
+
+def test_setting_amax_of_same_shape_keeps_the_tensor_object():
+    q = TensorQuantizer({"num_bits": 8, "learn_amax": True}, amax=1.0)
+    param = q.amax
+    opt = torch.optim.SGD(q.parameters(), lr=0.1)
+    q.amax = 2.0
+    assert q.amax is param
+    assert float(param.detach()) == 2.0
+    assert opt.param_groups[0]["params"][0] is param
+    q.amax = torch.tensor([1.0, 2.0])  # new shape: a new tensor
+    assert q.amax.shape == (2,)
+    assert isinstance(q.amax, nn.Parameter)
