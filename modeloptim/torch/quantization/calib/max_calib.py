@@ -35,6 +35,8 @@ class MaxCalibrator(Calibrator):
     def collect(self, x: torch.Tensor) -> None:
         """Update the running max with batch ``x`` (NaN/Inf raise ``ValueError``)."""
         x = self._check(x)
+        if x.numel() == 0:
+            return  # an empty batch carries no statistics
         view, _ = self._granularity.to_view(x)
         amax = self._granularity.reduce_amax(view)
         if self._amax is None:

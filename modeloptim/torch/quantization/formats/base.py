@@ -155,6 +155,8 @@ class QuantFormat(ABC):
                 ``None``) for dynamic formats.
         """
         check_input(x)
+        if x.numel() == 0:
+            return x.clone()  # nothing to quantize (and no amax to derive)
         view, restore = self.granularity.to_view(x)
         amax_v = self._view_amax(view, amax)
         out = self._try_kernel(view, amax_v)

@@ -201,3 +201,18 @@ def test_setting_amax_of_same_shape_keeps_the_tensor_object():
     q.amax = torch.tensor([1.0, 2.0])  # new shape: a new tensor
     assert q.amax.shape == (2,)
     assert isinstance(q.amax, nn.Parameter)
+
+
+def test_empty_batches_pass_through():
+    for attrs in ({"num_bits": 8, "type": "dynamic"}, {"num_bits": "mxfp4"}, {"num_bits": 8}):
+        q = TensorQuantizer(attrs, amax=None if attrs.get("num_bits") != 8 else 1.0)
+        q.enable_calib()
+        out = q(torch.empty(0, 32))
+        assert out.shape == (0, 32)
+    q = TensorQuantizer()
+    q.enable_calib()
+    q.disable_quant()
+    q(torch.empty(0, 8))
+    q(torch.ones(2, 8) * 3)
+    q.load_calib_amax()
+    assert float(q.amax) == 3.0
