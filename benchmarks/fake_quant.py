@@ -44,9 +44,9 @@ def naive_fp8(x, amax, dt=torch.float8_e4m3fn, fmax=448.0):
 
 
 def naive_grid_round(v, grid):
-    a = v.abs().unsqueeze(-1)
-    d = (a - grid).abs()
-    # ties to the even code: add a tiny penalty to odd codes
+    a = v.abs().unsqueeze(-1).double()
+    d = (a - grid.double()).abs()
+    # ties to the even code: a tiny penalty on odd codes (float64 keeps it visible)
     d = d + (torch.arange(len(grid)) % 2) * 1e-12
     return torch.sign(v) * grid[d.argmin(-1)]
 
