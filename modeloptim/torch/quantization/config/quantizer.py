@@ -43,6 +43,8 @@ class QuantizerAttributeConfig(BaseModel):
         trt_high_precision_dtype: accepted for compatibility (informational).
         pre_quant_scale: accepted for compatibility; only ``None`` (set the tensor on the
             quantizer instead).
+        rotate: ModelOpt's Hadamard rotation flag; accepted as ``False`` only.
+        bias: ModelOpt's asymmetric-bias settings; accepted as ``None`` only.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -59,6 +61,8 @@ class QuantizerAttributeConfig(BaseModel):
     calibrator: CalibratorName | dict[str, Any] = "max"
     trt_high_precision_dtype: Literal["Half", "BFloat16", "Float"] = "Float"
     pre_quant_scale: None = None
+    rotate: Literal[False] = False
+    bias: None = None
 
     @field_validator("num_bits", mode="before")
     @classmethod

@@ -89,6 +89,8 @@ def test_modelopt_attributes_resolve(attrs, cls, name):
         ({"calibrator": {"method": "histogram", "bins": 3}}, "calibrator"),
         ({"num_bits": (4, 3), "unsigned": True}, "unsigned"),
         ({"pre_quant_scale": 2.0}, "pre_quant_scale"),
+        ({"rotate": True}, "rotate"),
+        ({"bias": {"type": "static"}}, "bias"),
     ],
 )
 def test_bad_configs_name_the_field(attrs, needle):
@@ -101,6 +103,8 @@ def test_calibrator_dict_and_informational_fields():
         calibrator={"method": "histogram", "num_bins": 512},
         trt_high_precision_dtype="Half",
         pre_quant_scale=None,
+        rotate=False,
+        bias=None,
     )
     assert cfg.calibrator_method == "histogram"
     assert cfg.calibrator_options == {"num_bins": 512}
