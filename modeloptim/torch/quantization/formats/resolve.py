@@ -260,8 +260,15 @@ def _build_fp8(spec: FormatSpec) -> QuantFormat:
 
 @FORMAT_RULES.register((2, 1), (4, 3))
 def _build_nvfp4(spec: FormatSpec) -> QuantFormat:
-    _require_dynamic_blocks(spec, "nvfp4")
-    return NVFP4Format(_block_dict(spec), dynamic_global=spec.dynamic)
+    if not spec.block_dims:
+        raise ValueError(
+            f"block_sizes: nvfp4 needs block scales, e.g. {NAMED_FORMATS['nvfp4']['block_sizes']!r}"
+        )
+    if spec.axis is not None:
+        raise ValueError("axis: nvfp4 is block-scaled; axis must be None")
+    return NVFP4Format(
+        _block_dict(spec), dynamic_global=spec.dynamic, static_blocks=not spec.block_dynamic
+    )
 
 
 def _mx_builder(elem: str, name: str) -> Builder:

@@ -76,8 +76,12 @@ def test_modelopt_attributes_resolve(attrs, cls, name):
         ({"num_bits": "int3x"}, "num_bits"),
         ({"num_bits": (2, 1)}, "num_bits"),  # FP4 needs block scales
         (
-            {"num_bits": (2, 1), "block_sizes": {-1: 16, "type": "static", "scale_bits": (4, 3)}},
-            "block_sizes",
+            {
+                "num_bits": (2, 1),
+                "type": "dynamic",
+                "block_sizes": {-1: 16, "type": "static", "scale_bits": (4, 3)},
+            },
+            "type: dynamic nvfp4",
         ),
         ({"num_bits": (4, 3), "axis": 0, "block_sizes": {-1: 128}}, "axis and block_sizes"),
         ({"num_bits": 4, "block_sizes": {-1: 0}}, "block_sizes"),

@@ -216,3 +216,21 @@ def test_empty_batches_pass_through():
     q(torch.ones(2, 8) * 3)
     q.load_calib_amax()
     assert float(q.amax) == 3.0
+
+
+def test_static_nvfp4_calibrates_per_block_amax():
+    q = TensorQuantizer(
+        {"num_bits": (2, 1), "block_sizes": {-1: 16, "type": "static", "scale_bits": (4, 3)}}
+    )
+    w = torch.randn(8, 64)
+    q.enable_calib()
+    q.disable_quant()
+    q(w)
+    q.load_calib_amax()
+    q.disable_calib()
+    q.enable_quant()
+    assert torch.equal(q.amax, w.reshape(-1, 16).abs().amax(-1, keepdim=True))
+    # with the exact block amax, static equals dynamic blocks with global amax = max
+    dyn = TensorQuantizer({"num_bits": "nvfp4"}, amax=w.abs().amax())
+    assert torch.equal(q(w), dyn(w))
+    assert "nvfp4 block16 amax=" in repr(q)
