@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..kernel_registry import CUDA_KERNELS
-from .granularity import Granularity, PerTensor, Restore
+from .granularity import Granularity, Restore
 
 __all__ = ["TINY_AMAX", "QuantFormat", "QuantizedCodes", "check_input", "true_div"]
 
@@ -224,8 +224,3 @@ class QuantFormat(ABC):
         self, codes: torch.Tensor, scales: dict[str, torch.Tensor]
     ) -> torch.Tensor:
         """Float32 values from codes and scales."""
-
-
-def is_per_tensor(g: Granularity) -> bool:
-    """True for a :class:`PerTensor` granularity."""
-    return isinstance(g, PerTensor)
