@@ -53,6 +53,14 @@ class TensorQuantizer(nn.Module):
     Args:
         quant_attribute_cfg: attributes (config object or dict); defaults to INT8 per tensor.
         amax: optional initial amax (float or tensor in the format's amax shape).
+
+    Example::
+
+        q = TensorQuantizer({"num_bits": 8, "axis": 0})   # per-output-channel INT8
+        q.enable_calib(); q.disable_quant()
+        q(weight)                                          # collect max |w| per row
+        q.load_calib_amax(); q.disable_calib(); q.enable_quant()
+        w_fq = q(weight)                                   # [out, in], weight's dtype
     """
 
     _amax: torch.Tensor | None
