@@ -234,3 +234,18 @@ def test_static_nvfp4_calibrates_per_block_amax():
     dyn = TensorQuantizer({"num_bits": "nvfp4"}, amax=w.abs().amax())
     assert torch.equal(q(w), dyn(w))
     assert "nvfp4 block16 amax=" in repr(q)
+
+
+def test_model_dtype_casts_keep_amax_float32():
+    amax = torch.tensor([[1.2345678], [3.3333333]])
+    model = nn.Sequential(nn.Linear(4, 2))
+    model.q = TensorQuantizer({"num_bits": 8, "axis": 0}, amax=amax)
+    model.q.pre_quant_scale = torch.tensor([1.0001, 2.0, 3.0, 4.0])
+    model.to(torch.bfloat16)
+    assert model[0].weight.dtype == torch.bfloat16
+    assert model.q.amax.dtype == torch.float32
+    assert torch.equal(model.q.amax, amax)
+    assert model.q.pre_quant_scale.dtype == torch.float32
+    model.half()
+    assert torch.equal(model.q.amax, amax)
+    assert model.state_dict()["q._amax"].dtype == torch.float32
