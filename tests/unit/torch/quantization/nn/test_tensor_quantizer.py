@@ -249,3 +249,27 @@ def test_model_dtype_casts_keep_amax_float32():
     model.half()
     assert torch.equal(model.q.amax, amax)
     assert model.state_dict()["q._amax"].dtype == torch.float32
+
+
+def test_deepcopy_and_pickle_roundtrip():
+    import copy
+    import io
+
+    x = torch.randn(4, 64)
+    for attrs, amax in (
+        ({"num_bits": 8, "axis": 0}, torch.rand(4, 1) + 1),
+        ({"num_bits": "nvfp4"}, torch.tensor(3.0)),
+        ({"num_bits": "mxfp4"}, None),
+        ({"num_bits": 8, "calibrator": "histogram"}, torch.tensor(2.0)),
+    ):
+        q = TensorQuantizer(attrs, amax=amax)
+        q.enable_calib()
+        q(x)
+        c = copy.deepcopy(q)
+        buf = io.BytesIO()
+        torch.save(q, buf)
+        buf.seek(0)
+        p = torch.load(buf, weights_only=False)
+        for other in (c, p):
+            assert torch.equal(other(x), q(x))
+            assert repr(other) == repr(q)
