@@ -35,19 +35,25 @@ def _same(a, b):
 def test_int_dynamic_block(dtype, block):
     x = _rows(20, block, dtype)
     for nb, uns, narrow in [(4, False, True), (8, False, False)]:
-        _same(bw.fake_quant_int_dynamic_block(x, nb, uns, narrow),
-              ref.fake_quant_int_dynamic_block(x, nb, uns, narrow))
+        _same(
+            bw.fake_quant_int_dynamic_block(x, nb, uns, narrow),
+            ref.fake_quant_int_dynamic_block(x, nb, uns, narrow),
+        )
     xa = x.abs()
-    _same(bw.fake_quant_int_dynamic_block(xa, 4, True, True),
-          ref.fake_quant_int_dynamic_block(xa, 4, True, True))
+    _same(
+        bw.fake_quant_int_dynamic_block(xa, 4, True, True),
+        ref.fake_quant_int_dynamic_block(xa, 4, True, True),
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("exponent_bits", [4, 5])
 def test_fp8_dynamic_block(dtype, exponent_bits):
     x = _rows(20, 32, dtype)
-    _same(bw.fake_quant_fp8_dynamic_block(x, exponent_bits),
-          ref.fake_quant_fp8_dynamic_block(x, exponent_bits))
+    _same(
+        bw.fake_quant_fp8_dynamic_block(x, exponent_bits),
+        ref.fake_quant_fp8_dynamic_block(x, exponent_bits),
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -81,8 +87,10 @@ def test_mx_extreme_exponents(elem):
 def test_nan_propagates_through_block_amax():
     x = torch.randn(3, 16)
     x[1, 4] = float("nan")
-    _same(bw.fake_quant_int_dynamic_block(x, 4, False, True),
-          ref.fake_quant_int_dynamic_block(x, 4, False, True))
+    _same(
+        bw.fake_quant_int_dynamic_block(x, 4, False, True),
+        ref.fake_quant_int_dynamic_block(x, 4, False, True),
+    )
     x2 = torch.cat([x, x], 1)
     _same(bw.fake_quant_mx(x2, "e2m1"), ref.fake_quant_mx(x2, "e2m1"))
 

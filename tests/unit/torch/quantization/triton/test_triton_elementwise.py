@@ -40,8 +40,10 @@ def _same(a, b):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("num_bits", "unsigned", "narrow"), [(8, False, True), (4, False, False),
-                                                            (8, True, True), (2, False, True)])
+@pytest.mark.parametrize(
+    ("num_bits", "unsigned", "narrow"),
+    [(8, False, True), (4, False, False), (8, True, True), (2, False, True)],
+)
 def test_int_matches_reference(dtype, num_bits, unsigned, narrow):
     x = _data((6, 5, 40), dtype)
     if unsigned:

@@ -96,16 +96,27 @@ def test_nvfp4_against_float64():
     d = s * scale_2
     # every output is a grid value times d, and within half the local step of x
     q = out / d
-    assert torch.all((q.abs()[:, :, None] - torch.tensor([0, .5, 1, 1.5, 2, 3, 4, 6],
-                     dtype=torch.float64)).abs().min(-1).values < 1e-5)
+    assert torch.all(
+        (q.abs()[:, :, None] - torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6], dtype=torch.float64))
+        .abs()
+        .min(-1)
+        .values
+        < 1e-5
+    )
     err = (out - x.double()).abs() / d
     assert torch.all(err[(x.double().abs() / d) <= 6] <= 1.0 + 1e-6)
 
 
 def test_mx_exponent_exact_near_powers_of_two():
     # block amax just above elem_max * 2**k needs exponent k + 1 (float32 log2 says k)
-    amax = torch.tensor([6.0 * 2**20, torch.nextafter(torch.tensor(6.0 * 2**20),
-                         torch.tensor(1e30)).item(), 0.0, 1e-45])
+    amax = torch.tensor(
+        [
+            6.0 * 2**20,
+            torch.nextafter(torch.tensor(6.0 * 2**20), torch.tensor(1e30)).item(),
+            0.0,
+            1e-45,
+        ]
+    )
     e = ref.mx_exponent(amax.float(), "e2m1")
     assert e.tolist() == [20, 21, -127, -127]
 
@@ -120,8 +131,9 @@ def test_mx_against_float64(elem):
     # the block max lands within the element range and every error is under one local step
     assert torch.all(out.abs().amax(1, keepdim=True) <= ref.MX_ELEM_MAX[elem] * scale)
     rel = (out - x.double()).abs() / scale
-    limit = {"e4m3": 32.0, "e5m2": 8192.0, "e3m2": 4.0, "e2m3": 0.25, "e2m1": 1.0,
-             "int8": 1 / 128}[elem]
+    limit = {"e4m3": 32.0, "e5m2": 8192.0, "e3m2": 4.0, "e2m3": 0.25, "e2m1": 1.0, "int8": 1 / 128}[
+        elem
+    ]
     assert torch.all(rel <= limit)
     if elem == "int8":
         assert torch.all((out / scale * 64).round() == out / scale * 64)
