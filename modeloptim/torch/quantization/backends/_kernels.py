@@ -1,0 +1,229 @@
+# ruff: noqa: N803, N806  (Triton kernels: constexpr parameters are upper case by convention)
+"""Triton kernels of the GEMM backends (imported lazily: this module needs Triton).
+
+* ``w4_gemv_kernel``: decode-time ``y[m] = W x[m]`` for packed 4-bit weights (INT4 with
+  per-group scales, or NVFP4 E2M1 with FP8 per-16 scales and a global scale). Memory bound:
+  it streams the packed weight once (half a byte per weight), unpacks in registers and
+  accumulates in float32; one program owns ``BLOCK_N`` output rows over all of K.
+* ``w4_gemm_kernel``: the same weights for larger M: dequantizes a ``[BLOCK_N, BLOCK_K]``
+  tile in registers to the activation dtype and uses tensor-core dots (even and odd K
+  columns as two dots, so no interleave is needed).
+* ``fp8_quant_rows_kernel``: dynamic FP8 E4M3 activation quantization, per row (amax of the
+  row) or per tensor (given amax), writing E4M3 bytes and the float32 dequant scale.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..triton._common import clamp_nan, max_nan, round_minifloat
+
+
+@triton.jit
+def _e2m1_value(c):
+    """float32 value of 4-bit E2M1 codes (int32 0..15)."""
+    e = (c >> 1) & 3
+    m = (c & 1).to(tl.float32)
+    mag = tl.where(e == 0, 0.5 * m, (1.0 + 0.5 * m) * (1 << tl.maximum(e - 1, 0)).to(tl.float32))
+    return tl.where((c & 8) != 0, -mag, mag)
+
+
+@triton.jit
+def _e4m3_value(b):
+    """float32 value of float8_e4m3fn bytes (int32 0..255; NaN codes are not expected)."""
+    e = (b >> 3) & 15
+    m = (b & 7).to(tl.float32)
+    sub = m * 0.001953125  # m * 2**-9
+    norm = (8.0 + m) * ((e + 117).to(tl.uint32) << 23).to(tl.float32, bitcast=True)  # 2**(e-10)
+    mag = tl.where(e == 0, sub, norm)
+    return tl.where((b & 128) != 0, -mag, mag)
+
+
+@triton.jit
+def _unpack(p, WFMT: tl.constexpr):
+    """Packed bytes (int32) -> (even, odd) element values as float32 codes/values."""
+    lo = p & 15
+    hi = (p >> 4) & 15
+    if WFMT == 0:
+        return ((lo ^ 8) - 8).to(tl.float32), ((hi ^ 8) - 8).to(tl.float32)
+    else:
+        return _e2m1_value(lo), _e2m1_value(hi)
+
+
+@triton.jit
+def _group_scale(s_ptr, n, kk, mask, NG, GROUP: tl.constexpr, WFMT: tl.constexpr):
+    """Scale of each element column ``kk`` (even K index) of rows ``n``: ``[BLOCK_N, BK/2]``."""
+    ptrs = s_ptr + n[:, None] * NG + (kk // GROUP)[None, :]
+    if WFMT == 0:
+        return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        return _e4m3_value(tl.load(ptrs, mask=mask, other=0).to(tl.int32))
+
+
+@triton.jit
+def w4_gemv_kernel(
+    x_ptr,
+    w_ptr,
+    s_ptr,
+    gs_ptr,
+    b_ptr,
+    y_ptr,
+    N,
+    K,
+    stride_xm,
+    stride_ym,
+    GROUP: tl.constexpr,
+    WFMT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    m = tl.program_id(1)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = n < N
+    j = tl.arange(0, BLOCK_K // 2)
+    half_k = K // 2
+    NG = K // GROUP
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    w_row = w_ptr + n.to(tl.int64)[:, None] * half_k
+    for k0 in range(0, K, BLOCK_K):
+        jj = k0 // 2 + j
+        mask_j = jj < half_k
+        mask = mask_n[:, None] & mask_j[None, :]
+        p = tl.load(w_row + jj[None, :], mask=mask, other=0).to(tl.int32)
+        xe = tl.load(x_ptr + m * stride_xm + 2 * jj, mask=mask_j, other=0.0).to(tl.float32)
+        xo = tl.load(x_ptr + m * stride_xm + 2 * jj + 1, mask=mask_j, other=0.0).to(tl.float32)
+        lo, hi = _unpack(p, WFMT)
+        prod = lo * xe[None, :] + hi * xo[None, :]
+        if GROUP >= BLOCK_K:
+            # one scale group per chunk: scale the row sums (cheap, no gather)
+            s_ptrs = s_ptr + n * NG + k0 // GROUP
+            if WFMT == 0:
+                s = tl.load(s_ptrs, mask=mask_n, other=0.0).to(tl.float32)
+            else:
+                s = _e4m3_value(tl.load(s_ptrs, mask=mask_n, other=0).to(tl.int32))
+            acc += s * tl.sum(prod, axis=1)
+        else:
+            part = tl.reshape(prod, [BLOCK_N, BLOCK_K // GROUP, GROUP // 2])
+            g = tl.arange(0, BLOCK_K // GROUP)
+            s_ptrs = s_ptr + n[:, None] * NG + (k0 // GROUP + g)[None, :]
+            s_mask = mask_n[:, None] & ((k0 // GROUP + g) < NG)[None, :]
+            if WFMT == 0:
+                s = tl.load(s_ptrs, mask=s_mask, other=0.0).to(tl.float32)
+            else:
+                s = _e4m3_value(tl.load(s_ptrs, mask=s_mask, other=0).to(tl.int32))
+            acc += tl.sum(tl.sum(part, axis=2) * s, axis=1)
+    if WFMT == 1:
+        acc = acc * tl.load(gs_ptr).to(tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + n, mask=mask_n, other=0.0).to(tl.float32)
+    tl.store(y_ptr + m * stride_ym + n, acc.to(y_ptr.dtype.element_ty), mask=mask_n)
+
+
+@triton.jit
+def w4_gemm_kernel(
+    x_ptr,
+    w_ptr,
+    s_ptr,
+    gs_ptr,
+    b_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_ym,
+    GROUP: tl.constexpr,
+    WFMT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = rm < M
+    mask_n = n < N
+    j = tl.arange(0, BLOCK_K // 2)
+    half_k = K // 2
+    NG = K // GROUP
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    x_row = x_ptr + rm.to(tl.int64)[:, None] * stride_xm
+    w_row = w_ptr + n.to(tl.int64)[:, None] * half_k
+    for k0 in range(0, K, BLOCK_K):
+        jj = k0 // 2 + j
+        mask_j = jj < half_k
+        xm = mask_m[:, None] & mask_j[None, :]
+        xe = tl.load(x_row + 2 * jj[None, :], mask=xm, other=0.0)
+        xo = tl.load(x_row + 2 * jj[None, :] + 1, mask=xm, other=0.0)
+        wm = mask_n[:, None] & mask_j[None, :]
+        p = tl.load(w_row + jj[None, :], mask=wm, other=0).to(tl.int32)
+        lo, hi = _unpack(p, WFMT)
+        s = _group_scale(s_ptr, n, 2 * jj, wm, NG, GROUP, WFMT)
+        wlo = (lo * s).to(xe.dtype)
+        whi = (hi * s).to(xe.dtype)
+        if IEEE:
+            acc += tl.dot(xe, tl.trans(wlo), input_precision="ieee")
+            acc += tl.dot(xo, tl.trans(whi), input_precision="ieee")
+        else:
+            acc += tl.dot(xe, tl.trans(wlo))
+            acc += tl.dot(xo, tl.trans(whi))
+    if WFMT == 1:
+        acc = acc * tl.load(gs_ptr).to(tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * stride_ym + n[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _e4m3_bits(v):
+    """float8_e4m3fn byte (int32) of a float32 already on the E4M3 grid, |v| <= 448."""
+    bits = v.to(tl.uint32, bitcast=True)
+    sign = ((bits >> 24) & 128).to(tl.int32)
+    a = tl.abs(v)
+    e = ((a.to(tl.uint32, bitcast=True) >> 23) & 255).to(tl.int32) - 127
+    man = ((a.to(tl.uint32, bitcast=True) >> 20) & 7).to(tl.int32)
+    code = tl.where(e >= -6, ((e + 7) << 3) | man, (a * 512.0).to(tl.int32))
+    code = tl.where(a != a, 127, code)
+    return code | sign
+
+
+@triton.jit
+def fp8_quant_rows_kernel(
+    x_ptr,
+    q_ptr,
+    amax_ptr,
+    inv_ptr,
+    K,
+    stride_xm,
+    PER_ROW: tl.constexpr,
+    TINY: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    x_row = x_ptr + row.to(tl.int64) * stride_xm
+    q_row = q_ptr + row.to(tl.int64) * K
+    cols = tl.arange(0, BLOCK)
+    if PER_ROW:
+        run = tl.zeros([BLOCK], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK):
+            xv = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
+            run = max_nan(run, tl.abs(xv))
+        amax = tl.reduce(run, 0, max_nan)
+    else:
+        amax = tl.load(amax_ptr).to(tl.float32)
+    amax = tl.maximum(amax, TINY)
+    scale = tl.math.div_rn(448.0 + tl.zeros_like(amax), amax)
+    if PER_ROW:
+        tl.store(inv_ptr + row, tl.math.div_rn(1.0 + tl.zeros_like(scale), scale))
+    for k0 in range(0, K, BLOCK):
+        m = k0 + cols < K
+        xv = tl.load(x_row + k0 + cols, mask=m, other=0.0).to(tl.float32)
+        v = round_minifloat(clamp_nan(xv * scale, -448.0, 448.0), -6, 3)
+        tl.store(q_row + k0 + cols, _e4m3_bits(v).to(tl.uint8), mask=m)

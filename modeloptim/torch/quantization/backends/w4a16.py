@@ -1,0 +1,113 @@
+"""W4A16 GEMM/GEMV in Triton: INT4 (per-group scales) or NVFP4 weights, 16-bit activations.
+
+The weight is never materialized in 16 bits: kernels read the packed bytes (two 4-bit codes
+per byte, even K index in the low nibble), decode in registers and accumulate in float32.
+Decode shapes (``M <= GEMV_MAX_M``) use the GEMV kernel, larger M the tiled tensor-core one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._device import triton_usable
+from .registry import GEMM_BACKENDS
+from .weights import QuantizedWeight, WeightFormat
+
+#: Largest M served by the GEMV kernel (one program column per activation row).
+GEMV_MAX_M = 8
+#: GEMV tile (output rows per program, K per step) and warps.
+GEMV_BLOCK_N = 16
+GEMV_BLOCK_K = 512
+GEMV_WARPS = 4
+#: GEMM tile.
+GEMM_BLOCK = (64, 64, 64)
+GEMM_WARPS = 4
+
+
+def _w4_available(x: torch.Tensor, w: QuantizedWeight) -> bool:
+    g = w.group_size
+    pow2_group = g >= 2 and g & (g - 1) == 0  # Triton tiles have power-of-two extents
+    dtype_ok = x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    return triton_usable(x) and dtype_ok and pow2_group
+
+
+@GEMM_BACKENDS.register(
+    "w4a16_triton", (WeightFormat.INT4, WeightFormat.NVFP4), priority=20, available=_w4_available
+)
+def w4a16_linear(
+    x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``x [M, K] @ dequant(W).T (+ bias)`` reading W packed; ``[M, N]`` in ``x.dtype``."""
+    from ._kernels import w4_gemm_kernel, w4_gemv_kernel
+
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    m, k = x.shape
+    n = weight.shape[0]
+    wfmt = 0 if weight.format == WeightFormat.INT4 else 1
+    scales = weight.scale if wfmt == 0 else weight.scale.view(torch.uint8)
+    gscale = weight.global_scale if weight.global_scale is not None else scales
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    b = bias if bias is not None else y
+    if m <= GEMV_MAX_M:
+        grid = (triton_cdiv(n, GEMV_BLOCK_N), m)
+        w4_gemv_kernel[grid](
+            x,
+            weight.data,
+            scales,
+            gscale,
+            b,
+            y,
+            n,
+            k,
+            x.stride(0),
+            y.stride(0),
+            GROUP=weight.group_size,
+            WFMT=wfmt,
+            HAS_BIAS=bias is not None,
+            BLOCK_N=GEMV_BLOCK_N,
+            BLOCK_K=_gemv_block_k(weight.group_size),
+            num_warps=GEMV_WARPS,
+        )
+        return y
+    bm, bn, bk = GEMM_BLOCK
+    bk = min(bk, weight.group_size) if weight.group_size >= 32 else bk
+    grid = (triton_cdiv(m, bm), triton_cdiv(n, bn))
+    w4_gemm_kernel[grid](
+        x,
+        weight.data,
+        scales,
+        gscale,
+        b,
+        y,
+        m,
+        n,
+        k,
+        x.stride(0),
+        y.stride(0),
+        GROUP=weight.group_size,
+        WFMT=wfmt,
+        HAS_BIAS=bias is not None,
+        IEEE=x.dtype == torch.float32,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_K=bk,
+        num_warps=GEMM_WARPS,
+    )
+    return y
+
+
+def _gemv_block_k(group: int) -> int:
+    """K per GEMV step: a multiple of the group (or within one group), at least 32."""
+    if group >= GEMV_BLOCK_K:
+        return GEMV_BLOCK_K if group % GEMV_BLOCK_K == 0 else max(32, _pow2_divisor(group))
+    return GEMV_BLOCK_K if GEMV_BLOCK_K % group == 0 else group
+
+
+def _pow2_divisor(v: int) -> int:
+    return v & -v
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    """Ceiling division."""
+    return -(-a // b)
