@@ -17,48 +17,77 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..triton._common import clamp_nan, max_nan, round_minifloat
+from ..triton._common import clamp_nan, max_nan, round_elem
 
 
 @triton.jit
 def _e2m1_value(c):
-    """float32 value of 4-bit E2M1 codes (int32 0..15)."""
-    e = (c >> 1) & 3
-    m = (c & 1).to(tl.float32)
-    mag = tl.where(e == 0, 0.5 * m, (1.0 + 0.5 * m) * (1 << tl.maximum(e - 1, 0)).to(tl.float32))
-    return tl.where((c & 8) != 0, -mag, mag)
+    """float32 value of 4-bit E2M1 codes (int32 0..15), from the bits in 5 operations.
+
+    Placing exponent and mantissa bits at float32 bits 23..24 and 22 gives
+    ``2**(e-127) * (1 + m/2)`` (or the subnormal ``m/2 * 2**-126`` for e = 0); times
+    ``2**126`` that is exactly the E2M1 value. The sign bit moves to bit 31.
+    """
+    bits = ((c & 7) << 22) | ((c & 8) << 28)
+    return bits.to(tl.float32, bitcast=True) * 8.507059173023462e37  # 2**126
 
 
 @triton.jit
 def _e4m3_value(b):
-    """float32 value of float8_e4m3fn bytes (int32 0..255; NaN codes are not expected)."""
-    e = (b >> 3) & 15
-    m = (b & 7).to(tl.float32)
-    sub = m * 0.001953125  # m * 2**-9
-    norm = (8.0 + m) * ((e + 117).to(tl.uint32) << 23).to(tl.float32, bitcast=True)  # 2**(e-10)
-    mag = tl.where(e == 0, sub, norm)
-    return tl.where((b & 128) != 0, -mag, mag)
+    """float32 value of float8_e4m3fn bytes (int32 0..255; NaN codes are not expected).
+
+    Exponent and mantissa bits go to float32 bits 23..26 and 20..22; times ``2**120`` that is
+    ``2**(e-7) * (1 + m/8)``, and for e = 0 the subnormal ``m * 2**-9``.
+    """
+    bits = ((b & 127) << 20) | ((b & 128) << 24)
+    return bits.to(tl.float32, bitcast=True) * 1.329227995784916e36  # 2**120
+
+
+@triton.jit
+def _int4_value(nib):
+    """float32 value of two's-complement nibbles (int32 0..15) without an int->float convert.
+
+    ``nib ^ 8`` is the offset-8 code; OR-ing it into the mantissa of ``2**23`` and
+    subtracting ``2**23 + 8`` gives the signed value exactly.
+    """
+    return (nib ^ 0x4B000008).to(tl.float32, bitcast=True) - 8388616.0
 
 
 @triton.jit
 def _unpack(p, WFMT: tl.constexpr):
-    """Packed bytes (int32) -> (even, odd) element values as float32 codes/values."""
+    """Packed bytes (int32) -> (even, odd) element values as float32."""
     lo = p & 15
     hi = (p >> 4) & 15
     if WFMT == 0:
-        return ((lo ^ 8) - 8).to(tl.float32), ((hi ^ 8) - 8).to(tl.float32)
+        return _int4_value(lo), _int4_value(hi)
     else:
         return _e2m1_value(lo), _e2m1_value(hi)
 
 
 @triton.jit
+def _split_pair(xp, XBF16: tl.constexpr):
+    """int32 words holding two 16-bit floats -> (low half, high half) as float32."""
+    if XBF16:
+        lo = (xp << 16).to(tl.float32, bitcast=True)
+        hi = (xp & -65536).to(tl.float32, bitcast=True)
+    else:
+        lo = (xp & 65535).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        hi = ((xp >> 16) & 65535).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return lo, hi
+
+
+@triton.jit
+def _load_scales(s_ptr, offs, mask, WFMT: tl.constexpr):
+    if WFMT == 0:
+        return tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        return _e4m3_value(tl.load(s_ptr + offs, mask=mask, other=0).to(tl.int32))
+
+
+@triton.jit
 def _group_scale(s_ptr, n, kk, mask, NG, GROUP: tl.constexpr, WFMT: tl.constexpr):
     """Scale of each element column ``kk`` (even K index) of rows ``n``: ``[BLOCK_N, BK/2]``."""
-    ptrs = s_ptr + n[:, None] * NG + (kk // GROUP)[None, :]
-    if WFMT == 0:
-        return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-    else:
-        return _e4m3_value(tl.load(ptrs, mask=mask, other=0).to(tl.int32))
+    return _load_scales(s_ptr, n[:, None] * NG + (kk // GROUP)[None, :], mask, WFMT)
 
 
 @triton.jit
@@ -76,6 +105,7 @@ def w4_gemv_kernel(
     GROUP: tl.constexpr,
     WFMT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    XBF16: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -86,40 +116,39 @@ def w4_gemv_kernel(
     j = tl.arange(0, BLOCK_K // 2)
     half_k = K // 2
     NG = K // GROUP
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     w_row = w_ptr + n.to(tl.int64)[:, None] * half_k
+    zero_rows = tl.zeros([BLOCK_N, 1], dtype=tl.int32)
+    # accumulate element-wise and reduce once at the end: no cross-thread sums in the loop
+    if BLOCK_K <= GROUP:
+        acc = tl.zeros([BLOCK_N, BLOCK_K // 2], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_N, BLOCK_K // GROUP], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         jj = k0 // 2 + j
         mask_j = jj < half_k
         mask = mask_n[:, None] & mask_j[None, :]
         p = tl.load(w_row + jj[None, :], mask=mask, other=0).to(tl.int32)
-        xe = tl.load(x_ptr + m * stride_xm + 2 * jj, mask=mask_j, other=0.0).to(tl.float32)
-        xo = tl.load(x_ptr + m * stride_xm + 2 * jj + 1, mask=mask_j, other=0.0).to(tl.float32)
+        # x viewed as int32 pairs (x[2j], x[2j+1]); a 2-D pointer gives it the weight tile's
+        # register layout, so no shared-memory layout conversion happens inside the loop
+        xp = tl.load(x_ptr + m * stride_xm + (jj[None, :] + zero_rows), mask=mask, other=0)
+        xe, xo = _split_pair(xp, XBF16)
         lo, hi = _unpack(p, WFMT)
-        prod = lo * xe[None, :] + hi * xo[None, :]
-        if GROUP >= BLOCK_K:
-            # one scale group per chunk: scale the row sums (cheap, no gather)
-            s_ptrs = s_ptr + n * NG + k0 // GROUP
-            if WFMT == 0:
-                s = tl.load(s_ptrs, mask=mask_n, other=0.0).to(tl.float32)
-            else:
-                s = _e4m3_value(tl.load(s_ptrs, mask=mask_n, other=0).to(tl.int32))
-            acc += s * tl.sum(prod, axis=1)
+        prod = lo * xe + hi * xo
+        if BLOCK_K <= GROUP:
+            # the whole step lies in one scale group: one scale per row
+            s = _load_scales(s_ptr, n * NG + k0 // GROUP, mask_n, WFMT)
+            acc += prod * s[:, None]
         else:
-            part = tl.reshape(prod, [BLOCK_N, BLOCK_K // GROUP, GROUP // 2])
-            g = tl.arange(0, BLOCK_K // GROUP)
-            s_ptrs = s_ptr + n[:, None] * NG + (k0 // GROUP + g)[None, :]
-            s_mask = mask_n[:, None] & ((k0 // GROUP + g) < NG)[None, :]
-            if WFMT == 0:
-                s = tl.load(s_ptrs, mask=s_mask, other=0.0).to(tl.float32)
-            else:
-                s = _e4m3_value(tl.load(s_ptrs, mask=s_mask, other=0).to(tl.int32))
-            acc += tl.sum(tl.sum(part, axis=2) * s, axis=1)
+            part = tl.sum(tl.reshape(prod, [BLOCK_N, BLOCK_K // GROUP, GROUP // 2]), axis=2)
+            g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+            s_mask = mask_n[:, None] & (g < NG)[None, :]
+            acc += part * _load_scales(s_ptr, n[:, None] * NG + g[None, :], s_mask, WFMT)
+    out = tl.sum(acc, axis=1)
     if WFMT == 1:
-        acc = acc * tl.load(gs_ptr).to(tl.float32)
+        out = out * tl.load(gs_ptr).to(tl.float32)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + n, mask=mask_n, other=0.0).to(tl.float32)
-    tl.store(y_ptr + m * stride_ym + n, acc.to(y_ptr.dtype.element_ty), mask=mask_n)
+        out += tl.load(b_ptr + n, mask=mask_n, other=0.0).to(tl.float32)
+    tl.store(y_ptr + m * stride_ym + n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
 
 
 @triton.jit
@@ -204,6 +233,7 @@ def fp8_quant_rows_kernel(
     stride_xm,
     PER_ROW: tl.constexpr,
     TINY: tl.constexpr,
+    NATIVE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0)
@@ -225,5 +255,5 @@ def fp8_quant_rows_kernel(
     for k0 in range(0, K, BLOCK):
         m = k0 + cols < K
         xv = tl.load(x_row + k0 + cols, mask=m, other=0.0).to(tl.float32)
-        v = round_minifloat(clamp_nan(xv * scale, -448.0, 448.0), -6, 3)
+        v = round_elem(clamp_nan(xv * scale, -448.0, 448.0), -6, 3, NATIVE)
         tl.store(q_row + k0 + cols, _e4m3_bits(v).to(tl.uint8), mask=m)

@@ -35,6 +35,7 @@ def quantize_activation_fp8(x2d: torch.Tensor, per_row: bool) -> tuple[torch.Ten
     """
     if not triton_usable(x2d):
         return _quant_torch(x2d, per_row)
+    from ..triton._common import native_fp8
     from ._kernels import fp8_quant_rows_kernel
 
     x2d = x2d if x2d.stride(-1) == 1 else x2d.contiguous()
@@ -55,6 +56,7 @@ def quantize_activation_fp8(x2d: torch.Tensor, per_row: bool) -> tuple[torch.Ten
         k,
         x2d.stride(0),
         PER_ROW=per_row,
+        NATIVE=native_fp8(),
         TINY=_TINY,
         BLOCK=min(2048, max(16, 1 << (k - 1).bit_length())),
         num_warps=4,

@@ -2,7 +2,8 @@
 
 The weight is never materialized in 16 bits: kernels read the packed bytes (two 4-bit codes
 per byte, even K index in the low nibble), decode in registers and accumulate in float32.
-Decode shapes (``M <= GEMV_MAX_M``) use the GEMV kernel, larger M the tiled tensor-core one.
+Decode shapes (``M <= GEMV_MAX_M``, 16-bit activations) use the GEMV kernel; larger M and
+float32 activations use the tiled tensor-core kernel.
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ def w4a16_linear(
     gscale = weight.global_scale if weight.global_scale is not None else scales
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     b = bias if bias is not None else y
-    if m <= GEMV_MAX_M:
+    if m <= GEMV_MAX_M and x.dtype != torch.float32 and x.is_contiguous():
+        # x as int32 words holding (x[2j], x[2j+1]): loads in the weight tile's layout
+        xw = x.view(torch.int32)
         grid = (triton_cdiv(n, GEMV_BLOCK_N), m)
         w4_gemv_kernel[grid](
-            x,
+            xw,
             weight.data,
             scales,
             gscale,
@@ -60,17 +63,19 @@ def w4a16_linear(
             y,
             n,
             k,
-            x.stride(0),
+            xw.stride(0),
             y.stride(0),
             GROUP=weight.group_size,
             WFMT=wfmt,
             HAS_BIAS=bias is not None,
+            XBF16=x.dtype == torch.bfloat16,
             BLOCK_N=GEMV_BLOCK_N,
             BLOCK_K=_gemv_block_k(weight.group_size),
             num_warps=GEMV_WARPS,
         )
         return y
     bm, bn, bk = GEMM_BLOCK
+    bm = min(bm, max(16, 1 << (m - 1).bit_length()))  # small M: a 16-row tile
     bk = min(bk, weight.group_size) if weight.group_size >= 32 else bk
     grid = (triton_cdiv(m, bm), triton_cdiv(n, bn))
     w4_gemm_kernel[grid](

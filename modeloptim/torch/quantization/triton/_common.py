@@ -79,12 +79,32 @@ def int_range(num_bits: int, unsigned: bool, narrow_range: bool) -> tuple[float,
 
 
 @triton.jit
-def rne(v):
+def _rne_magic(v):
     """Round half to even; exact while ``|v| < 2**22`` (callers clamp first). Keeps NaN, -0."""
     a = tl.abs(v)
     r = (a + 12582912.0) - 12582912.0
     sign = v.to(tl.uint32, bitcast=True) & 0x80000000
     return (r.to(tl.uint32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+
+
+def _libdevice() -> Any:
+    try:
+        from triton.language.extra import libdevice
+    except ImportError:  # older Triton
+        from triton.language.extra.cuda import libdevice  # type: ignore[no-redef]
+    return libdevice
+
+
+if interpreting():
+    # the interpreter does not implement libdevice; the magic-number version is exact here
+    rne = _rne_magic
+else:
+    libdevice = _libdevice()
+
+    @triton.jit
+    def rne(v):
+        """Round half to even with one ``cvt.rni`` (same results as the magic-number form)."""
+        return libdevice.rint(v)
 
 
 @triton.jit
@@ -164,8 +184,35 @@ def store_as(ptr, v, mask, BF16: tl.constexpr):
 
 
 def output_for(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Allocate the output like ``x``; return it, the buffer the kernel writes, and BF16 flag."""
+    """Allocate the output like ``x``; return it, the buffer the kernel writes, and BF16 flag.
+
+    The flag (store bf16 bits computed by hand) is only needed in the interpreter; on the GPU
+    the native float32 -> bfloat16 conversion rounds to nearest even in one instruction.
+    """
     out = torch.empty_like(x)
-    if x.dtype == torch.bfloat16:
+    if x.dtype == torch.bfloat16 and interpreting():
         return out, out.view(torch.int16), True
     return out, out, False
+
+
+#: Use the GPU's float8 conversion instructions (round to nearest even, saturating) for E4M3
+#: and E5M2 instead of the grid arithmetic; both give identical results (tests/gpu check it).
+USE_NATIVE_FP8 = True
+
+
+def native_fp8() -> bool:
+    """Whether kernels may use native float8 casts (a GPU with FP8 conversions, not the CPU)."""
+    if interpreting() or not USE_NATIVE_FP8 or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability() >= (8, 9)
+
+
+@triton.jit
+def round_elem(v, EMIN: tl.constexpr, MBITS: tl.constexpr, NATIVE: tl.constexpr):
+    """:func:`round_minifloat`, through the hardware cast for E4M3/E5M2 when ``NATIVE``."""
+    if NATIVE and EMIN == -6 and MBITS == 3:
+        return v.to(tl.float8e4nv).to(tl.float32)
+    elif NATIVE and EMIN == -14 and MBITS == 2:
+        return v.to(tl.float8e5).to(tl.float32)
+    else:
+        return round_minifloat(v, EMIN, MBITS)

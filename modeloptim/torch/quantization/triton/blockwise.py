@@ -31,10 +31,11 @@ from ._common import (
     int_range,
     launch_options,
     max_nan,
+    native_fp8,
     output_for,
     pow2,
     rne,
-    round_minifloat,
+    round_elem,
     store_as,
 )
 
@@ -76,6 +77,7 @@ def _block_fake_quant_kernel(
     MX_INT8: tl.constexpr,
     TINY: tl.constexpr,
     BF16: tl.constexpr,
+    NATIVE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_B: tl.constexpr,
     INT64: tl.constexpr,
@@ -97,16 +99,16 @@ def _block_fake_quant_kernel(
             out = tl.math.div_rn(rne(v), scale)
         else:
             inv = tl.math.div_rn(tl.zeros_like(scale) + 1.0, scale)
-            out = round_minifloat(v, EMIN, MBITS) * inv
+            out = round_elem(v, EMIN, MBITS, NATIVE) * inv
         out = tl.where(tiny, 0.0, out)
     elif FMT == 2:
         ga = tl.load(gamax_ptr).to(tl.float32)
         scale_2 = tl.math.div_rn(ga, 2688.0)
         s = tl.math.div_rn(bamax, tl.zeros_like(bamax) + 6.0 * scale_2)
         s = tl.where(s == 0.0, 1.0, s)
-        s = round_minifloat(clamp_nan(s, 0.001953125, 448.0), -6, 3)
+        s = round_elem(clamp_nan(s, 0.001953125, 448.0), -6, 3, NATIVE)
         d = s * scale_2
-        q = round_minifloat(clamp_nan(tl.math.div_rn(x, d), -6.0, 6.0), 0, 1)
+        q = round_elem(clamp_nan(tl.math.div_rn(x, d), -6.0, 6.0), 0, 1, NATIVE)
         out = q * d
         out = tl.where(ga <= TINY, 0.0, out)
     else:
@@ -116,7 +118,7 @@ def _block_fake_quant_kernel(
         if MX_INT8:
             q = rne(clamp_nan(v * 64.0, -127.0, 127.0)) * 0.015625
         else:
-            q = round_minifloat(clamp_nan(v, LO, HI), EMIN, MBITS)
+            q = round_elem(clamp_nan(v, LO, HI), EMIN, MBITS, NATIVE)
         out = tl.where(bamax != bamax, float("nan"), q * _pow2_wide(e))
     store_as(out_ptr + offs, out, mask, BF16)
 
@@ -157,6 +159,7 @@ def _launch_block(
         MX_INT8=mx_int8,
         TINY=TINY_AMAX,
         BF16=bf16,
+        NATIVE=native_fp8(),
         BLOCK_N=block_n,
         BLOCK_B=block_b,
         INT64=x2d.numel() + TILE_ELEMS * 2 >= 2**31,

@@ -27,9 +27,10 @@ from ._common import (
     clamp_nan,
     int_range,
     launch_options,
+    native_fp8,
     output_for,
     rne,
-    round_minifloat,
+    round_elem,
     store_as,
 )
 
@@ -121,6 +122,7 @@ def _scaled_fake_quant_kernel(
     MBITS: tl.constexpr,
     TINY: tl.constexpr,
     BF16: tl.constexpr,
+    NATIVE: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_L: tl.constexpr,
     INT64: tl.constexpr,
@@ -134,7 +136,8 @@ def _scaled_fake_quant_kernel(
     if FMT == 0:
         out = tl.math.div_rn(rne(v), scale)
     else:
-        out = round_minifloat(v, EMIN, MBITS) * tl.math.div_rn(tl.zeros_like(scale) + 1.0, scale)
+        inv = tl.math.div_rn(tl.zeros_like(scale) + 1.0, scale)
+        out = round_elem(v, EMIN, MBITS, NATIVE) * inv
     out = tl.where(tiny, 0.0, out)
     store_as(out_ptr + offs, out, mask, BF16)
 
@@ -197,6 +200,7 @@ def _launch_scaled(
         MBITS=mbits,
         TINY=TINY_AMAX,
         BF16=bf16,
+        NATIVE=native_fp8(),
         BLOCK_R=block_r,
         BLOCK_L=block_l,
         INT64=x.numel() + TILE_ELEMS >= 2**31,
