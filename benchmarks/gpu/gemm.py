@@ -208,10 +208,14 @@ def main() -> None:
     print(f"device: {dev}; torch {torch.__version__}; triton {triton.__version__}")
     torch.manual_seed(0)
     rows: list[dict] = []
-    if not a.skip_fp8:
-        bench_fp8_int8(a.size, rows)
+    steps = [] if a.skip_fp8 else [lambda: bench_fp8_int8(a.size, rows)]
+    steps.append(lambda: bench_w4a16(a.size, rows, a.sweep))
+    for step in steps:
+        try:
+            step()
+        except Exception as err:  # keep the other measurements of this run
+            print(f"step failed: {type(err).__name__}: {err}"[:500], flush=True)
         torch.cuda.empty_cache()
-    bench_w4a16(a.size, rows, a.sweep)
     print()
     print(f"GEMM backends, {dev}")
     print(f"| {'case':<40} | {'us':>9} | {'TFLOP/s':>8} | {'GB/s':>7} | {'x bf16':>6} | rel err |")
