@@ -82,8 +82,8 @@ def _variants():
                 "TINY": 2.0**-24,
                 "BF16": False,
                 "NATIVE": True,
-                "BLOCK_R": 1,
-                "BLOCK_L": 8192,
+                "BLOCK_R": 1 if mode != 2 else 8192 // ew.COL_TILE_COLS,
+                "BLOCK_L": 8192 if mode != 2 else ew.COL_TILE_COLS,
                 "INT64": False,
             }
             yield (
@@ -218,9 +218,9 @@ def _variants():
     }
     yield (
         "fp8 act quant row",
-        bk.fp8_quant_rows_kernel,
+        bk.quant_rows_kernel,
         aq_sig,
-        {"PER_ROW": True, "TINY": 2.0**-24, "NATIVE": True, "BLOCK": 2048},
+        {"PER_ROW": True, "OUT_INT8": False, "TINY": 2.0**-24, "NATIVE": True, "BLOCK": 2048},
         ["x_ptr", "q_ptr", "K", "stride_xm"],
         4,
     )

@@ -146,55 +146,66 @@ def bench_w4a16(size: int, rows: list[dict], sweep: bool) -> None:
         ref = xs[0].double() @ qws[0].dequantize(torch.float64).T
         moved = qws[0].data.numel() + qws[0].scale.numel() * qws[0].scale.element_size()
         rot = _Rotate(list(zip(xs, qws, strict=True)))
-        configs = [(w4a16.GEMV_BLOCK_N, w4a16.GEMV_BLOCK_K, w4a16.GEMV_WARPS)]
+        default = (w4a16.GEMV_BLOCK_N, w4a16.GEMV_BLOCK_K, w4a16.GEMV_WARPS, w4a16.GEMV_STAGES)
+        configs = [default]
         if sweep:
-            configs += list(itertools.product((8, 16, 32, 64), (256, 512, 1024), (2, 4, 8)))
+            configs += list(itertools.product((4, 8, 16), (1024, 2048, 4096), (4, 8), (1, 3)))
         best = None
-        default = configs[0]
-        for bn, bk, nw in configs:
-            w4a16.GEMV_BLOCK_N, w4a16.GEMV_BLOCK_K, w4a16.GEMV_WARPS = bn, bk, nw
+        for cfg in configs:
+            w4a16.GEMV_BLOCK_N, w4a16.GEMV_BLOCK_K, w4a16.GEMV_WARPS, w4a16.GEMV_STAGES = cfg
             try:
                 t = _bench(lambda rot=rot: w4a16.w4a16_linear(*rot.next(), None), reps=100)
             except Exception as err:  # a config that does not compile: skip it
-                print(f"    {fmt} config {bn, bk, nw} failed: {type(err).__name__}")
+                print(f"    {fmt} config {cfg} failed: {type(err).__name__}")
                 continue
             err = _rel(w4a16.w4a16_linear(xs[0], qws[0], None), ref)
             if sweep:
                 print(
-                    f"    {fmt} BLOCK_N={bn} BLOCK_K={bk} warps={nw}: {t * 1e3:.1f} us "
-                    f"({t_bf16 / t:.2f}x bf16) err={err:.1e}",
+                    f"    {fmt} BLOCK_N={cfg[0]} BLOCK_K={cfg[1]} warps={cfg[2]} "
+                    f"stages={cfg[3]}: {t * 1e3:.1f} us ({t_bf16 / t:.2f}x bf16) err={err:.1e}",
                     flush=True,
                 )
             if best is None or t < best[0]:
-                best = (t, (bn, bk, nw), err)
-            if (bn, bk, nw) == default and not sweep:
-                break
-        w4a16.GEMV_BLOCK_N, w4a16.GEMV_BLOCK_K, w4a16.GEMV_WARPS = default
+                best = (t, cfg, err)
+        w4a16.GEMV_BLOCK_N, w4a16.GEMV_BLOCK_K, w4a16.GEMV_WARPS, w4a16.GEMV_STAGES = default
+        t_def = _bench(lambda rot=rot: w4a16.w4a16_linear(*rot.next(), None), reps=200)
+        rows.append(
+            {
+                "case": f"w4a16 {fmt} GEMV default {default}",
+                "us": t_def * 1e3,
+                "GB/s": moved / t_def / 1e6,
+                "x_bf16": t_bf16 / t_def,
+                "rel_err": _rel(w4a16.w4a16_linear(xs[0], qws[0], None), ref),
+            }
+        )
         assert best is not None
         t, cfg, err = best
         rows.append(
             {
-                "case": f"w4a16 {fmt} GEMV {cfg}",
+                "case": f"w4a16 {fmt} GEMV best {cfg}",
                 "us": t * 1e3,
                 "GB/s": moved / t / 1e6,
                 "x_bf16": t_bf16 / t,
                 "rel_err": err,
             }
         )
-        # larger M through the same backend (tensor-core kernel), for reference
-        for m in (16, 256):
+        # larger M: fused tile kernel vs one-pass dequantization + cuBLAS (the default)
+        for m in (16, 256, 2048):
             xm = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            tm = _bench(lambda xm=xm, q=qws[0]: w4a16.w4a16_linear(xm, q, None), reps=50)
             tb = _bench(lambda xm=xm: F.linear(xm, ws[0]), reps=50)
-            rows.append(
-                {
-                    "case": f"w4a16 {fmt} GEMM M={m}",
-                    "us": tm * 1e3,
-                    "GB/s": float("nan"),
-                    "x_bf16": tb / tm,
-                    "rel_err": float("nan"),
-                }
-            )
+            for fused in (True, False):
+                w4a16.FUSED_GEMM = fused
+                tm = _bench(lambda xm=xm, q=qws[0]: w4a16.w4a16_linear(xm, q, None), reps=50)
+                rows.append(
+                    {
+                        "case": f"w4a16 {fmt} M={m} {'fused' if fused else 'dequant+cuBLAS'}",
+                        "us": tm * 1e3,
+                        "GB/s": float("nan"),
+                        "x_bf16": tb / tm,
+                        "rel_err": float("nan"),
+                    }
+                )
+            w4a16.FUSED_GEMM = False
 
 
 def main() -> None:

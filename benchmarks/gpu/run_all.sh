@@ -24,6 +24,6 @@ grep -E "^\||copy|device" "$OUT/fake_quant_bw.log" || tail -30 "$OUT/fake_quant_
 echo "=== gemm"
 GEMM_ARGS="--sweep"
 [ "$QUICK" = "--quick" ] && GEMM_ARGS=""
-timeout 150 python3 benchmarks/gpu/gemm.py $GEMM_ARGS --json "$OUT/gemm.json" \
+timeout 240 python3 benchmarks/gpu/gemm.py $GEMM_ARGS --json "$OUT/gemm.json" \
   > "$OUT/gemm.log" 2>&1
 grep -E "^\||device" "$OUT/gemm.log" || tail -30 "$OUT/gemm.log"

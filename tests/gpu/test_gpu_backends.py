@@ -7,7 +7,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 if torch.cuda.is_available():
     from modeloptim.torch.quantization import backends as B
-    from modeloptim.torch.quantization.backends import fp8
+    from modeloptim.torch.quantization.backends import fp8, int8, w4a16
 
 
 def _rel(y, ref):
@@ -59,3 +59,28 @@ def test_int8_linear():
     y = B.quantized_linear(x, qw)
     ref = x.double() @ qw.dequantize(torch.float64).T
     assert _rel(y, ref) < 0.02
+
+
+def test_int8_activation_kernel_bit_exact():
+    x = torch.randn(300, 1000, device="cuda", dtype=torch.bfloat16) * 7
+    q, inv = int8.quantize_activation_int8(x)
+    q2, inv2 = int8._quant_torch(x)
+    assert torch.equal(q, q2)
+    assert torch.equal(inv, inv2)
+
+
+@pytest.mark.parametrize("fmt", ["int4", "nvfp4"])
+def test_dequantize_w4_bit_exact(fmt):
+    w = torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16)
+    qw = B.quantize_int4(w, 128) if fmt == "int4" else B.quantize_nvfp4(w)
+    for dtype in (torch.bfloat16, torch.float16):
+        assert torch.equal(w4a16.dequantize_w4(qw, dtype), qw.dequantize(dtype))
+
+
+def test_fused_gemm_bf16(monkeypatch):
+    monkeypatch.setattr(w4a16, "FUSED_GEMM", True)
+    w = torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16)
+    qw = B.quantize_int4(w, 128)
+    x = torch.randn(64, 1024, device="cuda", dtype=torch.bfloat16)
+    ref = x.double() @ qw.dequantize(torch.float64).T
+    assert _rel(B.quantized_linear(x, qw), ref) < 1e-2

@@ -8,8 +8,11 @@
 * ``w4_gemm_kernel``: the same weights for larger M: dequantizes a ``[BLOCK_N, BLOCK_K]``
   tile in registers to the activation dtype and uses tensor-core dots (even and odd K
   columns as two dots, so no interleave is needed).
-* ``fp8_quant_rows_kernel``: dynamic FP8 E4M3 activation quantization, per row (amax of the
-  row) or per tensor (given amax), writing E4M3 bytes and the float32 dequant scale.
+* ``w4_dequant_kernel``: packed weight -> dense 16-bit weight in one pass, for prefill-size M
+  where cuBLAS on the dense weight beats the fused tile kernel.
+* ``quant_rows_kernel``: dynamic FP8 E4M3 or INT8 activation quantization, per row (amax of
+  the row) or per tensor (given amax), writing the codes and the float32 dequant scale.
+* ``scale_epilogue_kernel``: int32 GEMM accumulator times row and column scales, one pass.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..triton._common import clamp_nan, max_nan, round_elem
+from ..triton._common import clamp_nan, max_nan, rne, round_elem, store_as
 
 
 @triton.jit
@@ -224,7 +227,7 @@ def _e4m3_bits(v):
 
 
 @triton.jit
-def fp8_quant_rows_kernel(
+def quant_rows_kernel(
     x_ptr,
     q_ptr,
     amax_ptr,
@@ -232,10 +235,12 @@ def fp8_quant_rows_kernel(
     K,
     stride_xm,
     PER_ROW: tl.constexpr,
+    OUT_INT8: tl.constexpr,
     TINY: tl.constexpr,
     NATIVE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    """Dynamic activation quantization: E4M3 bytes or INT8 codes, and the dequant scale."""
     row = tl.program_id(0)
     x_row = x_ptr + row.to(tl.int64) * stride_xm
     q_row = q_ptr + row.to(tl.int64) * K
@@ -249,11 +254,77 @@ def fp8_quant_rows_kernel(
     else:
         amax = tl.load(amax_ptr).to(tl.float32)
     amax = tl.maximum(amax, TINY)
-    scale = tl.math.div_rn(448.0 + tl.zeros_like(amax), amax)
+    bound = 127.0 if OUT_INT8 else 448.0
+    scale = tl.math.div_rn(bound + tl.zeros_like(amax), amax)
     if PER_ROW:
         tl.store(inv_ptr + row, tl.math.div_rn(1.0 + tl.zeros_like(scale), scale))
     for k0 in range(0, K, BLOCK):
         m = k0 + cols < K
         xv = tl.load(x_row + k0 + cols, mask=m, other=0.0).to(tl.float32)
-        v = round_elem(clamp_nan(xv * scale, -448.0, 448.0), -6, 3, NATIVE)
-        tl.store(q_row + k0 + cols, _e4m3_bits(v).to(tl.uint8), mask=m)
+        if OUT_INT8:
+            code = rne(clamp_nan(xv * scale, -127.0, 127.0)).to(tl.int32)
+        else:
+            v = round_elem(clamp_nan(xv * scale, -448.0, 448.0), -6, 3, NATIVE)
+            code = _e4m3_bits(v)
+        tl.store(q_row + k0 + cols, code.to(tl.uint8), mask=m)
+
+
+@triton.jit
+def scale_epilogue_kernel(
+    acc_ptr,
+    sa_ptr,
+    sw_ptr,
+    b_ptr,
+    y_ptr,
+    M,
+    N,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """``y = acc * sa[:, None] * sw[None, :] (+ bias)`` for an int32 GEMM accumulator."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mm, mn = rm < M, rn < N
+    offs = rm.to(tl.int64)[:, None] * N + rn[None, :]
+    mask = mm[:, None] & mn[None, :]
+    acc = tl.load(acc_ptr + offs, mask=mask, other=0).to(tl.float32)
+    sa = tl.load(sa_ptr + rm, mask=mm, other=0.0)
+    sw = tl.load(sw_ptr + rn, mask=mn, other=0.0)
+    y = acc * sa[:, None] * sw[None, :]
+    if HAS_BIAS:
+        y += tl.load(b_ptr + rn, mask=mn, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def w4_dequant_kernel(
+    w_ptr,
+    s_ptr,
+    gs_ptr,
+    out_ptr,
+    N,
+    K,
+    GROUP: tl.constexpr,
+    WFMT: tl.constexpr,
+    BF16: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """Packed 4-bit weight ``[N, K/2]`` -> dense ``[N, K]`` (codes times their scales).
+
+    Same arithmetic as ``QuantizedWeight.dequantize``: INT4 ``q * scale``, NVFP4
+    ``e2m1 * (block_scale * global_scale)`` in float32, then one rounding to the output dtype.
+    """
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    jj = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    half_k = K // 2
+    mask = (n < N)[:, None] & (jj < half_k)[None, :]
+    p = tl.load(w_ptr + n.to(tl.int64)[:, None] * half_k + jj[None, :], mask=mask, other=0)
+    lo, hi = _unpack(p.to(tl.int32), WFMT)
+    s = _group_scale(s_ptr, n, 2 * jj, mask, K // GROUP, GROUP, WFMT)
+    if WFMT == 1:
+        s = s * tl.load(gs_ptr).to(tl.float32)
+    row = out_ptr + n.to(tl.int64)[:, None] * K + 2 * jj[None, :]
+    store_as(row, lo * s, mask, BF16)
+    store_as(row + 1, hi * s, mask, BF16)

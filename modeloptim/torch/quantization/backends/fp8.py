@@ -36,7 +36,7 @@ def quantize_activation_fp8(x2d: torch.Tensor, per_row: bool) -> tuple[torch.Ten
     if not triton_usable(x2d):
         return _quant_torch(x2d, per_row)
     from ..triton._common import native_fp8
-    from ._kernels import fp8_quant_rows_kernel
+    from ._kernels import quant_rows_kernel
 
     x2d = x2d if x2d.stride(-1) == 1 else x2d.contiguous()
     m, k = x2d.shape
@@ -48,7 +48,7 @@ def quantize_activation_fp8(x2d: torch.Tensor, per_row: bool) -> tuple[torch.Ten
         lo, hi = torch.aminmax(x2d)
         amax = torch.maximum(-lo, hi).float().clamp(min=_TINY)
         inv = torch.reciprocal(torch.div(torch.full_like(amax, 448.0), amax))
-    fp8_quant_rows_kernel[(m,)](
+    quant_rows_kernel[(m,)](
         x2d,
         q.view(torch.uint8),
         amax,
@@ -56,6 +56,7 @@ def quantize_activation_fp8(x2d: torch.Tensor, per_row: bool) -> tuple[torch.Ten
         k,
         x2d.stride(0),
         PER_ROW=per_row,
+        OUT_INT8=False,
         NATIVE=native_fp8(),
         TINY=_TINY,
         BLOCK=min(2048, max(16, 1 << (k - 1).bit_length())),

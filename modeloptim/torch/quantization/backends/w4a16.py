@@ -9,6 +9,7 @@ float32 activations use the tiled tensor-core kernel.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ._device import triton_usable
 from .registry import GEMM_BACKENDS
@@ -18,8 +19,13 @@ from .weights import QuantizedWeight, WeightFormat
 GEMV_MAX_M = 8
 #: GEMV tile (output rows per program, K per step) and warps.
 GEMV_BLOCK_N = 16
-GEMV_BLOCK_K = 512
+GEMV_BLOCK_K = 1024
 GEMV_WARPS = 4
+GEMV_STAGES = 1
+#: For M > GEMV_MAX_M: the fused tile kernel (dequantize in registers, tensor-core dots) if
+#: True, else a one-pass Triton dequantization to a dense 16-bit weight and cuBLAS (faster on
+#: H100 for every M measured: see benchmarks/gpu/NOTES.md).
+FUSED_GEMM = False
 #: GEMM tile.
 GEMM_BLOCK = (64, 64, 64)
 GEMM_WARPS = 4
@@ -72,8 +78,11 @@ def w4a16_linear(
             BLOCK_N=GEMV_BLOCK_N,
             BLOCK_K=_gemv_block_k(weight.group_size),
             num_warps=GEMV_WARPS,
+            num_stages=GEMV_STAGES,
         )
         return y
+    if not FUSED_GEMM:
+        return F.linear(x, dequantize_w4(weight, x.dtype), bias)
     bm, bn, bk = GEMM_BLOCK
     bm = min(bm, max(16, 1 << (m - 1).bit_length()))  # small M: a 16-row tile
     bk = min(bk, weight.group_size) if weight.group_size >= 32 else bk
@@ -116,3 +125,41 @@ def _pow2_divisor(v: int) -> int:
 def triton_cdiv(a: int, b: int) -> int:
     """Ceiling division."""
     return -(-a // b)
+
+
+def dequantize_w4(weight: QuantizedWeight, dtype: torch.dtype) -> torch.Tensor:
+    """Dense ``[N, K]`` weight in ``dtype``, equal to ``weight.dequantize(dtype)`` bit for bit.
+
+    One Triton pass (reads the packed bytes once) where Triton runs, else the PyTorch path.
+    """
+    if weight.format not in (WeightFormat.INT4, WeightFormat.NVFP4):
+        raise ValueError(f"weight: expected an int4 or nvfp4 weight, got {weight.format.value}")
+    if not triton_usable(weight.data):
+        return weight.dequantize(dtype)
+    from ..triton._common import interpreting
+    from ._kernels import w4_dequant_kernel
+
+    n, k = weight.shape
+    wfmt = 0 if weight.format == WeightFormat.INT4 else 1
+    scales = weight.scale if wfmt == 0 else weight.scale.view(torch.uint8)
+    gscale = weight.global_scale if weight.global_scale is not None else scales
+    out = torch.empty((n, k), dtype=dtype, device=weight.data.device)
+    bf16 = dtype == torch.bfloat16 and interpreting()  # see triton/_common.output_for
+    buf = out.view(torch.int16) if bf16 else out
+    block_n, block_k = 16, 256
+    grid = (triton_cdiv(n, block_n), triton_cdiv(k, block_k))
+    w4_dequant_kernel[grid](
+        weight.data,
+        scales,
+        gscale,
+        buf,
+        n,
+        k,
+        GROUP=weight.group_size,
+        WFMT=wfmt,
+        BF16=bf16,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        num_warps=4,
+    )
+    return out

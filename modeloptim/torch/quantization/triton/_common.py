@@ -108,6 +108,26 @@ else:
 
 
 @triton.jit
+def div_exact(q, scale, inv):
+    """``q / scale`` correctly rounded, from ``inv = RN(1 / scale)`` with three FMAs.
+
+    The IEEE ``div.rn`` subroutine costs ~10 instructions and a branch per element, which made
+    the INT kernels issue bound; here the quotient ``q * inv`` is refined twice with exact
+    FMA residuals (Markstein), which gives the correctly rounded quotient for finite ``q``
+    and normal positive ``scale`` whose quotient does not underflow (the INT rule: ``q`` is
+    an integer code, ``scale = bound / amax`` with ``amax > 2**-24``). Checked against IEEE
+    division on 10**8 (code, scale) pairs, and bit for bit in tests/gpu. Keeps ``q``'s sign
+    (``-0.0 / s = -0.0``) and NaN.
+    """
+    a = tl.abs(q)
+    r = a * inv
+    r = tl.fma(tl.fma(-r, scale, a), inv, r)
+    r = tl.fma(tl.fma(-r, scale, a), inv, r)
+    sign = q.to(tl.uint32, bitcast=True) & 0x80000000
+    return (r.to(tl.uint32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def clamp_nan(v, lo, hi):
     """``clamp(v, lo, hi)`` that keeps NaN, like ``torch.clamp``."""
     v = tl.maximum(v, lo, propagate_nan=tl.PropagateNan.ALL)

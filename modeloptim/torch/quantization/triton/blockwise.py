@@ -28,6 +28,7 @@ from ._common import (
     ceil_log2,
     check_input,
     clamp_nan,
+    div_exact,
     int_range,
     launch_options,
     max_nan,
@@ -94,11 +95,11 @@ def _block_fake_quant_kernel(
     if FMT == 0 or FMT == 1:
         tiny = bamax <= TINY
         scale = tl.where(tiny, 1.0, tl.math.div_rn(tl.zeros_like(bamax) + BOUND, bamax))
+        inv = tl.math.div_rn(tl.zeros_like(scale) + 1.0, scale)
         v = clamp_nan(x * scale, LO, HI)
         if FMT == 0:
-            out = tl.math.div_rn(rne(v), scale)
+            out = div_exact(rne(v), scale, inv)
         else:
-            inv = tl.math.div_rn(tl.zeros_like(scale) + 1.0, scale)
             out = round_elem(v, EMIN, MBITS, NATIVE) * inv
         out = tl.where(tiny, 0.0, out)
     elif FMT == 2:

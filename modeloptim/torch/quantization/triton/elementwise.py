@@ -25,6 +25,7 @@ from ._common import (
     TINY_AMAX,
     check_input,
     clamp_nan,
+    div_exact,
     int_range,
     launch_options,
     native_fp8,
@@ -37,6 +38,8 @@ from ._common import (
 #: Elements per program; the tile is ``BLOCK_R x BLOCK_L`` with ``BLOCK_R * BLOCK_L`` this.
 TILE_ELEMS = 8192
 NUM_WARPS = 8
+#: Tile width when the amax runs along the last dim.
+COL_TILE_COLS = 128
 
 _MODE_SCALAR, _MODE_ROW, _MODE_COL = 0, 1, 2
 _FMT_INT, _FMT_FLOAT = 0, 1
@@ -53,7 +56,11 @@ class _Layout:
 
 
 def _layout(x: torch.Tensor, amax: torch.Tensor) -> _Layout | None:
-    """Return the 2-D view for ``x`` and ``amax``, or None if amax varies along >1 dim."""
+    """Return the 2-D view for ``x`` and ``amax``, or None if amax does not fit one.
+
+    amax may vary along several dims if they are adjacent and full-size (e.g. per-token amax
+    ``[B, T, 1]`` of ``[B, T, H]``): they merge into one channel dim.
+    """
     n = x.numel()
     if amax.numel() == 1:
         return _Layout(_MODE_SCALAR, 1, n, 1)
@@ -61,11 +68,12 @@ def _layout(x: torch.Tensor, amax: torch.Tensor) -> _Layout | None:
         return None
     shape = (1,) * (x.dim() - amax.dim()) + tuple(amax.shape)
     dims = [d for d, s in enumerate(shape) if s != 1]
-    if len(dims) != 1 or shape[dims[0]] != x.shape[dims[0]]:
+    if dims != list(range(dims[0], dims[-1] + 1)):
         return None
-    d = dims[0]
-    channels = x.shape[d]
-    inner = math.prod(x.shape[d + 1 :])
+    if any(shape[d] != x.shape[d] for d in dims):
+        return None
+    channels = math.prod(x.shape[d] for d in dims)
+    inner = math.prod(x.shape[dims[-1] + 1 :])
     if inner == 1:
         return _Layout(_MODE_COL, n // channels, channels, channels)
     return _Layout(_MODE_ROW, n // inner, inner, channels)
@@ -74,7 +82,9 @@ def _layout(x: torch.Tensor, amax: torch.Tensor) -> _Layout | None:
 def _tile(layout: _Layout) -> tuple[int, int]:
     if layout.mode == _MODE_SCALAR:
         return 1, TILE_ELEMS
-    block_l = min(triton.next_power_of_2(layout.cols), TILE_ELEMS)
+    # per-column amax: several rows per tile so each column's scale is computed once per tile
+    cap = COL_TILE_COLS if layout.mode == _MODE_COL else TILE_ELEMS
+    block_l = min(triton.next_power_of_2(layout.cols), cap)
     return max(1, TILE_ELEMS // block_l), block_l
 
 
@@ -132,11 +142,11 @@ def _scaled_fake_quant_kernel(
     a = _load_amax(amax_ptr, rows, cols, R, L, C, MODE)
     tiny = a <= TINY
     scale = tl.where(tiny, 1.0, tl.math.div_rn(tl.zeros_like(a) + BOUND, a))
+    inv = tl.math.div_rn(tl.zeros_like(scale) + 1.0, scale)
     v = clamp_nan(x * scale, LO, HI)
-    if FMT == 0:
-        out = tl.math.div_rn(rne(v), scale)
+    if FMT == 0:  # noqa: SIM108  (compile-time branch)
+        out = div_exact(rne(v), scale, inv)
     else:
-        inv = tl.math.div_rn(tl.zeros_like(scale) + 1.0, scale)
         out = round_elem(v, EMIN, MBITS, NATIVE) * inv
     out = tl.where(tiny, 0.0, out)
     store_as(out_ptr + offs, out, mask, BF16)

@@ -10,7 +10,8 @@ Choices beyond DESIGN.md (the kernels make the same ones):
   below that gives zeros.
 * MX: ``e = ceil(log2(block_amax / elem_max))`` is computed exactly from the float32 bits
   (``torch.frexp``), not with ``torch.log2``, whose rounding makes ``ceil`` wrong just above
-  powers of two. ``e`` is floored at -127 (a zero block gives -127) and capped at 127.
+  powers of two. ``e`` is floored at -127 (a zero block gives -127) and capped at 127 (a
+  block holding ±inf gets 127: its finite elements flush to zero, the infinities stay).
 * MXINT8 elements are int8 codes ``k`` in [-127, 127] with an implicit ``2**-6`` (OCP MX v1.0
   scaling, symmetric range), so ``elem_max = 127 / 64``; ``q = clamp(round(v * 64)) / 64``.
 * MX: a block containing NaN comes out all NaN (like the INT/FP8/NVFP4 rules, whose NaN
@@ -144,6 +145,7 @@ def mx_exponent(block_amax: torch.Tensor, elem: str) -> torch.Tensor:
     m, ex = torch.frexp(r)  # r = m * 2**ex, m in [0.5, 1): ceil(log2 r) = ex - (m == 0.5)
     e = torch.where(m == 0.5, ex - 1, ex)
     e = torch.where(r == 0, torch.full_like(e, -127), e)
+    e = torch.where(torch.isinf(r), torch.full_like(e, 127), e)  # frexp(inf) is unspecified
     return e.clamp(-127, 127)
 
 

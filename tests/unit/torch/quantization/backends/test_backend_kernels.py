@@ -93,3 +93,47 @@ def test_int8_linear_close_to_dequantized():
         pytest.skip(f"_int_mm unsupported here: {err}")
     ref = x.double() @ qw.dequantize(torch.float64).T + 1
     assert _rel(y, ref) < 0.02
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_activation_kernel_equals_torch(dtype):
+    x = (torch.randn(5, 300) * torch.logspace(-2, 2, 5)[:, None]).to(dtype)
+    x[2] = 0.0
+    q, inv = int8.quantize_activation_int8(x)
+    q2, inv2 = int8._quant_torch(x)
+    assert q.dtype == torch.int8
+    assert torch.equal(q, q2)
+    assert torch.equal(inv, inv2)
+
+
+def test_scale_epilogue_kernel():
+    acc = torch.randint(-(2**20), 2**20, (37, 150), dtype=torch.int32)
+    sa = torch.rand(37, 1)
+    sw = torch.rand(150)
+    bias = torch.randn(150)
+    y = int8.scale_accumulator(acc, sa, sw, torch.float32, bias)
+    ref = acc.double() * sa.double() * sw.double()[None, :] + bias.double()
+    torch.testing.assert_close(y.double(), ref, rtol=1e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fmt", ["int4", "nvfp4"])
+def test_dequantize_w4_kernel_bit_exact(dtype, fmt):
+    w = torch.randn(24, 256) * torch.logspace(-2, 2, 256)
+    qw = B.quantize_int4(w.to(dtype), 64) if fmt == "int4" else B.quantize_nvfp4(w)
+    out = w4a16.dequantize_w4(qw, dtype)
+    assert out.dtype == dtype
+    assert torch.equal(out, qw.dequantize(dtype))
+
+
+@pytest.mark.parametrize("fmt", ["int4", "nvfp4"])
+def test_fused_gemm_kernel(fmt, monkeypatch):
+    monkeypatch.setattr(w4a16, "FUSED_GEMM", True)
+    w = torch.randn(40, 256)
+    qw = B.quantize_int4(w.half(), 128) if fmt == "int4" else B.quantize_nvfp4(w)
+    for dtype in (torch.float32, torch.float16):
+        x = torch.randn(20, 256).to(dtype)
+        ref = x.double() @ qw.dequantize(torch.float64).T
+        assert _rel(w4a16.w4a16_linear(x, qw, None), ref) < (
+            1e-6 if dtype == torch.float32 else 2e-3
+        )
