@@ -97,9 +97,19 @@ def test_non_contiguous_and_odd_sizes():
     _same(ew.fake_quant_int(x, amax, 4, False, True), ref.fake_quant_int(x, amax, 4, False, True))
 
 
+def test_adjacent_amax_dims_merge():
+    x = _data((4, 5, 6), torch.float32)
+    for amax in (x.abs().amax(-1, keepdim=True) * 0.5, x.abs() * 0.9 + 0.1):
+        _same(
+            ew.fake_quant_int(x, amax, 8, False, True), ref.fake_quant_int(x, amax, 8, False, True)
+        )
+        _same(ew.fake_quant_fp8(x, amax, 4), ref.fake_quant_fp8(x, amax, 4))
+
+
 def test_unsupported_layouts_return_none():
     x = torch.randn(4, 6)
-    assert ew.fake_quant_int(x, torch.rand(4, 6), 8, False, True) is None  # two varying dims
+    x3 = torch.randn(4, 5, 6)
+    assert ew.fake_quant_int(x3, torch.rand(4, 1, 6), 8, False, True) is None  # not adjacent
     assert ew.fake_quant_int(x.double(), torch.tensor(1.0), 8, False, True) is None
     assert ew.fake_quant_fp8(x, torch.rand(5, 1), 4) is None  # wrong channel count
 
