@@ -208,6 +208,31 @@ def _variants():
             [*gv_al, "M"],
             4,
         )
+    dq_sig = {
+        "w_ptr": "*u8",
+        "s_ptr": "*bf16",
+        "gs_ptr": "*fp32",
+        "out_ptr": "*bf16",
+        "N": "i32",
+        "K": "i32",
+    }
+    for wfmt, group, bk_ in ((0, 128, 128), (1, 16, 256)):
+        sig = dict(dq_sig, s_ptr="*bf16" if wfmt == 0 else "*u8")
+        const = {
+            "GROUP": group,
+            "WFMT": wfmt,
+            "BF16": False,
+            "BLOCK_N": 8192 // bk_,
+            "BLOCK_K": bk_,
+        }
+        yield (
+            f"w4 dequant {'int4' if wfmt == 0 else 'nvfp4'}",
+            bk.w4_dequant_kernel,
+            sig,
+            const,
+            ["w_ptr", "s_ptr", "out_ptr", "N", "K"],
+            4,
+        )
     aq_sig = {
         "x_ptr": "*bf16",
         "q_ptr": "*u8",

@@ -195,6 +195,7 @@ def bench_w4a16(size: int, rows: list[dict], sweep: bool) -> None:
             tb = _bench(lambda xm=xm: F.linear(xm, ws[0]), reps=50)
             for fused in (True, False):
                 w4a16.FUSED_GEMM = fused
+                w4a16.FUSED_GEMM_MAX_M = 32 if fused else 0
                 tm = _bench(lambda xm=xm, q=qws[0]: w4a16.w4a16_linear(xm, q, None), reps=50)
                 rows.append(
                     {
@@ -205,7 +206,7 @@ def bench_w4a16(size: int, rows: list[dict], sweep: bool) -> None:
                         "rel_err": float("nan"),
                     }
                 )
-            w4a16.FUSED_GEMM = False
+            w4a16.FUSED_GEMM, w4a16.FUSED_GEMM_MAX_M = False, 32
 
 
 def main() -> None:

@@ -315,16 +315,36 @@ def w4_dequant_kernel(
 
     Same arithmetic as ``QuantizedWeight.dequantize``: INT4 ``q * scale``, NVFP4
     ``e2m1 * (block_scale * global_scale)`` in float32, then one rounding to the output dtype.
+    Scales are loaded once per (row, group), not per element, and the even/odd halves are
+    interleaved in registers so the output is written with contiguous vector stores.
     """
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    jj = tl.program_id(1) * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    pid_k = tl.program_id(1)
+    jj = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
     half_k = K // 2
-    mask = (n < N)[:, None] & (jj < half_k)[None, :]
+    NG = K // GROUP
+    mask_n = n < N
+    mask = mask_n[:, None] & (jj < half_k)[None, :]
     p = tl.load(w_ptr + n.to(tl.int64)[:, None] * half_k + jj[None, :], mask=mask, other=0)
     lo, hi = _unpack(p.to(tl.int32), WFMT)
-    s = _group_scale(s_ptr, n, 2 * jj, mask, K // GROUP, GROUP, WFMT)
-    if WFMT == 1:
-        s = s * tl.load(gs_ptr).to(tl.float32)
-    row = out_ptr + n.to(tl.int64)[:, None] * K + 2 * jj[None, :]
-    store_as(row, lo * s, mask, BF16)
-    store_as(row + 1, hi * s, mask, BF16)
+    if BLOCK_K <= GROUP:
+        s = _load_scales(s_ptr, n * NG + (pid_k * BLOCK_K) // GROUP, mask_n, WFMT)
+        if WFMT == 1:
+            s = s * tl.load(gs_ptr).to(tl.float32)
+        lo = lo * s[:, None]
+        hi = hi * s[:, None]
+    else:
+        g = pid_k * (BLOCK_K // GROUP) + tl.arange(0, BLOCK_K // GROUP)
+        s_mask = mask_n[:, None] & (g < NG)[None, :]
+        s = _load_scales(s_ptr, n[:, None] * NG + g[None, :], s_mask, WFMT)
+        if WFMT == 1:
+            s = s * tl.load(gs_ptr).to(tl.float32)
+        s3 = s[:, :, None]
+        shape3: tl.constexpr = [BLOCK_N, BLOCK_K // GROUP, GROUP // 2]
+        shape2: tl.constexpr = [BLOCK_N, BLOCK_K // 2]
+        lo = tl.reshape(tl.reshape(lo, shape3) * s3, shape2)
+        hi = tl.reshape(tl.reshape(hi, shape3) * s3, shape2)
+    vals = tl.interleave(lo, hi)  # [BLOCK_N, BLOCK_K]: element 2j from lo, 2j + 1 from hi
+    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    out_mask = mask_n[:, None] & (k < K)[None, :]
+    store_as(out_ptr + n.to(tl.int64)[:, None] * K + k[None, :], vals, out_mask, BF16)

@@ -17,14 +17,18 @@ from .weights import QuantizedWeight, WeightFormat
 
 #: Largest M served by the GEMV kernel (one program column per activation row).
 GEMV_MAX_M = 8
-#: GEMV tile (output rows per program, K per step) and warps.
-GEMV_BLOCK_N = 16
-GEMV_BLOCK_K = 1024
+#: GEMV tile (output rows per program, K per step), warps and pipeline stages: the fastest of
+#: a 36-config sweep on an H100 (benchmarks/gpu/NOTES.md): 26.6 us for 8192 x 8192 INT4.
+GEMV_BLOCK_N = 4
+GEMV_BLOCK_K = 2048
 GEMV_WARPS = 4
 GEMV_STAGES = 1
-#: For M > GEMV_MAX_M: the fused tile kernel (dequantize in registers, tensor-core dots) if
-#: True, else a one-pass Triton dequantization to a dense 16-bit weight and cuBLAS (faster on
-#: H100 for every M measured: see benchmarks/gpu/NOTES.md).
+#: For GEMV_MAX_M < M <= FUSED_GEMM_MAX_M the fused tile kernel (dequantize in registers,
+#: tensor-core dots) runs; above it a one-pass Triton dequantization to a dense 16-bit weight
+#: and cuBLAS. On an H100 (8192 x 8192 INT4) the fused kernel took 334 us at M=16 vs 622 us for
+#: dequantize + cuBLAS, and 2213 us vs 628 us at M=256 (benchmarks/gpu/NOTES.md).
+FUSED_GEMM_MAX_M = 32
+#: Force the fused kernel for every M > GEMV_MAX_M (tests and benchmarks).
 FUSED_GEMM = False
 #: GEMM tile.
 GEMM_BLOCK = (64, 64, 64)
@@ -81,7 +85,7 @@ def w4a16_linear(
             num_stages=GEMV_STAGES,
         )
         return y
-    if not FUSED_GEMM:
+    if not FUSED_GEMM and m > FUSED_GEMM_MAX_M:
         return F.linear(x, dequantize_w4(weight, x.dtype), bias)
     bm, bn, bk = GEMM_BLOCK
     bm = min(bm, max(16, 1 << (m - 1).bit_length()))  # small M: a 16-row tile
@@ -146,7 +150,9 @@ def dequantize_w4(weight: QuantizedWeight, dtype: torch.dtype) -> torch.Tensor:
     out = torch.empty((n, k), dtype=dtype, device=weight.data.device)
     bf16 = dtype == torch.bfloat16 and interpreting()  # see triton/_common.output_for
     buf = out.view(torch.int16) if bf16 else out
-    block_n, block_k = 16, 256
+    block_k = 256 if weight.group_size < 256 else min(weight.group_size, 1024)
+    block_k = min(block_k, weight.group_size) if weight.group_size >= 64 else block_k
+    block_n = max(1, 8192 // block_k)
     grid = (triton_cdiv(n, block_n), triton_cdiv(k, block_k))
     w4_dequant_kernel[grid](
         weight.data,

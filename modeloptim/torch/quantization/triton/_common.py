@@ -18,7 +18,6 @@ import os
 from typing import Any
 
 import torch
-
 import triton
 import triton.language as tl
 

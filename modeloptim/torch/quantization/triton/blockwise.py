@@ -17,7 +17,6 @@ and writes once: the same bytes as a copy. Formats (DESIGN.md §2, "Numerics to 
 from __future__ import annotations
 
 import torch
-
 import triton
 import triton.language as tl
 

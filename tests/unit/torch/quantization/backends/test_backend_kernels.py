@@ -18,7 +18,7 @@ def _rel(y, ref):
 
 
 @pytest.mark.parametrize("fmt", ["int4_g128", "int4_g32", "nvfp4"])
-@pytest.mark.parametrize("m", [1, 3, 20])
+@pytest.mark.parametrize("m", [1, 3, 20, 40])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_w4a16_matches_dequantized_matmul(fmt, m, dtype):
     n, k = 40, 256  # n not a multiple of the tile: masked rows
@@ -120,10 +120,14 @@ def test_scale_epilogue_kernel():
 @pytest.mark.parametrize("fmt", ["int4", "nvfp4"])
 def test_dequantize_w4_kernel_bit_exact(dtype, fmt):
     w = torch.randn(24, 256) * torch.logspace(-2, 2, 256)
-    qw = B.quantize_int4(w.to(dtype), 64) if fmt == "int4" else B.quantize_nvfp4(w)
-    out = w4a16.dequantize_w4(qw, dtype)
-    assert out.dtype == dtype
-    assert torch.equal(out, qw.dequantize(dtype))
+    if fmt == "nvfp4":
+        qws = [B.quantize_nvfp4(w)]
+    else:
+        qws = [B.quantize_int4(w.to(dtype), g) for g in (32, 128, 256)]
+    for qw in qws:
+        out = w4a16.dequantize_w4(qw, dtype)
+        assert out.dtype == dtype
+        assert torch.equal(out, qw.dequantize(dtype))
 
 
 @pytest.mark.parametrize("fmt", ["int4", "nvfp4"])
