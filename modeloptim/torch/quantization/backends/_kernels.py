@@ -340,10 +340,10 @@ def w4_dequant_kernel(
         if WFMT == 1:
             s = s * tl.load(gs_ptr).to(tl.float32)
         s3 = s[:, :, None]
-        shape3: tl.constexpr = [BLOCK_N, BLOCK_K // GROUP, GROUP // 2]
-        shape2: tl.constexpr = [BLOCK_N, BLOCK_K // 2]
-        lo = tl.reshape(tl.reshape(lo, shape3) * s3, shape2)
-        hi = tl.reshape(tl.reshape(hi, shape3) * s3, shape2)
+        lo3 = tl.reshape(lo, [BLOCK_N, BLOCK_K // GROUP, GROUP // 2]) * s3
+        hi3 = tl.reshape(hi, [BLOCK_N, BLOCK_K // GROUP, GROUP // 2]) * s3
+        lo = tl.reshape(lo3, [BLOCK_N, BLOCK_K // 2])
+        hi = tl.reshape(hi3, [BLOCK_N, BLOCK_K // 2])
     vals = tl.interleave(lo, hi)  # [BLOCK_N, BLOCK_K]: element 2j from lo, 2j + 1 from hi
     k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     out_mask = mask_n[:, None] & (k < K)[None, :]
