@@ -42,6 +42,8 @@ from ._common import (
 #: Elements per program (rows x padded block width).
 TILE_ELEMS = 8192
 NUM_WARPS = 8
+#: From this many elements on, offsets are computed in 64 bits (int32 would overflow).
+INT64_MIN_NUMEL = 2**31 - 4 * TILE_ELEMS
 #: Widest block handled in registers; wider blocks fall back to the PyTorch path.
 MAX_BLOCK = 16384
 
@@ -162,7 +164,7 @@ def _launch_block(
         NATIVE=native_fp8(),
         BLOCK_N=block_n,
         BLOCK_B=block_b,
-        INT64=x2d.numel() + TILE_ELEMS * 2 >= 2**31,
+        INT64=x2d.numel() >= INT64_MIN_NUMEL,
         num_warps=NUM_WARPS,
         **launch_options(),
     )

@@ -37,6 +37,8 @@ from ._common import (
 #: Elements per program; the tile is ``BLOCK_R x BLOCK_L`` with ``BLOCK_R * BLOCK_L`` this.
 TILE_ELEMS = 8192
 NUM_WARPS = 8
+#: From this many elements on, offsets are computed in 64 bits (int32 would overflow).
+INT64_MIN_NUMEL = 2**31 - 4 * TILE_ELEMS
 #: Tile width when the amax runs along the last dim.
 COL_TILE_COLS = 128
 
@@ -105,10 +107,12 @@ def _tile_offsets(R, L, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr, INT64: tl.
     pid_r = pid // n_l
     pid_l = pid % n_l
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     if INT64:
+        # a per-tensor view is [1, numel]: column indices pass 2**31 too
+        cols = pid_l.to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L)
         offs = rows.to(tl.int64)[:, None] * L + cols[None, :]
     else:
+        cols = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
         offs = rows[:, None] * L + cols[None, :]
     mask = (rows < R)[:, None] & (cols < L)[None, :]
     return rows, cols, offs, mask
@@ -212,7 +216,7 @@ def _launch_scaled(
         NATIVE=native_fp8(),
         BLOCK_R=block_r,
         BLOCK_L=block_l,
-        INT64=x.numel() + TILE_ELEMS >= 2**31,
+        INT64=x.numel() >= INT64_MIN_NUMEL,
         num_warps=NUM_WARPS,
         **launch_options(),
     )
@@ -269,7 +273,7 @@ def ste_backward(
         MODE=layout.mode,
         BLOCK_R=block_r,
         BLOCK_L=block_l,
-        INT64=x.numel() + TILE_ELEMS >= 2**31,
+        INT64=x.numel() >= INT64_MIN_NUMEL,
         num_warps=NUM_WARPS,
         **launch_options(),
     )

@@ -103,3 +103,18 @@ def test_unsupported_shapes_return_none_and_bad_names_raise():
         bw.fake_quant_mx(torch.randn(4, 32), "e9m9")
     with pytest.raises(ValueError, match="exponent_bits"):
         bw.fake_quant_fp8_dynamic_block(torch.randn(4, 32), 2)
+
+
+def test_int64_offsets_path(monkeypatch):
+    monkeypatch.setattr(bw, "INT64_MIN_NUMEL", 0)
+    x = _rows(20, 32, torch.bfloat16)
+    _same(bw.fake_quant_mx(x, "e2m1"), ref.fake_quant_mx(x, "e2m1"))
+    _same(
+        bw.fake_quant_int_dynamic_block(x, 4, False, True),
+        ref.fake_quant_int_dynamic_block(x, 4, False, True),
+    )
+    x16 = x.reshape(-1, 16)
+    _same(
+        bw.fake_quant_nvfp4(x16, x.float().abs().amax()),
+        ref.fake_quant_nvfp4(x16, x.float().abs().amax()),
+    )
