@@ -2,10 +2,12 @@
 # One GPU batch: bit-exactness of every kernel (tests/gpu), then both benchmarks.
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu_out.
 # Usage (repo root): bash benchmarks/gpu/run_all.sh [--quick]
+# The lent GPU image has no pydantic (core needs it): carry its wheels, pip install them with
+# --target /tmp/site and export PYTHONPATH=/tmp/site first (see benchmarks/gpu/NOTES.md).
 set -u
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 QUICK=${1:-}
 {
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem,power.draw,temperature.gpu \
