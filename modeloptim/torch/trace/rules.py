@@ -78,20 +78,22 @@ def _embedding(m: nn.Embedding) -> SymInfo:
 
 @SYM_RULES.register(nn.MultiheadAttention)
 def _mha(m: nn.MultiheadAttention) -> SymInfo:
-    e = Symbol("embed_dim", m.embed_dim, IN)
-    h, d = Symbol("num_heads", m.num_heads, NONE), Symbol("head_dim", m.head_dim, NONE)
+    # torch requires embed_dim == num_heads * head_dim, so the embedding dim *is* the
+    # (heads, head_dim) product: pruning it removes whole heads or head channels.
+    h, d = Symbol("num_heads", m.num_heads, OUT), Symbol("head_dim", m.head_dim, OUT)
+    e = (h, d)
     kd, vd = Symbol("kdim", m.kdim, IN), Symbol("vdim", m.vdim, IN)
-    syms = [e, h, d] + ([] if m._qkv_same_embed_dim else [kd, vd])
-    if m._qkv_same_embed_dim:
-        kd, vd = e, e
-    qkv = [(h, d), (h, d), (h, d)]
-    t: dict[str, dict[int, object]] = {"in_proj_bias": {0: qkv}, "out_proj.weight": {0: e, 1: (
-        h, d)}, "out_proj.bias": {0: e}}
-    if m._qkv_same_embed_dim:
-        t["in_proj_weight"] = {0: qkv, 1: e}
+    same = m._qkv_same_embed_dim
+    t: dict[str, dict[int, object]] = {"in_proj_bias": {0: [e, e, e]}, "out_proj.weight": {
+        0: e, 1: e}, "out_proj.bias": {0: e}}
+    if same:
+        t["in_proj_weight"] = {0: [e, e, e], 1: e}
     else:
-        t.update({"q_proj_weight": {0: (h, d), 1: e}, "k_proj_weight": {0: (h, d), 1: kd},
-                  "v_proj_weight": {0: (h, d), 1: vd}})
-    return SymInfo.of(*syms, tensors=t, inputs={"query": {-1: e}, "key": {-1: kd}, "value": {
-        -1: vd}}, outputs={(0,): {-1: e}}, attrs={"embed_dim": e, "num_heads": h, "head_dim": d,
-        "kdim": kd, "vdim": vd, "out_proj.in_features": (h, d), "out_proj.out_features": e})
+        t.update({"q_proj_weight": {0: e, 1: e}, "k_proj_weight": {0: e, 1: kd},
+                  "v_proj_weight": {0: e, 1: vd}})
+    ins = {"query": {-1: e}, "key": {-1: e if same else kd}, "value": {-1: e if same else vd}}
+    return SymInfo.of(h, d, *([] if same else [kd, vd]), tensors=t, inputs=ins,
+                      outputs={(0,): {-1: e}}, attrs={
+                          "embed_dim": e, "num_heads": h, "head_dim": d,
+                          "kdim": e if same else kd, "vdim": e if same else vd,
+                          "out_proj.in_features": e, "out_proj.out_features": e})

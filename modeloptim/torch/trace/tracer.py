@@ -233,6 +233,8 @@ def recursive_trace(model: nn.Module, concrete_args: dict[str, Any] | None = Non
     pending: list[nn.Module] = [model]
     while pending:
         for m in pending:
+            if example_inputs is not None and id(m) not in calls:
+                continue  # not called by the example forward: nothing to learn from it
             conc = concrete if m is model else _concrete_from_call(calls.get(id(m)))
             gm = _trace_one(m, conc, kwargs, gc, failed)
             if gm is not None:

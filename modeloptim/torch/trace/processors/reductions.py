@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -83,7 +85,7 @@ class PoolProcessor(NodeProcessor):
         ctx.desc[node] = res if not isinstance(ctx.value(node), tuple) else (res, res)
 
 
-@PROCESSORS.register(torch.matmul, torch.bmm, torch.mm, "matmul", "bmm", "mm",
+@PROCESSORS.register(torch.matmul, torch.bmm, torch.mm, "matmul", "bmm", "mm", operator.matmul,
                      "__matmul__")
 class MatmulProcessor(NodeProcessor):
     """``a @ b``: a's last dim ties b's second-to-last; batch dims broadcast."""
