@@ -48,18 +48,23 @@ class AnalysisContext:
         # per graph
         self.gm: fx.GraphModule | None = None
         self.prefix = ""
+        self.leaf_root = False
         self.desc: dict[fx.Node, Any] = {}
         self.val: dict[fx.Node, Any] = {}
         self.derived: dict[fx.Node, Any] = {}
 
     # -- graph switching ---------------------------------------------------------------------
-    def begin_graph(self, gm: fx.GraphModule, prefix: str, values: dict[fx.Node, Any]) -> None:
+    def begin_graph(self, gm: fx.GraphModule, prefix: str, values: dict[fx.Node, Any],
+                    leaf_root: bool = False) -> None:
         """Start a new graph (its node values come from shape propagation)."""
         self.gm, self.prefix, self.val = gm, prefix, values
+        self.leaf_root = leaf_root
         self.desc, self.derived = {}, {}
 
     def qualname(self, target: str) -> str:
         """Model-level name of a graph target."""
+        if self.leaf_root and target == "leaf":
+            return self.prefix
         return f"{self.prefix}.{target}" if self.prefix else target
 
     def module(self, target: str) -> nn.Module:
