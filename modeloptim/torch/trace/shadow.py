@@ -127,7 +127,7 @@ class ShadowMixin:
         if node.op == "call_method" and node.target in _SIZE_METHODS:
             return True
         if node.op == "call_function" and node.target is builtins.getattr and \
-                node.args[1] in ("shape", "ndim"):
+                node.args[1] in ("shape", "ndim", "dtype", "device", "is_cuda", "layout"):
             return True
         if node.op == "call_function" and node.target is builtins.len:
             return True

@@ -52,6 +52,12 @@ def _stub(fn: Callable[..., Any]) -> Callable[..., Any]:
         key = next(_KEYS)
         _CALLS[key] = (fn, {k: v for k, v in kwargs.items() if k not in proxies})
         tracer = next(iter(proxies.values())).tracer
+        shadow = getattr(tracer, "shadow", None)
+        if shadow is not None:  # builders may return None (no mask needed): decide now
+            example = {k: shadow(p.node) for k, p in proxies.items()}
+            if all(isinstance(v, torch.Tensor) for v in example.values()) and \
+                    mask_leaf(key, **example) is None:
+                return None
         return tracer.create_proxy("call_function", mask_leaf, (key,), proxies)
 
     stub.__wrapped__ = fn  # type: ignore[attr-defined]

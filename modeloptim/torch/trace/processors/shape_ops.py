@@ -198,7 +198,7 @@ class GetitemProcessor(NodeProcessor):
         if not isinstance(lay, list):
             ctx.boundary(node, "indexing a tensor without layout")
             return
-        items = list(idx) if isinstance(idx, tuple) else [idx]
+        items = [_resolve(ctx, i) for i in (list(idx) if isinstance(idx, tuple) else [idx])]
         if any(isinstance(i, fx.Node | list | torch.Tensor) or i is True or i is False
                for i in items):
             ctx.boundary(node, "advanced (tensor) indexing")
@@ -240,6 +240,16 @@ class GetitemProcessor(NodeProcessor):
             ctx.desc[node] = sub if isinstance(idx, int) else tuple(sub)
         else:
             ctx.desc[node] = None if lay is None else ctx.fresh(ctx.value(node), "unknown item")
+
+
+def _resolve(ctx: AnalysisContext, item: Any) -> Any:
+    """Replace size-derived nodes in an index by their example ints."""
+    if isinstance(item, slice):
+        return slice(*(_resolve(ctx, v) for v in (item.start, item.stop, item.step)))
+    if isinstance(item, fx.Node):
+        v = ctx.value(item)
+        return v if isinstance(v, int) else item
+    return item
 
 
 @PROCESSORS.register("size", "dim", "numel", "ndimension", "nelement", torch.numel, builtins.len)
