@@ -19,6 +19,8 @@ from torch import fx
 from torch.fx.node import map_arg
 
 _MISSING = object()
+_PLAIN_MODULES = {"_operator", "operator", "builtins", "torch", "torch.functional",
+                  "torch.nn.functional", "torch._C._nn", "torch._C._VariableFunctions", None}
 _SIZE_METHODS = {"size", "dim", "numel", "ndimension", "nelement"}
 
 
@@ -95,8 +97,11 @@ class ShadowMixin:
         kwargs = map_arg(node.kwargs, val)
         if missing:
             return _MISSING
+        # reverting fx's patches is costly: only needed where user code runs (modules...)
+        plain = node.op == "call_method" or (node.op == "call_function" and getattr(
+            node.target, "__module__", None) in _PLAIN_MODULES)
         try:
-            with torch.no_grad(), _unpatched():
+            with torch.no_grad(), contextlib.nullcontext() if plain else _unpatched():
                 if node.op == "get_attr":
                     return self._attr(str(node.target))
                 if node.op == "call_function":
