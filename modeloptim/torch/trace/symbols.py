@@ -168,10 +168,12 @@ class SymMapRegistry:
             self._rules.pop(t, None)
 
     def rule_for(self, module: nn.Module) -> Rule | None:
-        """The rule of ``module``'s type (nearest registered base class), if any."""
-        for t in type(module).__mro__:
+        """The rule of ``module``'s type, or of a registered base class whose ``forward`` the
+        subclass does not override (a new forward may use the tensors differently)."""
+        cls = type(module)
+        for t in cls.__mro__:
             if t in self._rules:
-                return self._rules[t]
+                return self._rules[t] if t is cls or cls.forward is t.forward else None
         return None
 
     def is_registered(self, module: nn.Module) -> bool:

@@ -140,6 +140,8 @@ def random_init_fast(cls: Any, config: Any) -> nn.Module:
     with torch.device("meta"):
         model = cls(config)
     model = model.to_empty(device="cpu")
+    if hasattr(model, "tie_weights"):  # to_empty() unties shared tensors
+        model.tie_weights()
     gen = torch.Generator().manual_seed(0)
     for name, p in model.named_parameters():
         if p.dim() == 1:

@@ -132,6 +132,20 @@ def _register_conv1d() -> None:
                           inputs={"x": {-1: i}}, outputs={(): {-1: o}}, attrs={"nx": i, "nf": o})
 
 
+def _register_channel_norms() -> None:
+    with contextlib.suppress(ImportError):
+        from transformers.models.convnext.modeling_convnext import ConvNextLayerNorm
+
+        @SYM_RULES.register(ConvNextLayerNorm)
+        def _convnext_ln(m: ConvNextLayerNorm) -> SymInfo:
+            c = Symbol("normalized_shape_0", m.normalized_shape[0], CLType.INCOMING)
+            dims = {1 if m.data_format == "channels_first" else -1: c}
+            return SymInfo.of(c, tensors={"weight": {0: c}, "bias": {0: c}},
+                              inputs={"features": dims}, outputs={(): dims},
+                              attrs={"normalized_shape": [(c,)]})
+
+
 _register_conv1d()
+_register_channel_norms()
 
 __all__ = ["MaskBuilderProcessor", "hf_tracing", "mask_leaf", "torch"]

@@ -72,4 +72,14 @@ class SplitProcessor(NodeProcessor):
         if pieces is None:
             ctx.boundary(node, "split does not cover the dim")
             return
+        size_arg = node.args[1] if len(node.args) > 1 else node.kwargs.get(
+            "split_size_or_sections", node.kwargs.get("split_size", node.kwargs.get("chunks")))
+        if name in ("split", "split_with_sizes") and not _all_derived(ctx.is_derived(size_arg)):
+            ctx.atoms.freeze(lay[dim], f"split into hard-coded sizes at {node.name}")
         ctx.desc[node] = tuple([*lay[:dim], p, *lay[dim + 1:]] for p in pieces)
+
+
+def _all_derived(flags: object) -> bool:
+    if isinstance(flags, tuple | list):
+        return all(_all_derived(f) for f in flags)
+    return bool(flags)
