@@ -51,7 +51,7 @@ def test_llama_tiny_groups_are_the_expected_hparams():
         f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkvo"}
     # q_proj rows: 2 KV heads x 2 queries each x head_dim 4 -> one KV head = 8 query rows
     q = next(m for m in heads[0].members if m.tensor.endswith("q_proj.weight"))
-    assert q.layout == "16 of 16, each channel x8 (blocks/repeats)"
+    assert q.layout == "16 of 16 in blocks of 8"
     frozen = " ".join(r for g in res.frozen_groups for r in g.reasons)
     assert "sliced" in frozen  # rotary embedding slices head_dim in halves
 
