@@ -58,7 +58,7 @@ def main(names: list[str]) -> None:
         args, kwargs = (example, {}) if isinstance(example, torch.Tensor) else ((), example)
         args = args if isinstance(args, tuple) else (args,)
         with torch.no_grad():
-            fwd = _best(lambda m=model: m(*args, **kwargs), repeats)
+            fwd = _best(lambda m=model, a=args, k=kwargs: m(*a, **k), repeats)
         print(f"{name:<18}{len(res.searchable_groups):>7}{len(res.frozen_groups):>7}"
               f"{ours:10.3f}{base_s}{ratio}{fwd:14.3f}  {note}")
 

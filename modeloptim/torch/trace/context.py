@@ -99,14 +99,14 @@ class AnalysisContext:
         try:
             self.atoms.unify(d1, d2)
         except LayoutConflictError as err:
-            where = node.format_node() if isinstance(node, fx.Node) else node
+            where = str(node.format_node()) if isinstance(node, fx.Node) else node
             reason = f"incompatible channel layouts ({err}) at {_short(where)}"
             self.atoms.freeze(d1, reason)
             self.atoms.freeze(d2, reason)
 
     def boundary(self, node: fx.Node, why: str) -> None:
         """Freeze everything ``node`` touches and give its output fresh frozen atoms."""
-        reason = f"{why}: {_short(node.format_node())}"
+        reason = f"{why}: {_short(str(node.format_node()))}"
         for a in node.all_input_nodes:
             self.freeze(self.desc.get(a), reason)
         self.desc[node] = self.fresh(self.val.get(node), reason)

@@ -92,8 +92,8 @@ def _table(title: str, header: list[str], rows: list[list[str]], width: int = 10
     widths = [min(max(len(r[c]) for r in [header, *rows]), width) for c in range(cols)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [f"{title}:", fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-    for r in rows:
-        out.append(fmt.format(*(c if len(c) <= width else c[:width - 3] + "..." for c in r)))
+    out.extend(fmt.format(*(c if len(c) <= width else c[:width - 3] + "..." for c in r))
+               for r in rows)
     return [*out, ""]
 
 

@@ -104,10 +104,10 @@ class AnalysisResult:
                     if sym and sym[1] != CLType.INCOMING:
                         producers.add(leaf)
                     g._dims.append((rec.name, dim, desc))
-        for sid, (owner, sym) in self.ctx.sym_owner.items():
+        for sid, (owner, symbol) in self.ctx.sym_owner.items():
             info = self.ctx.sym_map[owner]
             for attr, spec in info.attrs.items():
-                if sym not in _symbols_of(spec):
+                if symbol not in _symbols_of(spec):
                     continue
                 for leaf in atoms.leaves(self.ctx.sym_desc[sid]):
                     if leaf in by_root and (owner, attr, spec) not in by_root[leaf]._attrs:

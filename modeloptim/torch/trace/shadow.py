@@ -159,7 +159,7 @@ class ShadowMixin:
         """Iterate size tuples (``*x.shape[:-1]``) by their example length."""
         v = self.values.get(obj.node, _MISSING)
         if isinstance(v, tuple | list | torch.Size):
-            return iter([obj[i] for i in range(len(v))])
+            return iter([obj[i] for i in range(len(v))])  # type: ignore[index]
         return super().iter(obj)  # type: ignore[misc]
 
 

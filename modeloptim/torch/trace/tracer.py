@@ -178,8 +178,11 @@ class GraphCollection:
 
 
 def root_params(m: nn.Module, bound: inspect.BoundArguments | None) -> list[str]:
-    """Names the traced root function takes: the forward's named parameters plus the
-    keyword arguments a recorded call passed through ``**kwargs``."""
+    """Names the traced root function takes.
+
+    These are the forward's named parameters plus the keyword arguments a recorded call
+    passed through ``**kwargs``.
+    """
     names: list[str] = []
     extra: list[str] = []
     for name, p in inspect.signature(m.forward).parameters.items():
@@ -219,7 +222,7 @@ def _root_class(m: nn.Module, names: list[str]) -> type[nn.Module]:
     call = ", ".join([*(f"{n}={n}" for n in names), "**self._mo_const"])
     src = f"def forward({params}):\n    return self._mo_forward({call})\n"
     ns: dict[str, Any] = {}
-    exec(compile(src, f"<trace root {type(m).__name__}>", "exec"), ns)  # noqa: S102
+    exec(compile(src, f"<trace root {type(m).__name__}>", "exec"), ns)
     return type(f"Traced{type(m).__name__}", (_Bound,), {"forward": ns["forward"]})
 
 
@@ -377,7 +380,7 @@ def capture_calls(model: nn.Module, example_inputs: tuple[tuple[Any, ...], dict[
                   modules: list[nn.Module]) -> dict[int, inspect.BoundArguments]:
     """Run ``model`` once and record the first call of each of ``modules``."""
     calls: dict[int, inspect.BoundArguments] = {}
-    handles = []
+    handles: list[Any] = []
 
     def make_hook(m: nn.Module) -> Callable[..., None]:
         def hook(mod: nn.Module, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
@@ -385,8 +388,7 @@ def capture_calls(model: nn.Module, example_inputs: tuple[tuple[Any, ...], dict[
                 calls[id(mod)] = _bind(mod, args, kw)
         return hook
 
-    for m in modules:
-        handles.append(m.register_forward_pre_hook(make_hook(m), with_kwargs=True))
+    handles.extend(m.register_forward_pre_hook(make_hook(m), with_kwargs=True) for m in modules)
     try:
         args, kw = example_inputs
         model(*args, **kw)

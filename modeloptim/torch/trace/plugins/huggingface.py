@@ -80,7 +80,7 @@ class MaskBuilderProcessor(NodeProcessor):
 
 
 def _configs(model: nn.Module) -> list[Any]:
-    out = []
+    out: list[Any] = []
     for m in model.modules():
         cfg = getattr(m, "config", None)
         if cfg is not None and hasattr(cfg, "to_dict") and all(c is not cfg for c in out):

@@ -9,9 +9,9 @@ import torch
 
 pytest.importorskip("transformers")
 
-from modeloptim.torch.trace import analyze, prune_group, zoo  # noqa: E402
+from modeloptim.torch.trace import analyze, prune_group, zoo
 
-from .invariant import check_prune_all, check_prune_each, half  # noqa: E402
+from .invariant import check_prune_all, check_prune_each, half
 
 pytestmark = pytest.mark.hf
 
