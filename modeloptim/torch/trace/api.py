@@ -77,8 +77,8 @@ def analyze(model: nn.Module, example_input: Any,
     torch.set_num_threads(1)
     try:
         with _contexts(model):
+            sym_map = SymMap(model)  # checks parameter shapes first: the clearer message
             _check_forward(model, args, kwargs)
-            sym_map = SymMap(model)
             gc = recursive_trace(model, concrete_args, example_inputs=(args, kwargs))
             return analyze_symbols(model, gc, sym_map)
     finally:
