@@ -16,7 +16,8 @@ def test_report_text_lists_groups_reasons_and_failures(capsys):
     assert "1 searchable groups" in text
     assert "mid.out_features" in text
     assert "Modules that failed to trace" in text
-    assert "branch" in text and "control flow" in text
+    assert "branch" in text
+    assert "control flow" in text
     assert "module failed to trace" in text  # why inp.out_features is frozen
     d = json.loads(json.dumps(rep.to_dict()))
     assert d["symbols"]["searchable"] == 1

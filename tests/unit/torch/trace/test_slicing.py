@@ -50,7 +50,8 @@ def test_swiglu_halves_pruned_together():
     prune_group(model, g, keep)
     expected = torch.cat([w12[keep], w12[[24 + k for k in keep]]])
     torch.testing.assert_close(model.w12.weight, expected, rtol=0, atol=0)
-    assert model.w12.out_features == 16 and model.w3.in_features == 8
+    assert model.w12.out_features == 16
+    assert model.w3.in_features == 8
     assert model(x).shape == (2, 5, 4)
 
 
@@ -61,7 +62,8 @@ def test_se_gate_and_batchless_groups_prune():
     g = next(g for g in res.searchable_groups if g.size == 16)
     assert set(g.layers) == {"conv", "fc1", "fc2", "out"}
     prune_group(model, g, list(range(8)))
-    assert model.fc2.out_channels == 8 and model.out.in_channels == 8
+    assert model.fc2.out_channels == 8
+    assert model.out.in_channels == 8
     assert model(x).shape == (2, 5, 8, 8)
 
 
@@ -86,7 +88,7 @@ def test_bad_keep_idx_and_frozen_group_leave_model_untouched():
         with pytest.raises(ValueError, match=f"keep_idx: .*{msg}"):
             prune_group(model, g, bad)
     frozen = res.frozen_groups[0]
-    with pytest.raises(ValueError, match="group: .* is frozen"):
+    with pytest.raises(ValueError, match=r"group: .* is frozen"):
         prune_group(model, frozen, [0])
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
