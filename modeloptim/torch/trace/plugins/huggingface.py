@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from torch import fx, nn
 from modeloptim.torch.trace.api import register_trace_context
 from modeloptim.torch.trace.context import AnalysisContext
 from modeloptim.torch.trace.processors.registry import PROCESSORS, NodeProcessor
+from modeloptim.torch.trace.result import AnalysisResult, ChannelGroup
 from modeloptim.torch.trace.symbols import SYM_RULES, CLType, Symbol, SymInfo
 
 _MASK_FUNCTIONS = ("create_causal_mask", "create_bidirectional_mask",
@@ -148,4 +150,80 @@ def _register_channel_norms() -> None:
 _register_conv1d()
 _register_channel_norms()
 
-__all__ = ["MaskBuilderProcessor", "hf_tracing", "mask_leaf", "torch"]
+
+@dataclass
+class HFHparam:
+    """One architecture hyperparameter of a transformers model, mapped onto the analysis.
+
+    Attributes:
+        name: config-style name (``hidden_size``, ``layers.3.intermediate_size``...).
+        size: current value.
+        searchable: whether it may change (its group is searchable).
+        group: the channel group that realizes it (``None`` for ``num_hidden_layers``).
+        reasons: why it is frozen.
+    """
+
+    name: str
+    size: int
+    searchable: bool
+    group: ChannelGroup | None = None
+    reasons: list[str] = field(default_factory=list)
+
+
+def hf_search_space(model: nn.Module, result: AnalysisResult) -> dict[str, HFHparam]:
+    """Name the analysis' groups after the model's config.
+
+    Covers hidden size, per-layer attention heads (KV heads with their query groups under
+    GQA), MLP width, and the number of layers (searchable when every layer sits on the
+    residual stream, so a layer can be dropped without changing shapes).
+
+    Args:
+        model: an analyzed transformers model.
+        result: its `AnalysisResult`.
+
+    Returns:
+        ``{name: HFHparam}``.
+    """
+    out: dict[str, HFHparam] = {}
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    hidden = None
+    if emb is not None:
+        name = next((n for n, p in model.named_parameters() if p is emb.weight), None)
+        hidden = next(iter(result.group_of(name, 1)), None) if name else None
+        if hidden is not None:
+            out["hidden_size"] = HFHparam("hidden_size", hidden.size, hidden.searchable, hidden,
+                                          hidden.reasons)
+    layers_name, layers = _decoder_layers(model)
+    if layers is None:
+        return out
+    for i in range(len(layers)):
+        prefix = f"{layers_name}.{i}."
+        for g in result.groups:
+            if not g.members or not all(m.tensor.startswith(prefix) for m in g.members):
+                continue
+            blocks = any(" in blocks of " in m.layout for m in g.members)
+            key = "heads" if blocks else "intermediate_size"
+            if not g.searchable and key == "intermediate_size":
+                continue
+            prev = out.get(f"layers.{i}.{key}")
+            if prev is None or (g.searchable and not prev.searchable):
+                out[f"layers.{i}.{key}"] = HFHparam(f"layers.{i}.{key}", g.size, g.searchable,
+                                                    g, g.reasons)
+    on_stream = hidden is not None and all(
+        any(m.tensor.startswith(f"{layers_name}.{i}.") for m in hidden.members)
+        for i in range(len(layers)))
+    out["num_hidden_layers"] = HFHparam(
+        "num_hidden_layers", len(layers), on_stream, None,
+        [] if on_stream else ["layers are not all on one residual stream"])
+    return out
+
+
+def _decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList | None]:
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n and n:
+            return name, mod
+    return "", None
+
+__all__ = ["HFHparam", "MaskBuilderProcessor", "hf_search_space", "hf_tracing", "mask_leaf",
+           "torch"]

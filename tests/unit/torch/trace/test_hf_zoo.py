@@ -94,3 +94,18 @@ def test_smollm2_architecture_traces_fast():
     assert logits.shape == (1, 8, 49152)
     assert model.model.embed_tokens.weight.shape == (49152, 288)
     assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_hf_search_space_names_llama_hparams_and_depth_drop_runs():
+    from modeloptim.torch.trace.plugins.huggingface import hf_search_space
+
+    model, example = zoo.build("llama-tiny")
+    space = hf_search_space(model, analyze(model, example))
+    sizes = {k: (v.size, v.searchable) for k, v in space.items()}
+    assert sizes == {"hidden_size": (16, True), "num_hidden_layers": (2, True),
+                     "layers.0.heads": (2, True), "layers.0.intermediate_size": (32, True),
+                     "layers.1.heads": (2, True), "layers.1.intermediate_size": (32, True)}
+    # depth is searchable: dropping a decoder layer keeps the model running
+    model.model.layers = torch.nn.ModuleList([model.model.layers[0]])
+    model.config.num_hidden_layers = 1
+    assert model(**example).logits.shape == (1, 8, 100)
