@@ -185,7 +185,8 @@ def hf_search_space(model: nn.Module, result: AnalysisResult) -> dict[str, HFHpa
         ``{name: HFHparam}``.
     """
     out: dict[str, HFHparam] = {}
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    get_emb: Any = getattr(model, "get_input_embeddings", None)
+    emb = get_emb() if callable(get_emb) else None
     hidden = None
     if emb is not None:
         name = next((n for n, p in model.named_parameters() if p is emb.weight), None)
