@@ -1,0 +1,59 @@
+"""Hand-written expected groups for small models (independent of the analyzer's internals)."""
+
+import torch
+from torch import nn
+
+from modeloptim.torch.trace import analyze, dependency_groups
+
+from .hand_models import HAND_MODELS
+
+
+def _groups(name):
+    cls, make_x = HAND_MODELS[name]
+    return {(g.size, frozenset(g.layers)) for g in dependency_groups(cls().eval(), make_x())}
+
+
+def test_resnet_expected_groups():
+    assert _groups("resnet") == {
+        # stem + stage-1 residual stream (identity shortcuts) + stage-2 entry convs
+        (8, frozenset({"stem.0", "stem.1", "layer1.0.conv1", "layer1.0.conv2", "layer1.0.bn2",
+                       "layer1.1.conv1", "layer1.1.conv2", "layer1.1.bn2", "layer2.0.down.0",
+                       "layer2.0.conv1"})),
+        (8, frozenset({"layer1.0.conv1", "layer1.0.bn1", "layer1.0.conv2"})),
+        (8, frozenset({"layer1.1.conv1", "layer1.1.bn1", "layer1.1.conv2"})),
+        (16, frozenset({"layer2.0.conv1", "layer2.0.bn1", "layer2.0.conv2"})),
+        (16, frozenset({"layer2.1.conv1", "layer2.1.bn1", "layer2.1.conv2"})),
+        # stage-2 residual stream: downsample shortcut, block outputs, classifier input
+        (16, frozenset({"layer2.0.down.0", "layer2.0.down.1", "layer2.0.conv2", "layer2.0.bn2",
+                        "layer2.1.conv1", "layer2.1.conv2", "layer2.1.bn2", "fc"})),
+    }
+
+
+def test_densenet_expected_groups():
+    assert _groups("densenet") == {
+        (6, frozenset({"stem", "l1.0", "l1.2", "l2.0", "l2.2", "trans"})),
+        (4, frozenset({"l1.2", "l2.0", "l2.2", "trans"})),
+        (4, frozenset({"l2.2", "trans"})),
+        (8, frozenset({"trans", "head"})),
+    }
+
+
+def test_grouped_conv_expected_groups():
+    # 12 channels = 4 groups (of gconv) x 3 channels per group; dw keeps channel identity
+    assert _groups("grouped") == {
+        (4, frozenset({"expand", "dw", "gconv", "gn", "proj"})),
+        (3, frozenset({"expand", "dw", "gconv"})),
+        (2, frozenset({"gconv", "gn", "proj"})),
+    }
+
+
+def test_data_dependent_root_falls_back_without_crash():
+    class AllDynamic(nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x
+
+    res = analyze(AllDynamic(), torch.randn(3))
+    assert res.groups == []
+    (failed,) = list(res.gc.named_failed())
+    assert failed[0] == ""
+    assert "control flow" in failed[2]
