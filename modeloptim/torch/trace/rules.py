@@ -97,3 +97,12 @@ def _mha(m: nn.MultiheadAttention) -> SymInfo:
                           "embed_dim": e, "num_heads": h, "head_dim": d,
                           "kdim": e if same else kd, "vdim": e if same else vd,
                           "out_proj.in_features": e, "out_proj.out_features": e})
+
+
+@SYM_RULES.register(nn.PReLU)
+def _prelu(m: nn.PReLU) -> SymInfo | None:
+    if m.num_parameters == 1:  # one shared slope: an ordinary activation
+        return None
+    c = Symbol("num_parameters", m.num_parameters, IN)
+    return SymInfo.of(c, tensors={"weight": {0: c}}, inputs={"input": {1: c}},
+                      outputs={(): {1: c}}, attrs={"num_parameters": c})

@@ -142,7 +142,7 @@ class SymInfo:
         return cls({s.name: s for s in symbols}, **kwargs)
 
 
-Rule = Callable[[Any], SymInfo]
+Rule = Callable[[Any], "SymInfo | None"]  # None: no symbols for this instance
 
 
 class SymMapRegistry:
@@ -206,6 +206,8 @@ class SymMap:
             if rule is None or self._inside_registered(name):
                 continue
             info = rule(mod)
+            if info is None:
+                continue
             _check_shapes(name, mod, info)
             self._infos[name] = info
             self._by_module[id(mod)] = name

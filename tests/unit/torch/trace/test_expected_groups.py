@@ -57,3 +57,11 @@ def test_data_dependent_root_falls_back_without_crash():
     (failed,) = list(res.gc.named_failed())
     assert failed[0] == ""
     assert "control flow" in failed[2]
+
+
+def test_prelu_shared_and_per_channel():
+    m = nn.Sequential(nn.Conv2d(3, 8, 1), nn.PReLU(), nn.Conv2d(8, 4, 1), nn.PReLU(4),
+                      nn.Conv2d(4, 2, 1)).eval()
+    groups = dependency_groups(m, torch.randn(1, 3, 4, 4))
+    assert {(g.size, tuple(g.layers)) for g in groups} == {(8, ("0", "2")),
+                                                          (4, ("2", "3", "4"))}
