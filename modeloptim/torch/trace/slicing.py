@@ -77,6 +77,9 @@ def prune_group(model: nn.Module, group: ChannelGroup,
     for owner, attr, spec in group._attrs:
         mod = model.get_submodule(owner)
         _set_path(mod, attr, _spec_value(spec, new_sizes))
+    for mod in model.modules():  # RNNs cache a list of their weights
+        if isinstance(mod, nn.RNNBase):
+            mod._init_flat_weights()
     if update_analysis:
         atoms.size[group.root] = int(keep.sum())
         group.size = int(keep.sum())

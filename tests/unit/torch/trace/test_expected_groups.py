@@ -1,11 +1,13 @@
 """Hand-written expected groups for small models (independent of the analyzer's internals)."""
 
+import pytest
 import torch
 from torch import nn
 
-from modeloptim.torch.trace import analyze, dependency_groups
+from modeloptim.torch.trace import analyze, dependency_groups, prune_group
 
 from .hand_models import HAND_MODELS
+from .invariant import check_prune_each
 
 
 def _groups(name):
@@ -65,3 +67,30 @@ def test_prelu_shared_and_per_channel():
     groups = dependency_groups(m, torch.randn(1, 3, 4, 4))
     assert {(g.size, tuple(g.layers)) for g in groups} == {(8, ("0", "2")),
                                                           (4, ("2", "3", "4"))}
+
+
+class _RNNNet(nn.Module):
+    def __init__(self, cls, bidirectional, layers):
+        super().__init__()
+        self.inp = nn.Linear(5, 6)
+        self.rnn = cls(6, 8, num_layers=layers, batch_first=True, bidirectional=bidirectional)
+        self.out = nn.Linear(16 if bidirectional else 8, 3)
+
+    def forward(self, x):
+        y, _ = self.rnn(self.inp(x))
+        return self.out(y)
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.RNN])
+@pytest.mark.parametrize(("bidirectional", "layers"), [(False, 1), (True, 2)])
+def test_recurrent_hidden_size_group_prunes(cls, bidirectional, layers):
+    model, x = _RNNNet(cls, bidirectional, layers).eval(), torch.randn(2, 4, 5)
+    res = analyze(model, x)
+    assert {(g.size, tuple(g.layers)) for g in res.searchable_groups} == {
+        (6, ("inp", "rnn")), (8, ("rnn", "out"))}
+    check_prune_each(model, x, res)
+    hidden = next(g for g in res.searchable_groups if g.size == 8)
+    prune_group(model, hidden, [0, 3, 5])
+    assert model.rnn.hidden_size == 3
+    assert model.out.in_features == (6 if bidirectional else 3)
+    assert model(x).shape == (2, 4, 3)
