@@ -69,6 +69,7 @@ class RobustTracer(ShadowMixin, fx.Tracer):
                  failed: dict[nn.Module, str] | None = None,
                  example: dict[str, Any] | None = None) -> None:
         super().__init__(param_shapes_constant=False)
+        self.proxy_buffer_attributes = True  # buffers as graph nodes, not baked constants
         self.init_shadow(example)
         self.registry = registry or SYM_RULES
         self.failed: dict[nn.Module, str] = failed if failed is not None else {}

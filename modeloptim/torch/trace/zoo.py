@@ -97,8 +97,8 @@ def _swin() -> tuple[nn.Module, Any]:
 def _bert() -> tuple[nn.Module, Any]:
     t = _t()
     cfg = t.BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2,
-                       num_attention_heads=2, intermediate_size=32)
-    return t.BertModel(cfg), _ids(100)
+                       num_attention_heads=2, intermediate_size=32, num_labels=3)
+    return t.BertForSequenceClassification(cfg), _ids(100)
 
 
 @register_zoo("gpt2")
