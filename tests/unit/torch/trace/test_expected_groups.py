@@ -94,3 +94,30 @@ def test_recurrent_hidden_size_group_prunes(cls, bidirectional, layers):
     assert model.rnn.hidden_size == 3
     assert model.out.in_features == (6 if bidirectional else 3)
     assert model(x).shape == (2, 4, 3)
+
+
+class _Guarded(nn.Module):
+    """Python branches on sizes: on the spatial size (fine) and on the channel count."""
+
+    def __init__(self, check_channels):
+        super().__init__()
+        self.check_channels = check_channels
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if y.shape[2] % 2 == 1:
+            y = nn.functional.pad(y, (0, 1, 0, 1))
+        if self.check_channels and y.size(1) != 8:
+            raise ValueError("expected 8 channels")
+        return self.b(y)
+
+
+@pytest.mark.parametrize("check_channels", [False, True])
+def test_shape_guards_freeze_only_the_dims_they_read(check_channels):
+    res = analyze(_Guarded(check_channels).eval(), torch.randn(1, 3, 5, 5))
+    g = next(g for g in res.groups if g.name == "a.out_channels")
+    assert g.searchable is not check_channels
+    if check_channels:
+        assert any("Python control flow" in r for r in g.reasons)
