@@ -408,13 +408,3 @@ def _callable_children(m: nn.Module) -> list[nn.Module]:
         else:
             out.append(c)
     return out
-
-
-def trace_inputs_needed(gc: GraphCollection) -> list[nn.Module]:
-    """Sub-roots (traced on their own) whose example inputs must be captured."""
-    return [m for _, m in gc if m is not gc.model]
-
-
-def is_tensor_like(x: Any) -> bool:
-    """Whether ``x`` is a tensor."""
-    return isinstance(x, torch.Tensor)

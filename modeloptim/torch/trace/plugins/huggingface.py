@@ -63,6 +63,7 @@ def _stub(fn: Callable[..., Any]) -> Callable[..., Any]:
         return tracer.create_proxy("call_function", mask_leaf, (key,), proxies)
 
     stub.__wrapped__ = fn  # type: ignore[attr-defined]
+    stub._mo_stub = True  # type: ignore[attr-defined]
     return stub
 
 
@@ -110,7 +111,7 @@ def hf_tracing(model: nn.Module) -> Iterator[None]:
             continue
         for fname in _MASK_FUNCTIONS:
             fn = mod.__dict__.get(fname)
-            if callable(fn) and not hasattr(fn, "__wrapped__"):
+            if callable(fn) and not getattr(fn, "_mo_stub", False):
                 patched.append((mod.__dict__, fname, fn))
                 mod.__dict__[fname] = _stub(fn)
     try:
