@@ -133,8 +133,8 @@ def test_shared_layer_and_tied_embedding():
 
 
 def test_register_leaf_keeps_module_opaque_and_frozen():
-    from modeloptim.torch.trace import tracer as tracer_mod
     from modeloptim.torch.trace import register_leaf
+    from modeloptim.torch.trace import tracer as tracer_mod
 
     class Mixer(nn.Module):
         def __init__(self):
