@@ -105,13 +105,14 @@ def _table(title: str, header: list[str], rows: list[list[str]], width: int = 10
 
 
 def trace_report(model: nn.Module, example_input: Any = None, *,
-                 result: AnalysisResult | None = None) -> TraceReport:
+                 result: AnalysisResult | None = None, progress: bool = False) -> TraceReport:
     """Analyze ``model`` (or use ``result``) and summarize groups, reasons and failures.
 
     Args:
         model: the model.
         example_input: one forward's input (see `analyze`); not needed with ``result``.
         result: an existing analysis of ``model``.
+        progress: show progress while analyzing.
 
     Returns:
         The `TraceReport` (``print(report.to_text())`` or ``report.to_dict()``).
@@ -120,7 +121,7 @@ def trace_report(model: nn.Module, example_input: Any = None, *,
     if result is None:
         if example_input is None:
             raise ValueError("example_input: required unless result= is given")
-        result = analyze(model, example_input)
+        result = analyze(model, example_input, progress=progress)
     seconds = time.perf_counter() - t0
     states: dict[str, int] = {}
     for _, s in result.named_symbols():

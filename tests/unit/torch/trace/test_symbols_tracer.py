@@ -157,3 +157,14 @@ def test_register_leaf_keeps_module_opaque_and_frozen():
             "0", "1", "2", "3"]
     finally:
         tracer_mod._LEAF_RULES.remove(rule)
+
+
+def test_import_trace_does_not_import_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys, modeloptim.torch.trace, modeloptim.cli.commands.trace\n"
+            "print('transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
