@@ -109,3 +109,25 @@ def test_hf_search_space_names_llama_hparams_and_depth_drop_runs():
     model.model.layers = torch.nn.ModuleList([model.model.layers[0]])
     model.config.num_hidden_layers = 1
     assert model(**example).logits.shape == (1, 8, 100)
+
+
+def test_llama_pruning_equals_zeroing_the_removed_channels():
+    """Numerics: removing a KV head (with its query group) / FFN units equals zeroing their
+    contribution in the unpruned model (float64)."""
+    model, example = zoo.build("llama-tiny")
+    model = model.double()
+    res = analyze(model, example)
+    heads = next(g for g in res.searchable_groups if g.size == 2
+                 and g.layers[0].startswith("model.layers.0."))
+    ffn = next(g for g in res.searchable_groups if g.size == 32
+               and g.layers[0].startswith("model.layers.1."))
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        # KV head 1 serves query heads 2 and 3 (head_dim 4): o_proj input columns 8..15
+        ref.model.layers[0].self_attn.o_proj.weight[:, 8:16] = 0
+        ref.model.layers[1].mlp.down_proj.weight[:, 16:] = 0
+    prune_group(model, heads, [0])
+    prune_group(model, ffn, list(range(16)))
+    with torch.no_grad():
+        torch.testing.assert_close(model(**example).logits, ref(**example).logits,
+                                   rtol=1e-10, atol=1e-10)
