@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modeloptim.torch.trace.fixups import run_fixups
 from modeloptim.torch.trace.result import ChannelGroup
 from modeloptim.torch.trace.symbols import Symbol
 
@@ -80,6 +81,7 @@ def prune_group(model: nn.Module, group: ChannelGroup,
     for mod in model.modules():  # RNNs cache a list of their weights
         if isinstance(mod, nn.RNNBase):
             mod._init_flat_weights()
+    run_fixups(model)
     if update_analysis:
         atoms.size[group.root] = int(keep.sum())
         group.size = int(keep.sum())

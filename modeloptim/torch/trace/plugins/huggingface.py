@@ -27,6 +27,7 @@ from torch import fx, nn
 
 from modeloptim.torch.trace.api import register_trace_context
 from modeloptim.torch.trace.context import AnalysisContext
+from modeloptim.torch.trace.fixups import register_attr_fixup
 from modeloptim.torch.trace.processors.registry import PROCESSORS, NodeProcessor
 from modeloptim.torch.trace.result import AnalysisResult, ChannelGroup
 from modeloptim.torch.trace.symbols import SYM_RULES, CLType, Symbol, SymInfo
@@ -148,8 +149,21 @@ def _register_channel_norms() -> None:
                               attrs={"normalized_shape": [(c,)]})
 
 
+def _register_fixups() -> None:
+    with contextlib.suppress(ImportError):
+        from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+
+        @register_attr_fixup(GPT2Attention, ops=("split",))
+        def _gpt2_attention(m: GPT2Attention) -> None:
+            # c_attn packs q, k, v (or k, v for cross-attention): split_size follows its width
+            parts = 2 if getattr(m, "is_cross_attention", False) else 3
+            m.split_size = m.embed_dim = m.c_attn.nf // parts
+            m.num_heads = m.embed_dim // m.head_dim
+
+
 _register_conv1d()
 _register_channel_norms()
+_register_fixups()
 
 
 @dataclass

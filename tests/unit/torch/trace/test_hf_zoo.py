@@ -17,7 +17,7 @@ pytestmark = pytest.mark.hf
 
 # (zoo name, minimum number of searchable groups expected)
 ZOO_MODELS = [("resnet", 5), ("mobilenetv2", 10), ("convnext", 4), ("efficientnet", 5),
-              ("regnet", 6), ("vit", 5), ("swin", 4), ("bert", 6), ("gpt2", 3),
+              ("regnet", 6), ("vit", 5), ("swin", 4), ("bert", 6), ("gpt2", 5),
               ("llama-tiny", 5)]
 
 
@@ -131,3 +131,14 @@ def test_llama_pruning_equals_zeroing_the_removed_channels():
     with torch.no_grad():
         torch.testing.assert_close(model(**example).logits, ref(**example).logits,
                                    rtol=1e-10, atol=1e-10)
+
+
+def test_gpt2_heads_prune_with_attribute_fixup():
+    model, example = zoo.build("gpt2")
+    res = analyze(model, example)
+    heads = next(g for g in res.searchable_groups if g.size == 2
+                 and g.layers == ["transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj"])
+    prune_group(model, heads, [1])
+    attn = model.transformer.h[0].attn
+    assert (attn.num_heads, attn.split_size, attn.c_attn.nf, attn.c_proj.nx) == (1, 8, 24, 8)
+    assert model(**example).logits.shape == (1, 8, 100)
