@@ -44,6 +44,7 @@ class Symbol:
         name: the hyperparameter's name (``"out_features"``, ``"num_heads"``).
         size: its current value.
         cl_type: how it is tied across layers.
+        constant_reason: set by a rule for symbols that can never change (vocabulary size).
         elastic_dims: ``(tensor name, dim)`` pairs of the module's parameters/buffers that
             change size with it (filled from the `SymInfo` tensor specs).
         state: analysis state.

@@ -168,3 +168,21 @@ def test_import_trace_does_not_import_transformers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_concrete_args_pick_the_traced_branch():
+    class Flagged(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = nn.Linear(4, 4)
+
+        def forward(self, x, use_b=True):
+            return self.b(x) if use_b else self.a(x)
+
+    model = Flagged()
+    calls = [n.target for n in recursive_trace(model, concrete_args={"use_b": False})[model]
+             .nodes if n.op == "call_module"]
+    assert calls == ["a"]
+    calls = [n.target for n in recursive_trace(model)[model].nodes if n.op == "call_module"]
+    assert calls == ["b"]
