@@ -121,3 +121,24 @@ def test_shape_guards_freeze_only_the_dims_they_read(check_channels):
     assert g.searchable is not check_channels
     if check_channels:
         assert any("Python control flow" in r for r in g.reasons)
+
+
+class _EinsumAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Linear(6, 8)
+        self.k = nn.Linear(6, 8)
+        self.v = nn.Linear(6, 5)
+        self.o = nn.Linear(5, 6)
+
+    def forward(self, x):
+        att = torch.einsum("bqd,bkd->bqk", self.q(x), self.k(x)).softmax(-1)
+        return self.o(torch.einsum("bqk,bkd->bqd", att, self.v(x)))
+
+
+def test_einsum_ties_contracted_and_carried_dims():
+    model, x = _EinsumAttention().eval(), torch.randn(2, 3, 6)
+    res = analyze(model, x)
+    assert {(g.size, tuple(g.layers)) for g in res.searchable_groups} == {
+        (8, ("q", "k")), (5, ("v", "o"))}
+    check_prune_each(model, x, res)
