@@ -202,6 +202,8 @@ class GetitemProcessor(NodeProcessor):
             ctx.boundary(node, "indexing a tensor without layout")
             return
         items = [_resolve(ctx, i) for i in (list(idx) if isinstance(idx, tuple) else [idx])]
+        if self._leading_index(ctx, node, lay, items):
+            return
         if any(isinstance(i, fx.Node | list | torch.Tensor) or i is True or i is False
                for i in items):
             ctx.boundary(node, "advanced (tensor) indexing")
@@ -230,6 +232,21 @@ class GetitemProcessor(NodeProcessor):
                     res.append(ctx.atoms.new_desc(len(range(start, stop, step)), why))
             d += 1
         ctx.desc[node] = res
+
+    @staticmethod
+    def _leading_index(ctx: AnalysisContext, node: fx.Node, lay: list, items: list) -> bool:
+        """``table[idx]`` (one index tensor on dim 0): rows are gathered, other dims pass."""
+        head, rest = items[0], items[1:]
+        if not (isinstance(head, fx.Node) and isinstance(ctx.value(head), torch.Tensor)):
+            return False
+        if any(not (isinstance(r, slice) and r == slice(None)) for r in rest):
+            return False
+        ilay = ctx.layout(head)
+        if not isinstance(ilay, list) or ctx.value(head).dtype == torch.bool:
+            return False
+        ctx.atoms.freeze(lay[0], f"rows gathered by an index tensor at {node.name}")
+        ctx.desc[node] = [*ilay, *lay[1:]]
+        return True
 
     @staticmethod
     def _container(ctx: AnalysisContext, node: fx.Node, val: Any, lay: Any, idx: Any) -> None:

@@ -142,3 +142,30 @@ def test_einsum_ties_contracted_and_carried_dims():
     assert {(g.size, tuple(g.layers)) for g in res.searchable_groups} == {
         (8, ("q", "k")), (5, ("v", "o"))}
     check_prune_each(model, x, res)
+
+
+class _BiasTable(nn.Module):
+    """Relative-position-bias style lookup: table[index] keeps the heads dim."""
+
+    def __init__(self):
+        super().__init__()
+        self.qk = nn.Linear(6, 8)  # 2 heads x 4
+        self.table = nn.Parameter(torch.randn(7, 2))
+        self.register_buffer("index", torch.randint(0, 7, (3, 3)))
+        self.o = nn.Linear(8, 6)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q = self.qk(x).view(b, s, -1, 4).transpose(1, 2)  # (b, heads, s, 4)
+        bias = self.table[self.index.view(-1)].view(s, s, -1).permute(2, 0, 1)
+        att = (q @ q.transpose(-1, -2) + bias.unsqueeze(0)).softmax(-1)
+        return self.o((att @ q).transpose(1, 2).reshape(b, s, -1))
+
+
+def test_index_lookup_keeps_heads_searchable():
+    model, x = _BiasTable().eval(), torch.randn(2, 3, 6)
+    res = analyze(model, x)
+    heads = next(g for g in res.searchable_groups if g.size == 2)
+    assert ("table", 1) in {(m.tensor, m.dim) for m in heads.members}
+    assert not res.group_of("table", 0)[0].searchable
+    check_prune_each(model, x, res)
