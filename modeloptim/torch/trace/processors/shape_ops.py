@@ -42,6 +42,13 @@ def _dim_groups(ins: list[int], outs: list[int]) -> list[tuple[list[int], list[i
 
 def _shape_flags(ctx: AnalysisContext, node: fx.Node, ndim: int) -> list[bool]:
     """Per output dim: True when its size comes from tensor sizes (or -1), not a literal."""
+    if node.op == "call_module":
+        mod = ctx.module(str(node.target))
+        if isinstance(mod, nn.Unflatten):  # sizes are module attributes: literals
+            n = len(mod.unflattened_size)
+            at = mod.dim % (ndim - n + 1)
+            return [True] * at + [False] * n + [True] * (ndim - at - n)
+        return [True] * ndim
     name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
     if name not in ("view", "reshape", "unflatten"):
         return [True] * ndim

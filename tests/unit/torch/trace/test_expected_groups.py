@@ -169,3 +169,13 @@ def test_index_lookup_keeps_heads_searchable():
     assert ("table", 1) in {(m.tensor, m.dim) for m in heads.members}
     assert not res.group_of("table", 0)[0].searchable
     check_prune_each(model, x, res)
+
+
+def test_unflatten_module_sizes_are_literals():
+    model = nn.Sequential(nn.Linear(4, 6), nn.Unflatten(1, (2, 3)), nn.Flatten(1),
+                          nn.Linear(6, 2)).eval()
+    res = analyze(model, torch.randn(5, 4))
+    assert res.searchable_groups == []
+    groups = res.group_of("0.weight", 0)  # 6 = 2 x 3 factors, both fixed by the module
+    assert [g.size for g in groups] == [2, 3]
+    assert all(any("hard-coded size" in r for r in g.reasons) for g in groups)
