@@ -84,6 +84,9 @@ class PoolProcessor(NodeProcessor):
         why = f"spatial size set by {node.name}"
         res = [lay[k] if k < 2 or x.shape[k] == out.shape[k] else ctx.atoms.new_desc(
             out.shape[k], why) for k in range(x.dim())]
+        for k in range(2, x.dim()):
+            if x.shape[k] != out.shape[k]:  # e.g. F.pad of a feature dim: keep it fixed
+                ctx.atoms.freeze(lay[k], why)
         ctx.desc[node] = res if not isinstance(ctx.value(node), tuple) else (res, res)
 
 

@@ -179,3 +179,18 @@ def test_unflatten_module_sizes_are_literals():
     groups = res.group_of("0.weight", 0)  # 6 = 2 x 3 factors, both fixed by the module
     assert [g.size for g in groups] == [2, 3]
     assert all(any("hard-coded size" in r for r in g.reasons) for g in groups)
+
+
+def test_padding_a_feature_dim_freezes_it():
+    class PadFeatures(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 6)
+            self.b = nn.Linear(8, 2)
+
+        def forward(self, x):  # (B, S, 6) -> (B, S, 8)
+            return self.b(nn.functional.pad(self.a(x), (1, 1)))
+
+    res = analyze(PadFeatures().eval(), torch.randn(2, 3, 4))
+    assert res.searchable_groups == []
+    assert any("spatial size set by pad" in r for r in res.group_of("a.weight", 0)[0].reasons)
