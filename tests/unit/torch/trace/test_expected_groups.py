@@ -194,3 +194,27 @@ def test_padding_a_feature_dim_freezes_it():
     res = analyze(PadFeatures().eval(), torch.randn(2, 3, 4))
     assert res.searchable_groups == []
     assert any("spatial size set by pad" in r for r in res.group_of("a.weight", 0)[0].reasons)
+
+
+class _Chunked(nn.Module):
+    """Two chunk halves feed different layers: they must still stay the same size."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(4, 3)
+        self.c = nn.Linear(4, 3)
+
+    def forward(self, x):
+        left, right = self.a(x).chunk(2, dim=-1)
+        return self.b(left) + self.c(right)
+
+
+def test_chunk_pieces_are_tied_to_stay_equal():
+    model, x = _Chunked().eval(), torch.randn(5, 4)
+    res = analyze(model, x)
+    (g,) = [g for g in res.searchable_groups if "a" in g.layers]
+    assert g.size == 4
+    assert {(m.tensor, m.dim) for m in g.members} >= {("a.weight", 0), ("b.weight", 1),
+                                                       ("c.weight", 1)}
+    check_prune_each(model, x, res)
