@@ -98,7 +98,8 @@ MXFP8_DEFAULT_CFG = _weight_act(_mx((4, 3)), _mx((4, 3)), None)
 MXFP6_DEFAULT_CFG = _weight_act(_mx((3, 2)), _mx((3, 2)), None)
 MXFP4_DEFAULT_CFG = _weight_act(_mx((2, 1)), _mx((2, 1)), None)
 MXINT8_DEFAULT_CFG = _weight_act(_mx(8), _mx(8), None)
-W4A8_MXFP4_FP8_CFG = _weight_act(_mx((2, 1)), _FP8, None)
+# "max" (not None): the FP8 per-tensor activations need a calibrated amax.
+W4A8_MXFP4_FP8_CFG = _weight_act(_mx((2, 1)), _FP8)
 NVFP4_MLP_WEIGHT_ONLY_CFG = _preset(
     [_on("*mlp*weight_quantizer", _NVFP4), _on("*block_sparse_moe*weight_quantizer", _NVFP4)]
 )

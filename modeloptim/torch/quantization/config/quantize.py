@@ -63,6 +63,18 @@ class QuantizerCfgEntry(BaseModel):
             raise ValueError("quantizer_name: empty pattern")
         return v
 
+    @field_validator("cfg", mode="before")
+    @classmethod
+    def _parse_cfg(cls, v: Any) -> Any:
+        # Dispatch by type ourselves so errors name the attribute, not pydantic's union arms.
+        if v is None or isinstance(v, QuantizerAttributeConfig):
+            return v
+        if isinstance(v, list | tuple):
+            if not v:
+                raise ValueError("cfg: empty list; give one attribute dict per quantizer")
+            return [_attribute_config(a, f"cfg[{i}]") for i, a in enumerate(v)]
+        return _attribute_config(v, "cfg")
+
     @property
     def is_default(self) -> bool:
         """Whether this entry is the ``"default"`` fallback (matches every quantizer)."""
@@ -78,6 +90,17 @@ class QuantizerCfgEntry(BaseModel):
         if self.cfg is not None:
             return self.cfg.enable
         return None
+
+
+def _attribute_config(value: Any, where: str) -> QuantizerAttributeConfig:
+    if isinstance(value, QuantizerAttributeConfig):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected a dict of quantizer attributes, got {value!r}")
+    try:
+        return QuantizerAttributeConfig(**value)
+    except ValidationError as err:
+        raise ValueError(format_validation_error(where, err)) from None
 
 
 def _is_class_scope(key: str, value: Any) -> bool:
