@@ -1,0 +1,1 @@
+"""Optional integrations of the mode/state machinery (imported only on request)."""

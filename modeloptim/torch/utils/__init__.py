@@ -1,0 +1,1 @@
+"""PyTorch-side helpers: default model loading, perplexity evaluation."""
