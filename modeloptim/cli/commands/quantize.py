@@ -160,7 +160,7 @@ def weight_memory(model: Any) -> dict[str, float]:
                 # W4A8-style chains store the first quantizer's codes (the rest are scales).
                 first = quantizer[0] if isinstance(quantizer, SequentialQuantizer) else quantizer
                 if quantizer.is_enabled:
-                    bits_of[id(weight)] = float(first.format.bits_per_element)  # type: ignore[union-attr]
+                    bits_of[id(weight)] = float(first.format.bits_per_element)  # type: ignore[union-attr,arg-type]
     total_bits, numel = 0.0, 0
     for p in {id(p): p for p in model.parameters()}.values():
         total_bits += p.numel() * bits_of.get(id(p), p.element_size() * 8)
