@@ -44,7 +44,8 @@ def _quantized_ppl(smollm2, preset) -> float:
 
     mtq.quantize(model, preset, loop)
     try:
-        return perplexity(model, evalw)
+        with mtq.cache_quantized_weights(model):
+            return perplexity(model, evalw)
     finally:
         for layer in list(model.modules()):
             if isinstance(layer, QuantModule):
