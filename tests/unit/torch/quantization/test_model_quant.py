@@ -357,3 +357,14 @@ def test_unbuilt_presets_leave_cnn_unchanged(name):
         mtq.quantize(model, mtq.PRESETS[name], _calib([torch.randn(2, 3, 12, 12)]))
     assert [type(m) for m in model] == types
     assert not any(isinstance(m, TensorQuantizer) for m in model.modules())
+
+
+def test_quantized_model_pickles_with_torch_save(tmp_path):
+    model = _mlp()
+    mtq.quantize(model, mtq.INT8_DEFAULT_CFG, _calib([torch.randn(8, 40)]))
+    path = tmp_path / "model.pt"
+    torch.save(model, path)
+    loaded = torch.load(path, weights_only=False)
+    x = torch.randn(3, 40)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert type(loaded[0]) is type(model[0])
