@@ -108,7 +108,7 @@ def register(subparsers: Any) -> None:
         "--calib-size",
         type=_positive_int,
         default=8,
-        help="calibration windows of --seq-len tokens (default 4)",
+        help="calibration windows of --seq-len tokens (default 8)",
     )
     p.add_argument(
         "--output",
