@@ -80,12 +80,13 @@ class AwqLiteResult:
     """Outcome of :func:`awq_lite_search`.
 
     Attributes:
-        alpha: the chosen ``alpha``.
+        alpha: the chosen ``alpha``; ``None`` when no scaling (``s = 1``) was best.
         scale: ``[in]`` scale ``s`` (weights are multiplied by it, inputs divided).
-        losses: output error for each ``alpha`` of the grid, in grid order.
+        losses: output error for each ``alpha`` of the grid, in grid order (preceded by the
+            error without scaling when ``include_identity``).
     """
 
-    alpha: float
+    alpha: float | None
     scale: torch.Tensor
     losses: list[float] = field(default_factory=list)
 
@@ -99,6 +100,7 @@ def awq_lite_search(
     qdq_act: QdqAct | None = None,
     block_size: int | None = None,
     alphas: Sequence[float] | None = None,
+    include_identity: bool = True,
 ) -> AwqLiteResult:
     """Grid search of AWQ's ``alpha`` for a group of layers sharing the input ``x``.
 
@@ -111,9 +113,11 @@ def awq_lite_search(
             ``None`` when inputs are not quantized.
         block_size: weight block size for :func:`weight_channel_mean`.
         alphas: grid (default :func:`default_alpha_grid`).
+        include_identity: also try ``s = 1`` (plain rounding) first, so the search never
+            does worse than round-to-nearest on its data (AWQ's ``alpha = 0`` is not ``s = 1``).
 
     Returns:
-        The best :class:`AwqLiteResult` (ties keep the smaller ``alpha``).
+        The best :class:`AwqLiteResult` (ties keep the earlier candidate).
     """
     if len(weights) != len(qdq_weight) or not weights:
         raise ValueError("weights/qdq_weight: expected one fake-quant callable per weight")
@@ -123,8 +127,9 @@ def awq_lite_search(
     refs = [x @ w.detach().float().T for w in weights]
     best: AwqLiteResult | None = None
     losses: list[float] = []
-    for alpha in grid:
-        s = awq_scale(x_mean, w_mean, alpha)
+    candidates: list[float | None] = [None, *grid] if include_identity else list(grid)
+    for alpha in candidates:
+        s = torch.ones_like(w_mean) if alpha is None else awq_scale(x_mean, w_mean, alpha)
         xs = x / s
         if qdq_act is not None:
             xs = qdq_act(xs, s).float()

@@ -50,16 +50,23 @@ class HessianAccumulator:
     Args:
         in_features: width of the layer input (last dim of ``x``).
         device: where ``H`` lives.
+        dtype: accumulation dtype (float32 keeps big models' Hessians in memory; per-batch
+            products are summed, so rounding stays at float32 epsilon level).
     """
 
-    def __init__(self, in_features: int, device: torch.device | str = "cpu") -> None:
-        self.sum_xxt = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
+    def __init__(
+        self,
+        in_features: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.sum_xxt = torch.zeros(in_features, in_features, dtype=dtype, device=device)
         self.count = 0
 
     def add(self, x: torch.Tensor) -> None:
         """Add a batch of inputs ``x`` ``[..., in_features]``."""
         x2 = x.detach().reshape(-1, x.shape[-1]).to(self.sum_xxt.device, torch.float32)
-        self.sum_xxt += (x2.T @ x2).double()
+        self.sum_xxt += (x2.T @ x2).to(self.sum_xxt.dtype)
         self.count += x2.shape[0]
 
     @property

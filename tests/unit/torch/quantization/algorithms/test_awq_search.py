@@ -33,12 +33,17 @@ def test_awq_lite_picks_brute_force_alpha():
     x, ws = _data()
     x_mean = x.abs().mean(0)
     res = awq_lite_search(
-        x, x_mean, ws, [lambda w: _int4_block_qdq(w).float()] * 2, block_size=8
+        x,
+        x_mean,
+        ws,
+        [lambda w: _int4_block_qdq(w).float()] * 2,
+        block_size=8,
+        include_identity=False,
     )
     # brute force in float64, written independently of the module
     xd = x.double()
     wcat = torch.cat(ws).double()
-    wn = (wcat.abs().reshape(17, 4, 8) / wcat.abs().reshape(17, 4, 8).amax(-1, keepdim=True))
+    wn = wcat.abs().reshape(17, 4, 8) / wcat.abs().reshape(17, 4, 8).amax(-1, keepdim=True)
     w_mean = wn.reshape(17, 32).mean(0)
     losses = []
     for a in default_alpha_grid():
@@ -70,7 +75,7 @@ def test_awq_lite_includes_activation_quantization():
     res = awq_lite_search(
         x, x_mean, ws, [lambda w: _int4_block_qdq(w).float()] * 2, qdq_act, 8, [0.0, 0.5]
     )
-    assert len(calls) == 2
+    assert len(calls) == 3  # s = 1, then the two alphas
     xd = x.double()
     s = res.scale.double()
     expect = sum(
@@ -118,3 +123,14 @@ def test_awq_clip_handles_width_not_multiple_of_block():
     clipped, ratio = awq_clip_search(x, w, qdq, 8)
     assert clipped.shape == w.shape
     assert ratio.shape == (5, 4)
+
+
+def test_awq_lite_identity_candidate_is_plain_rounding():
+    x, ws = _data(seed=4)
+    res = awq_lite_search(
+        x, x.abs().mean(0), ws, [lambda w: _int4_block_qdq(w).float()] * 2, None, 8
+    )
+    rtn = sum(float((x.double() @ (w.double() - _int4_block_qdq(w)).T).pow(2).sum()) for w in ws)
+    assert len(res.losses) == len(default_alpha_grid()) + 1
+    assert abs(res.losses[0] - rtn) <= 1e-4 * rtn
+    assert min(res.losses) <= res.losses[0]
