@@ -2,6 +2,7 @@
 
 from modeloptim.torch.quantization.algorithms import max as _max  # noqa: F401  (registers)
 from modeloptim.torch.quantization.algorithms import none as _none  # noqa: F401  (registers)
+from modeloptim.torch.quantization.algorithms import awq as _awq  # noqa: F401  (registers)
 from modeloptim.torch.quantization.algorithms.registry import (
     AlgorithmConfig,
     AlgorithmSpec,

@@ -125,8 +125,9 @@ def discover_groups(model: nn.Module, forward_loop: Any) -> list[Any]:
     """Shared-input groups of the quantized linear layers (one full-precision forward)."""
     from .sharing import find_shared_input_groups
 
+    layers = set(quant_linear_layers(model).values())  # before quantizers are switched off
     with full_precision(model):
-        return find_shared_input_groups(model, forward_loop, lambda _n, m: is_quant_linear(m))
+        return find_shared_input_groups(model, forward_loop, lambda _n, m: m in layers)
 
 
 def weight_block_size(quantizer: Any) -> int | None:
