@@ -22,7 +22,7 @@ import torch
 from ..kernel_registry import CUDA_KERNELS
 from .granularity import Granularity, PerTensor, Restore
 
-__all__ = ["TINY_AMAX", "QuantFormat", "QuantizedCodes", "check_input"]
+__all__ = ["TINY_AMAX", "QuantFormat", "QuantizedCodes", "check_input", "true_div"]
 
 #: amax at or below this quantizes to zero (DESIGN §2).
 TINY_AMAX = 2.0**-24
@@ -39,6 +39,23 @@ def check_input(x: Any, name: str = "x") -> torch.Tensor:
             f"{name}: expected a float32/float16/bfloat16/float64 tensor, got dtype {x.dtype}"
         )
     return x
+
+
+def true_div(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
+    """IEEE float32 division ``a / b`` (correctly rounded) on every device.
+
+    Plain ``float / tensor`` is ``reciprocal(tensor) * float`` in PyTorch, and CUDA divides
+    by a Python scalar as a multiplication by its reciprocal; both can be one ulp off the
+    true quotient, which would break bit-exactness with the pinned numerics and the GPU
+    kernels. Scalars are therefore made tensors on the other operand's device first.
+    """
+    ref = a if isinstance(a, torch.Tensor) else b
+    assert isinstance(ref, torch.Tensor)
+    if not isinstance(a, torch.Tensor):
+        a = torch.tensor(a, dtype=torch.float32, device=ref.device)
+    if not isinstance(b, torch.Tensor):
+        b = torch.tensor(b, dtype=torch.float32, device=ref.device)
+    return torch.div(a, b)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .base import QuantFormat
+from .base import QuantFormat, true_div
 from .granularity import Blocked, Granularity
 from .minifloat import MINIFLOATS
 
@@ -77,7 +77,7 @@ class MXFormat(QuantFormat):
     def exponent(self, v: torch.Tensor) -> torch.Tensor:
         """Shared E8M0 exponent (int32, ``[N, 1]``) of each row of the float32 view ``v``."""
         block_amax = v.abs().amax(dim=-1, keepdim=True)
-        m, k = torch.frexp(block_amax / self.max_value)
+        m, k = torch.frexp(true_div(block_amax, self.max_value))
         e = torch.where(m == 0.5, k - 1, k)
         e = torch.where(block_amax == 0, torch.full_like(e, -127), e)
         return e.clamp_(-127, 127)

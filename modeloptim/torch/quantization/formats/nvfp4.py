@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .base import TINY_AMAX, QuantFormat
+from .base import TINY_AMAX, QuantFormat, true_div
 from .granularity import Blocked, Granularity, PerTensor
 from .minifloat import MINIFLOATS
 
@@ -82,7 +82,9 @@ class NVFP4Format(QuantFormat):
 
     def _scales(self, v: torch.Tensor, global_amax: torch.Tensor) -> tuple[torch.Tensor, ...]:
         tiny = global_amax <= TINY_AMAX
-        scale_2 = torch.where(tiny, torch.ones_like(global_amax), global_amax / (6.0 * _FP8_MAX))
+        scale_2 = torch.where(
+            tiny, torch.ones_like(global_amax), true_div(global_amax, 6.0 * _FP8_MAX)
+        )
         block_amax = v.abs().amax(dim=-1, keepdim=True)
         s = block_amax / (6.0 * scale_2)
         s = torch.where(s == 0, torch.ones_like(s), s)

@@ -8,7 +8,7 @@ from modeloptim.torch.quantization.nn import TensorQuantizer
 
 
 def _ref_int8(x, amax):
-    scale = 127.0 / amax
+    scale = torch.div(torch.tensor(127.0), amax)  # IEEE division, as DESIGN pins it
     return torch.clamp(torch.round(x * scale), -127, 127) / scale
 
 
