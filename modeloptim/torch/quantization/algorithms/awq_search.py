@@ -101,6 +101,7 @@ def awq_lite_search(
     block_size: int | None = None,
     alphas: Sequence[float] | None = None,
     include_identity: bool = True,
+    w_stat: torch.Tensor | None = None,
 ) -> AwqLiteResult:
     """Grid search of AWQ's ``alpha`` for a group of layers sharing the input ``x``.
 
@@ -115,6 +116,8 @@ def awq_lite_search(
         alphas: grid (default :func:`default_alpha_grid`).
         include_identity: also try ``s = 1`` (plain rounding) first, so the search never
             does worse than round-to-nearest on its data (AWQ's ``alpha = 0`` is not ``s = 1``).
+        w_stat: per-channel weight statistic replacing :func:`weight_channel_mean` (e.g. the
+            max ``|W|`` per input channel for SmoothQuant).
 
     Returns:
         The best :class:`AwqLiteResult` (ties keep the earlier candidate).
@@ -123,7 +126,7 @@ def awq_lite_search(
         raise ValueError("weights/qdq_weight: expected one fake-quant callable per weight")
     x = x.detach().float()
     grid = list(alphas) if alphas is not None else default_alpha_grid()
-    w_mean = weight_channel_mean(weights, block_size)
+    w_mean = w_stat.float() if w_stat is not None else weight_channel_mean(weights, block_size)
     refs = [x @ w.detach().float().T for w in weights]
     best: AwqLiteResult | None = None
     losses: list[float] = []

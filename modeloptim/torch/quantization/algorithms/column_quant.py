@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..formats.base import TINY_AMAX, QuantFormat
+from ..formats.base import TINY_AMAX, QuantFormat, true_div
 from ..formats.fp8 import FP8Format
 from ..formats.granularity import Blocked, PerChannel, PerTensor
 from ..formats.integer import IntegerFormat
@@ -92,17 +92,18 @@ class IntColumns:
         self.bound, self.lo, self.hi = bound, lo, hi
         self.group_size = group_size
         self._amax = amax
-        self.group_amax: list[torch.Tensor] = []
+        self.group_amax: dict[int, torch.Tensor] = {}
 
-    def start_group(self, w_group: torch.Tensor) -> None:  # noqa: D102
+    def start_group(self, w_group: torch.Tensor, index: int) -> None:  # noqa: D102
         if self.group_size:
-            self._amax = w_group.abs().amax(dim=1).float()
-            self.group_amax.append(self._amax)
+            if index not in self.group_amax:
+                self.group_amax[index] = w_group.abs().amax(dim=1).float()
+            self._amax = self.group_amax[index]
 
     def quantize(self, col: torch.Tensor) -> torch.Tensor:  # noqa: D102
         assert self._amax is not None
         tiny = self._amax <= TINY_AMAX
-        scale = torch.where(tiny, torch.ones_like(self._amax), self.bound / self._amax)
+        scale = torch.where(tiny, torch.ones_like(self._amax), true_div(self.bound, self._amax))
         q = torch.round(col.float() * scale).clamp_(self.lo, self.hi).div_(scale)
         return q.masked_fill_(tiny, 0.0)
 
@@ -115,15 +116,17 @@ class FP8Columns:
         self.group_size = 0
         self._amax = amax
 
-    def start_group(self, w_group: torch.Tensor) -> None:  # noqa: D102
+    def start_group(self, w_group: torch.Tensor, index: int) -> None:  # noqa: D102
         return None
 
     def quantize(self, col: torch.Tensor) -> torch.Tensor:  # noqa: D102
         tiny = self._amax <= TINY_AMAX
-        scale = torch.where(tiny, torch.ones_like(self._amax), self.fmt.max_value / self._amax)
+        scale = torch.where(
+            tiny, torch.ones_like(self._amax), true_div(self.fmt.max_value, self._amax)
+        )
         m = self.fmt.max_value
         y = (col.float() * scale).clamp_(-m, m).to(self.fmt.dtype).float()
-        return y.mul_(1.0 / scale).masked_fill_(tiny, 0.0)
+        return y.mul_(true_div(1.0, scale)).masked_fill_(tiny, 0.0)
 
 
 class NVFP4Columns:
@@ -132,13 +135,16 @@ class NVFP4Columns:
     def __init__(self, global_amax: torch.Tensor, group_size: int = 16) -> None:
         self.group_size = group_size
         self.tiny = bool(global_amax <= TINY_AMAX)
-        self.scale_2 = torch.ones(()) if self.tiny else global_amax.float() / (6.0 * 448.0)
+        self.scale_2 = torch.ones(()) if self.tiny else true_div(global_amax.float(), 6.0 * 448.0)
         self._d: torch.Tensor | None = None
+        self._group_d: dict[int, torch.Tensor] = {}
 
-    def start_group(self, w_group: torch.Tensor) -> None:  # noqa: D102
-        s = w_group.abs().amax(dim=1).float() / (6.0 * self.scale_2)
-        s = torch.where(s == 0, torch.ones_like(s), s).clamp_(2.0**-9, 448.0)
-        self._d = s.to(torch.float8_e4m3fn).float() * self.scale_2
+    def start_group(self, w_group: torch.Tensor, index: int) -> None:  # noqa: D102
+        if index not in self._group_d:
+            s = w_group.abs().amax(dim=1).float() / (6.0 * self.scale_2)
+            s = torch.where(s == 0, torch.ones_like(s), s).clamp_(2.0**-9, 448.0)
+            self._group_d[index] = s.to(torch.float8_e4m3fn).float() * self.scale_2
+        self._d = self._group_d[index]
 
     def quantize(self, col: torch.Tensor) -> torch.Tensor:  # noqa: D102
         assert self._d is not None
@@ -172,9 +178,7 @@ def _nvfp4_columns(fmt: NVFP4Format, amax: torch.Tensor | None, weight: torch.Te
     return NVFP4Columns(amax.detach().float().reshape(()), gs)
 
 
-def column_quantizer_for(
-    fmt: QuantFormat, amax: torch.Tensor | None, weight: torch.Tensor
-) -> Any:
+def column_quantizer_for(fmt: QuantFormat, amax: torch.Tensor | None, weight: torch.Tensor) -> Any:
     """The GPTQ column rule for a weight quantized with ``fmt`` (and calibrated ``amax``).
 
     Raises:
