@@ -181,7 +181,7 @@ def _check_args(
 
 
 def _batches(data_loader: Iterable[Any], n: int) -> list[Any]:
-    out = []
+    out: list[Any] = []
     for b in data_loader:
         if len(out) >= n:
             break

@@ -26,6 +26,7 @@ keeps that state.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -53,34 +54,36 @@ __all__ = ["AwqClipConfig", "AwqFullConfig", "AwqLiteConfig", "awq_clip", "awq_f
 
 class _AwqBase(AlgorithmConfig):
     max_tokens: int = Field(
-        1024, ge=16, description="calibration token rows sampled per layer group for searches"
+        default=1024,
+        ge=16,
+        description="calibration token rows sampled per layer group for searches",
     )
-    seed: int = Field(0, description="seed of the token-row sampling")
+    seed: int = Field(default=0, description="seed of the token-row sampling")
 
 
 class AwqLiteConfig(_AwqBase):
     """``awq_lite``: per-group scale search over ``alpha`` in steps of ``alpha_step``."""
 
     method: Literal["awq_lite"] = "awq_lite"
-    alpha_step: float = Field(0.1, gt=0.0, le=1.0)
+    alpha_step: float = Field(default=0.1, gt=0.0, le=1.0)
 
 
 class AwqClipConfig(_AwqBase):
     """``awq_clip``: per row/block clip search from 1 down to ``min_clip_ratio``."""
 
     method: Literal["awq_clip"] = "awq_clip"
-    max_tokens: int = Field(512, ge=16)
-    min_clip_ratio: float = Field(0.5, gt=0.0, lt=1.0)
-    clip_steps: int = Field(10, ge=1)
+    max_tokens: int = Field(default=512, ge=16)
+    min_clip_ratio: float = Field(default=0.5, gt=0.0, lt=1.0)
+    clip_steps: int = Field(default=10, ge=1)
 
 
 class AwqFullConfig(AwqLiteConfig):
     """``awq_full``: ``awq_lite`` then ``awq_clip`` (clip options as in :class:`AwqClipConfig`)."""
 
     method: Literal["awq_full"] = "awq_full"  # type: ignore[assignment]
-    min_clip_ratio: float = Field(0.5, gt=0.0, lt=1.0)
-    clip_steps: int = Field(10, ge=1)
-    clip_max_tokens: int = Field(512, ge=16)
+    min_clip_ratio: float = Field(default=0.5, gt=0.0, lt=1.0)
+    clip_steps: int = Field(default=10, ge=1)
+    clip_max_tokens: int = Field(default=512, ge=16)
 
 
 def _alpha_grid(step: float) -> list[float]:
@@ -120,7 +123,7 @@ def _apply_scale(group: SharedInputGroup, s: torch.Tensor) -> str:
 @torch.no_grad()
 def _lite_group(group: SharedInputGroup, st: GroupStats, alphas: list[float]) -> dict[str, Any]:
     weights = [get_weight_2d(m).float() for m in group.modules]
-    qdqs = [lambda w, m=m: qdq_fresh(m.weight_quantizer, w) for m in group.modules]
+    qdqs = [partial(qdq_fresh, m.weight_quantizer) for m in group.modules]
     res = awq_lite_search(
         st.rows,
         st.abs_mean,
@@ -147,7 +150,7 @@ def _clip_group(
         clipped, _ = awq_clip_search(
             x,
             get_weight_2d(m).float(),
-            lambda w, m=m: qdq_fresh(m.weight_quantizer, w),
+            partial(qdq_fresh, m.weight_quantizer),
             weight_block_size(m.weight_quantizer),
             ratios,
         )
@@ -157,7 +160,7 @@ def _clip_group(
 def _finish(model: nn.Module, forward_loop: ForwardLoop | None) -> None:
     from .max import max_calibrate
 
-    max_calibrate(model, forward_loop)
+    max_calibrate(model, forward_loop, None)
     restore_scale_only(model)
 
 
@@ -190,7 +193,7 @@ def awq_lite(model: nn.Module, forward_loop: ForwardLoop | None, config: Any) ->
     cfg = config if isinstance(config, AwqLiteConfig) else AwqLiteConfig()
     groups, stats = _prepare(model, forward_loop, "awq_lite", cfg.max_tokens)
     if groups:
-        model._awq_lite_report = _run_lite(groups, stats, cfg.alpha_step)  # type: ignore[assignment]
+        model.__dict__["_awq_lite_report"] = _run_lite(groups, stats, cfg.alpha_step)
     _finish(model, forward_loop)
 
 
@@ -213,10 +216,11 @@ def awq_full(model: nn.Module, forward_loop: ForwardLoop | None, config: Any) ->
         model, forward_loop, "awq_full", max(cfg.max_tokens, cfg.clip_max_tokens)
     )
     if groups:
-        model._awq_lite_report = _run_lite(groups, stats, cfg.alpha_step)  # type: ignore[assignment]
+        report = _run_lite(groups, stats, cfg.alpha_step)
+        model.__dict__["_awq_lite_report"] = report
         ratios = default_clip_grid(cfg.min_clip_ratio, cfg.clip_steps)
         for g, st, rep in tqdm(
-            list(zip(groups, stats, model._awq_lite_report, strict=True)), desc="awq_clip search"
+            list(zip(groups, stats, report, strict=True)), desc="awq_clip search"
         ):
             # Rows as the layers now see them: divided by the scale (folded or pre-scaled).
             rows = st.rows / rep["scale"] if rep["applied"].startswith("folded") else st.rows

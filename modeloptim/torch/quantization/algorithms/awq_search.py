@@ -185,7 +185,7 @@ def awq_clip_search(
     for r in grid:
         clipped = torch.maximum(torch.minimum(wb, r * amax), -r * amax)
         wq = qdq_weight(clipped.reshape(rows, -1)[:, :cols]).float()
-        diff = (w - wq)
+        diff = w - wq
         db = torch.nn.functional.pad(diff, (0, pad)).reshape(rows, nb, bs)
         loss = torch.zeros(rows, nb)
         for t0 in range(0, xb.shape[0], t_chunk):

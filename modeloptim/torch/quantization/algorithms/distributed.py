@@ -122,6 +122,7 @@ def sync_quantizer_stats(model: torch.nn.Module, group: Any = None) -> int:
                         "every rank must run the same layers"
                     )
                 continue
+            assert cal._amax is not None
             all_reduce_max(cal._amax, group)
             count += 1
         elif isinstance(cal, HistogramCalibrator):

@@ -45,12 +45,12 @@ class GptqConfig(AlgorithmConfig):
     """``gptq`` options (ModelOpt/AutoGPTQ names)."""
 
     method: Literal["gptq"] = "gptq"
-    percdamp: float = Field(0.01, gt=0.0, le=1.0, description="damping / mean(diag(H))")
-    block_size: int = Field(128, ge=1, description="lazy-update block width (columns)")
-    act_order: bool = Field(False, description="round columns by decreasing diag(H)")
+    percdamp: float = Field(default=0.01, gt=0.0, le=1.0, description="damping / mean(diag(H))")
+    block_size: int = Field(default=128, ge=1, description="lazy-update block width (columns)")
+    act_order: bool = Field(default=False, description="round columns by decreasing diag(H)")
 
 
-def _check_formats(layers: dict[str, nn.Module]) -> None:
+def _check_formats(layers: dict[str, Any]) -> None:
     for name, m in layers.items():
         wq = m.weight_quantizer
         if not isinstance(wq, TensorQuantizer):
@@ -63,7 +63,7 @@ def _check_formats(layers: dict[str, nn.Module]) -> None:
 
 
 @torch.no_grad()
-def _quantize_layer(m: nn.Module, h: torch.Tensor, cfg: GptqConfig) -> None:
+def _quantize_layer(m: Any, h: torch.Tensor, cfg: GptqConfig) -> None:
     wq: TensorQuantizer = m.weight_quantizer
     w = get_weight_2d(m)
     rule = column_quantizer_for(wq.format, wq.amax, w)
@@ -94,7 +94,7 @@ def gptq(model: nn.Module, forward_loop: ForwardLoop | None, config: Any) -> Non
         for g, st in zip(groups, stats, strict=True)
     ]
     try:
-        max_calibrate(model, forward_loop)
+        max_calibrate(model, forward_loop, None)
     finally:
         for h in handles:
             h.remove()

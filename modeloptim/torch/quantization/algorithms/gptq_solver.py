@@ -190,4 +190,3 @@ def gptq_quantize(
     if perm is not None:
         q = q[:, torch.argsort(perm)]
     return q.to(weight.dtype)
-

@@ -108,7 +108,7 @@ def enable_pre_quant_scale(quantizer: TensorQuantizer, scale: torch.Tensor) -> N
         quantizer.enable()
         quantizer.disable_quant()
         quantizer.disable_calib()
-        quantizer._scale_only = True  # type: ignore[attr-defined]
+        quantizer.__dict__["_scale_only"] = True
     quantizer.pre_quant_scale = scale
 
 

@@ -82,13 +82,14 @@ def get_weight_2d(module: nn.Module) -> torch.Tensor:
         flag = LINEAR_LAYOUTS.lookup(module)
     if flag is None:
         raise TypeError(f"module: {type(module).__name__} is not a registered linear layer")
-    w = module.weight.data
-    return w.T if flag else w
+    weight: Any = module.weight
+    return weight.data.T if flag else weight.data
 
 
 def set_weight_2d(module: nn.Module, w: torch.Tensor) -> None:
     """Write an ``[out, in]`` weight back into the layer (in place, keeping dtype)."""
-    get_weight_2d(module).copy_(w.to(module.weight.dtype))
+    weight: Any = module.weight
+    get_weight_2d(module).copy_(w.to(weight.dtype))
 
 
 def _key(t: torch.Tensor) -> _Key:
@@ -111,7 +112,7 @@ class SharedInputGroup:
     """
 
     names: list[str]
-    modules: list[nn.Module]
+    modules: list[Any]
     producer: str | None = None
     producer_module: nn.Module | None = None
     exclusive: bool = False
@@ -324,8 +325,9 @@ def _scalable_params(module: nn.Module, channels: int) -> list[torch.Tensor]:
         if w.shape[0] != channels:
             return []
         out: list[torch.Tensor] = [w]
-        if getattr(module, "bias", None) is not None:
-            out.append(module.bias.data)
+        bias: Any = getattr(module, "bias", None)
+        if bias is not None:
+            out.append(bias.data)
         return out
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 1 or weight.numel() != channels:

@@ -17,6 +17,7 @@ group from a grid by the output error of the quantized group on a sample of cali
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -38,10 +39,10 @@ class SmoothQuantConfig(AlgorithmConfig):
     """``smoothquant`` options."""
 
     method: Literal["smoothquant"] = "smoothquant"
-    alpha: float = Field(0.5, ge=0.0, le=1.0, description="migration strength")
-    search_alpha: bool = Field(False, description="choose alpha per group by output error")
-    alpha_step: float = Field(0.1, gt=0.0, le=1.0)
-    max_tokens: int = Field(512, ge=16, description="rows sampled per group for the search")
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="migration strength")
+    search_alpha: bool = Field(default=False, description="choose alpha per group by output error")
+    alpha_step: float = Field(default=0.1, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=512, ge=16, description="rows sampled per group for the search")
 
 
 def smooth_scale(act_amax: torch.Tensor, w_amax: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -66,7 +67,7 @@ def _smooth_group(group: SharedInputGroup, st: GroupStats, cfg: SmoothQuantConfi
         st.rows,
         st.abs_max,
         [get_weight_2d(m).float() for m in group.modules],
-        [lambda w, m=m: qdq_fresh(m.weight_quantizer, w) for m in group.modules],
+        [partial(qdq_fresh, m.weight_quantizer) for m in group.modules],
         _act_qdq(group, st),
         weight_block_size(group.modules[0].weight_quantizer),
         _alpha_grid(cfg.alpha_step),
