@@ -42,13 +42,10 @@ def _with_algo(preset: str, algorithm: Any, block: int | None = None) -> dict[st
 
 
 def _kv(base: str, kv: str) -> dict[str, Any]:
+    """Base preset plus the KV-cache preset's k/v entries (as ModelOpt users merge them)."""
     cfg = copy.deepcopy(PRESETS[base])
-    cfg["quant_cfg"] = [*cfg["quant_cfg"], *copy.deepcopy(PRESETS[kv]["quant_cfg"])]
-    # The KV preset's own "default: off" entry must not switch the base config's quantizers
-    # off again: keep only its k/v entries (ModelOpt users merge dicts the same way).
-    cfg["quant_cfg"] = [e for e in cfg["quant_cfg"][: len(PRESETS[base]["quant_cfg"])]] + [
-        e for e in PRESETS[kv]["quant_cfg"] if e.get("quantizer_name") != "default"
-    ]
+    kv_entries = [e for e in PRESETS[kv]["quant_cfg"] if e.get("quantizer_name") != "default"]
+    cfg["quant_cfg"] = [*cfg["quant_cfg"], *copy.deepcopy(kv_entries)]
     return cfg
 
 
@@ -92,6 +89,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--auto-bits", default="4.5,6,8", help="auto_quantize budgets ('' = skip)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--windows", help="torch file {'calib': [n,T], 'eval': [n,T]} of token ids")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.threads:
@@ -99,8 +97,15 @@ def main() -> None:
     torch.manual_seed(0)
 
     base, tok = load_default_model()
-    calib = token_windows(tok, stdlib_docstring_corpus("calib"), args.seq_len, args.calib_windows)
-    evalw = token_windows(tok, stdlib_docstring_corpus("eval"), args.seq_len, args.eval_windows)
+    if args.windows:  # pre-tokenized (same text on machines with another Python stdlib)
+        w = torch.load(args.windows)
+        calib = w["calib"][: args.calib_windows, : args.seq_len]
+        evalw = w["eval"][: args.eval_windows, : args.seq_len]
+    else:
+        calib = token_windows(
+            tok, stdlib_docstring_corpus("calib"), args.seq_len, args.calib_windows
+        )
+        evalw = token_windows(tok, stdlib_docstring_corpus("eval"), args.seq_len, args.eval_windows)
     batches = list(calib.split(args.batch_size))
 
     def loop(model: torch.nn.Module) -> None:
@@ -125,11 +130,19 @@ def main() -> None:
             dt = time.perf_counter() - t0
             ppl = perplexity(model, evalw, batch_size=args.batch_size)
             results.append(
-                {"row": label, "ppl": ppl, "ratio": ppl / ppl_fp, "calib_s": dt,
-                 "calib_x": dt / fwd_s}
+                {
+                    "row": label,
+                    "ppl": ppl,
+                    "ratio": ppl / ppl_fp,
+                    "calib_s": dt,
+                    "calib_x": dt / fwd_s,
+                }
             )
-            print(f"{label:28s} ppl {ppl:8.3f}  x{ppl / ppl_fp:.3f}  calib {dt:7.1f} s "
-                  f"({dt / fwd_s:5.1f}x fwd)", flush=True)
+            print(
+                f"{label:28s} ppl {ppl:8.3f}  x{ppl / ppl_fp:.3f}  calib {dt:7.1f} s "
+                f"({dt / fwd_s:5.1f}x fwd)",
+                flush=True,
+            )
             del model
 
     for bits in [float(b) for b in args.auto_bits.split(",") if b]:
@@ -143,16 +156,18 @@ def main() -> None:
             quantization_formats=[PRESETS["NVFP4_DEFAULT_CFG"], PRESETS["FP8_DEFAULT_CFG"]],
             data_loader=batches,
             forward_step=lambda m, b: m(input_ids=b),
-            loss_func=lambda out, b: out.loss if getattr(out, "loss", None) is not None
-            else _lm_loss(out.logits, b),
+            loss_func=lambda out, b: (
+                out.loss if getattr(out, "loss", None) is not None else _lm_loss(out.logits, b)
+            ),
             num_calib_steps=len(batches),
             num_score_steps=min(8, len(batches)),
         )
         dt = time.perf_counter() - t0
         ppl = perplexity(model, evalw, batch_size=args.batch_size)
         label = f"auto_quantize {bits:g} bits (got {state['effective_bits']:.2f})"
-        results.append({"row": label, "ppl": ppl, "ratio": ppl / ppl_fp, "calib_s": dt,
-                        "calib_x": dt / fwd_s})
+        results.append(
+            {"row": label, "ppl": ppl, "ratio": ppl / ppl_fp, "calib_s": dt, "calib_x": dt / fwd_s}
+        )
         print(f"{label:28s} ppl {ppl:8.3f}  x{ppl / ppl_fp:.3f}  search {dt:7.1f} s", flush=True)
         del model
 
