@@ -212,7 +212,7 @@ def run_quantize(args: argparse.Namespace) -> int:
 
     with timer.stage("quantize"):
         mtq.quantize(model, config, forward_loop)
-    with timer.stage("eval_after"):
+    with timer.stage("eval_after"), mtq.cache_quantized_weights(model):
         ppl_after = perplexity(model, evalw)
     rows = mtq.print_quant_summary(model, print_table=False)
     layers = sorted({r["module"] for r in rows if r["enabled"]})

@@ -159,7 +159,8 @@ def test_quantize_accepts_preset_name_and_rejects_unknown_name():
         mtq.quantize(model, "INT7_CFG")
     assert not any(isinstance(m, QuantModule) for m in model.modules())
     mtq.quantize(model, "int8_weight_only")
-    assert model[0].weight_quantizer.is_enabled and not model[0].input_quantizer.is_enabled
+    assert model[0].weight_quantizer.is_enabled
+    assert not model[0].input_quantizer.is_enabled
 
 
 def test_misspelled_attribute_names_field_and_leaves_model():
@@ -233,7 +234,8 @@ def test_calibrate_recomputes_amax_and_restores_on_error():
     with pytest.raises(KeyError):
         mtq.calibrate(model, forward_loop=broken)
     torch.testing.assert_close(model[0].input_quantizer.amax, old, rtol=0, atol=0)
-    assert model[0].input_quantizer._if_quant and not model[0].input_quantizer._if_calib
+    assert model[0].input_quantizer._if_quant
+    assert not model[0].input_quantizer._if_calib
     with pytest.raises(ValueError, match="not quantized"):
         mtq.calibrate(_mlp(), forward_loop=_calib([big]))
     with pytest.raises(NotImplementedError, match="gptq"):
@@ -244,9 +246,11 @@ def test_enable_disable_quantizer_wildcards():
     model = _mlp()
     mtq.quantize(model, mtq.INT8_DEFAULT_CFG, _calib([torch.randn(4, 40)]))
     assert mtq.disable_quantizer(model, "*input_quantizer") == 2
-    assert not model[0].input_quantizer.is_enabled and model[0].weight_quantizer.is_enabled
+    assert not model[0].input_quantizer.is_enabled
+    assert model[0].weight_quantizer.is_enabled
     assert mtq.enable_quantizer(model, "0.input_quantizer") == 1
-    assert model[0].input_quantizer.is_enabled and not model[2].input_quantizer.is_enabled
+    assert model[0].input_quantizer.is_enabled
+    assert not model[2].input_quantizer.is_enabled
     assert mtq.disable_quantizer(model, lambda n: n.startswith("2.")) == 3
     with pytest.warns(UserWarning, match="matches no quantizer"):
         assert mtq.disable_quantizer(model, "*lm_head*") == 0
@@ -257,11 +261,13 @@ def test_print_quant_summary_rows(capsys):
     mtq.quantize(model, mtq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG)
     rows = mtq.print_quant_summary(model)
     printed = capsys.readouterr().out
-    assert "weight_quantizer" in printed and "int4" in printed
+    assert "weight_quantizer" in printed
+    assert "int4" in printed
     by_key = {(r["module"], r["quantizer"]): r for r in rows}
     assert len(rows) == 6
     w0 = by_key[("0", "weight_quantizer")]
-    assert w0["enabled"] and w0["format"].startswith("int4")
+    assert w0["enabled"]
+    assert w0["format"].startswith("int4")
     assert w0["amax_shape"] == (64, 1)  # 64 rows x one 128-block (40 cols padded)
     assert not by_key[("0", "input_quantizer")]["enabled"]
     amax = model[0].weight_quantizer.amax
@@ -327,11 +333,13 @@ def test_each_built_preset_on_cnn(name):
     assert torch.isfinite(out).all()
     bn = model[1]
     assert isinstance(bn, QuantModule)
-    assert not bn.input_quantizer.is_enabled and not bn.output_quantizer.is_enabled  # parent_class
+    assert not bn.input_quantizer.is_enabled
+    assert not bn.output_quantizer.is_enabled  # parent_class
     if name in NO_MATCH_IN_MLP:
         torch.testing.assert_close(out, float_out, rtol=0, atol=0)
         return
-    assert model[0].weight_quantizer.is_enabled and model[4].weight_quantizer.is_enabled
+    assert model[0].weight_quantizer.is_enabled
+    assert model[4].weight_quantizer.is_enabled
     acts = _entry_cfg(mtq.PRESETS[name], "*input_quantizer") is not None
     assert model[3].input_quantizer.is_enabled == acts  # pooling input follows *input_quantizer
     if mtq.PRESETS[name]["quant_cfg"][0]["cfg"] == {"num_bits": 8, "axis": 0}:
@@ -340,3 +348,13 @@ def test_each_built_preset_on_cnn(name):
         torch.testing.assert_close(model[0].weight_quantizer.amax, amax, rtol=0, atol=0)
     rel = (out - float_out).norm() / float_out.norm()
     assert 0 < rel < 0.5, f"{name}: relative error {rel:.3f}"
+
+
+@pytest.mark.parametrize("name", UNBUILT)
+def test_unbuilt_presets_leave_cnn_unchanged(name):
+    model = _cnn()
+    types = [type(m) for m in model]
+    with pytest.raises(NotImplementedError, match="not implemented yet"):
+        mtq.quantize(model, mtq.PRESETS[name], _calib([torch.randn(2, 3, 12, 12)]))
+    assert [type(m) for m in model] == types
+    assert not any(isinstance(m, TensorQuantizer) for m in model.modules())
