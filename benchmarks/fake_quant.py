@@ -44,9 +44,9 @@ def naive_fp8(x, amax, dt=torch.float8_e4m3fn, fmax=448.0):
 
 
 def naive_grid_round(v, grid):
-    a = v.abs().unsqueeze(-1)
-    d = (a - grid).abs()
-    # ties to the even code: add a tiny penalty to odd codes
+    a = v.abs().unsqueeze(-1).double()
+    d = (a - grid.double()).abs()
+    # ties to the even code: a tiny penalty on odd codes (float64 keeps it visible)
     d = d + (torch.arange(len(grid)) % 2) * 1e-12
     return torch.sign(v) * grid[d.argmin(-1)]
 
@@ -67,6 +67,23 @@ def naive_mxfp4(x):
     e = torch.where(amax == 0, torch.full_like(e, -127), e)
     p = 2.0**e
     return (naive_grid_round(xb / p, E2M1) * p).reshape(x.shape).to(x.dtype)
+
+
+E3M2 = torch.tensor(
+    sorted(
+        {m / 4 * 2.0**-2 for m in range(4)}
+        | {(1 + m / 4) * 2.0 ** (e - 3) for e in range(1, 8) for m in range(4)}
+    )
+)
+
+
+def naive_mxfp6(x):
+    xb = x.float().reshape(-1, 32)
+    amax = xb.abs().amax(-1, keepdim=True)
+    e = torch.ceil(torch.log2(amax / 28.0)).clamp(-127, 127)
+    e = torch.where(amax == 0, torch.full_like(e, -127), e)
+    p = 2.0**e
+    return (naive_grid_round(xb / p, E3M2) * p).reshape(x.shape).to(x.dtype)
 
 
 def naive_mxfp8(x):
@@ -122,6 +139,7 @@ def main() -> None:
         ("fp8_e4m3 per-tensor", FP8Format(4), amax_t, lambda: naive_fp8(x, amax_t)),
         ("nvfp4 block16", NVFP4Format(), amax_t, lambda: naive_nvfp4(x, amax_t)),
         ("mxfp8 block32", MXFormat("e4m3"), None, lambda: naive_mxfp8(x)),
+        ("mxfp6 block32", MXFormat("e3m2"), None, lambda: naive_mxfp6(x)),
         ("mxfp4 block32", MXFormat("e2m1"), None, lambda: naive_mxfp4(x)),
     ]
     nbytes = 2 * x.numel() * x.element_size()

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..kernel_registry import CUDA_KERNELS
-from .granularity import Granularity, PerTensor, Restore
+from .granularity import Granularity, Restore
 
 __all__ = ["TINY_AMAX", "QuantFormat", "QuantizedCodes", "check_input", "true_div"]
 
@@ -82,6 +82,13 @@ class QuantizedCodes:
     def dequantize(self) -> torch.Tensor:
         """Decode to a tensor of the original shape/dtype, equal to the fake-quantized input."""
         return self.format.dequantize(self)
+
+    def __repr__(self) -> str:
+        scales = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in self.scales.items())
+        return (
+            f"QuantizedCodes({self.format.describe()}, shape={tuple(self.shape)}, "
+            f"codes={tuple(self.codes.shape)} {self.codes.dtype}, scales={{{scales}}})"
+        )
 
 
 class QuantFormat(ABC):
@@ -148,6 +155,8 @@ class QuantFormat(ABC):
                 ``None``) for dynamic formats.
         """
         check_input(x)
+        if x.numel() == 0:
+            return x.clone()  # nothing to quantize (and no amax to derive)
         view, restore = self.granularity.to_view(x)
         amax_v = self._view_amax(view, amax)
         out = self._try_kernel(view, amax_v)
@@ -215,8 +224,3 @@ class QuantFormat(ABC):
         self, codes: torch.Tensor, scales: dict[str, torch.Tensor]
     ) -> torch.Tensor:
         """Float32 values from codes and scales."""
-
-
-def is_per_tensor(g: Granularity) -> bool:
-    """True for a :class:`PerTensor` granularity."""
-    return isinstance(g, PerTensor)

@@ -50,7 +50,7 @@ class FP8Format(QuantFormat):
     @property
     def scale_bits(self) -> float:  # noqa: D102
         g = self.granularity
-        return 32.0 / g.block_numel if isinstance(g, Blocked) else 0.0
+        return 32.0 / g.block_numel if isinstance(g, Blocked) and g.block_numel else 0.0
 
     def _scale(self, amax_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tiny = amax_v <= TINY_AMAX

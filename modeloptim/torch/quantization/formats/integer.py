@@ -66,7 +66,7 @@ class IntegerFormat(QuantFormat):
     def scale_bits(self) -> float:  # noqa: D102
         # Block scales are exported as float16 (AWQ/TensorRT-LLM layout).
         g = self.granularity
-        return 16.0 / g.block_numel if isinstance(g, Blocked) else 0.0
+        return 16.0 / g.block_numel if isinstance(g, Blocked) and g.block_numel else 0.0
 
     def _scale(self, amax_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tiny = amax_v <= TINY_AMAX

@@ -51,7 +51,9 @@ class MXFormat(QuantFormat):
         block_sizes: blocks sharing one scale (default ``{-1: 32}``).
     """
 
-    def __init__(self, elem: str = "e4m3", block_sizes: Mapping[int, int] | None = None) -> None:
+    def __init__(
+        self, elem: str = "e4m3", block_sizes: Mapping[int, int | None] | None = None
+    ) -> None:
         if elem not in MX_ELEMENTS:
             raise ValueError(f"elem: expected one of {sorted(MX_ELEMENTS)}, got {elem!r}")
         self.elem = elem
@@ -62,7 +64,7 @@ class MXFormat(QuantFormat):
     def scale_bits(self) -> float:  # noqa: D102
         g = self.granularity
         assert isinstance(g, Blocked)
-        return 8.0 / g.block_numel
+        return 8.0 / g.block_numel if g.block_numel else 0.0
 
     @property
     def amax_granularity(self) -> Granularity | None:  # noqa: D102

@@ -84,3 +84,29 @@ def test_cuda_dispatch_uses_kernel_and_falls_back_on_none(monkeypatch):
     MXFormat("e2m1").fake_quant(x)
     assert seen["mx"][0].shape == (8, 32)
     assert seen["mx"][1] == "e2m1"
+
+
+def test_ste_backward_kernel_used_only_without_amax_grad(monkeypatch):
+    from modeloptim.torch.quantization.formats import IntegerFormat
+    from modeloptim.torch.quantization.tensor_quant import fake_quant_ste
+
+    monkeypatch.setattr(CUDA_KERNELS, "_loaded", True)
+    for name in ("int", "fp8"):
+        monkeypatch.setitem(CUDA_KERNELS._kernels, name, lambda *a: None)
+    calls = []
+
+    def ste(x, g, amax):
+        calls.append(amax.shape)
+        return torch.full_like(g, 5.0)
+
+    monkeypatch.setitem(CUDA_KERNELS._kernels, "ste_backward", ste)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    x = torch.randn(4, 8, requires_grad=True)
+    fake_quant_ste(x, torch.tensor(1.0), IntegerFormat(8)).sum().backward()
+    assert torch.equal(x.grad, torch.full((4, 8), 5.0))
+    assert calls == [torch.Size([])]
+    x.grad = None
+    amax = torch.tensor(1.0, requires_grad=True)
+    fake_quant_ste(x, amax, IntegerFormat(8)).sum().backward()
+    assert len(calls) == 1  # learnable amax: torch path computes both gradients
+    assert torch.equal(x.grad, (x.detach().abs() <= 1).float())

@@ -70,3 +70,15 @@ def test_fp8_scale_division_numpy_reference():
     ref = y * (np.float32(1) / scale)
     out = FP8Format(4, PerChannel(0)).fake_quant(torch.from_numpy(x), torch.from_numpy(amax))
     assert np.array_equal(out.numpy(), ref)
+
+
+def test_per_token_dynamic_block_none_spans_the_row():
+    # ModelOpt's FP8_PER_CHANNEL_PER_TOKEN_CFG input: {"type": "dynamic", "block_sizes": {-1: None}}
+    from modeloptim.torch.quantization.formats import resolve_format
+
+    fmt = resolve_format({"num_bits": (4, 3), "type": "dynamic", "block_sizes": {-1: None}})
+    x = make_inputs((3, 5, 70), torch.bfloat16)
+    ref = ref_fp8(x.float(), x.float().abs().amax(-1, keepdim=True), 4).to(torch.bfloat16)
+    assert torch.equal(fmt.fake_quant(x), ref)
+    assert fmt.is_dynamic
+    assert fmt.granularity.describe() == "per-token dynamic"

@@ -92,3 +92,35 @@ def test_dynamic_global_and_bits_and_resolve():
     assert NVFP4Format().bits_per_element == 4.5
     with pytest.raises(ValueError, match="amax: nvfp4 takes one global amax"):
         NVFP4Format().fake_quant(x, torch.ones(2))
+
+
+def test_static_blocks_use_calibrated_block_amax():
+    # ModelOpt's block_sizes={-1: 16, "type": "static", "scale_bits": (4, 3)}
+    fmt = resolve_format(
+        {"num_bits": (2, 1), "block_sizes": {-1: 16, "type": "static", "scale_bits": (4, 3)}}
+    )
+    assert isinstance(fmt, NVFP4Format)
+    assert fmt.static_blocks
+    x = make_inputs((4, 40), torch.float32)  # 40: padded to 3 blocks per row
+    bamax = fmt.compute_amax(x)
+    assert bamax.shape == (12, 1)
+    calib = bamax * torch.linspace(0.5, 1.0, 12).reshape(-1, 1)  # some blocks clip
+    scale_2 = calib.max() / (6.0 * 448.0)
+
+    def ref_block(b, a):
+        s = a / (6.0 * scale_2)
+        s = torch.where(s == 0, torch.ones_like(s), s).clamp(2.0**-9, 448.0)
+        d = s.to(torch.float8_e4m3fn).float() * scale_2
+        return round_to_grid(b / d, E2M1).float() * d
+
+    ref = torch.empty_like(x)
+    k = 0
+    for r in range(4):
+        for c in range(0, 40, 16):
+            ref[r, c : c + 16] = ref_block(x[r, c : c + 16], calib[k, 0])
+            k += 1
+    out = fmt.fake_quant(x, calib)
+    assert torch.equal(out, ref)
+    assert torch.equal(fmt.quantize(x, calib).dequantize(), out)
+    with pytest.raises(ValueError, match="blocks of block_sizes"):
+        fmt.fake_quant(x, torch.ones(3))
