@@ -156,7 +156,7 @@ class QuantizerAttributeConfig(BaseModel):
         c = self.calibrator
         if not isinstance(c, dict):
             return {}
-        out = {k: c[k] for k in ("percentile", "start_bin", "stride") if k in c}
+        out: dict[str, Any] = {k: c[k] for k in ("percentile", "start_bin", "stride") if k in c}
         if "amax_method" in c:
             out["method"] = c["amax_method"]
         return out
