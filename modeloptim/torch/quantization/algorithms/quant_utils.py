@@ -137,5 +137,6 @@ def weight_block_size(quantizer: Any) -> int | None:
     for q in leaf_quantizers(quantizer):
         g = q.format.granularity
         if q.is_enabled and isinstance(g, Blocked) and set(g.block_sizes) == {-1}:
-            return int(g.block_sizes[-1])
+            size = g.block_sizes[-1]
+            return int(size) if size is not None else None
     return None
