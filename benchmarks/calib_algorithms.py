@@ -68,6 +68,22 @@ ROWS: dict[str, list[tuple[str, Callable[[], dict[str, Any]]]]] = {
         ("NVFP4 W4A4 awq_full", lambda: _with_algo("NVFP4_DEFAULT_CFG", {"method": "awq_full"})),
         ("NVFP4 W4A4 gptq", lambda: _with_algo("NVFP4_DEFAULT_CFG", {"method": "gptq"})),
     ],
+    "ablations": [
+        (
+            "INT4 b128 gptq no act_order",
+            lambda: _with_algo("INT4_AWQ_CFG", {"method": "gptq", "act_order": False}),
+        ),
+        (
+            "NVFP4 W4A4 gptq no act_order",
+            lambda: _with_algo("NVFP4_DEFAULT_CFG", {"method": "gptq", "act_order": False}),
+        ),
+        (
+            "INT8 W8A8 smoothquant alpha=0.5",
+            lambda: _with_algo(
+                "INT8_SMOOTHQUANT_CFG", {"method": "smoothquant", "search_alpha": False}
+            ),
+        ),
+    ],
     "w8a8": [
         ("INT8 W8A8 plain (max)", lambda: _with_algo("INT8_DEFAULT_CFG", "max")),
         ("INT8 W8A8 smoothquant", lambda: _with_algo("INT8_SMOOTHQUANT_CFG", "smoothquant")),

@@ -10,9 +10,11 @@ when nothing else reads its output (checked exactly), otherwise it becomes the m
 ``input_quantizer.pre_quant_scale`` (one shared tensor). Then every quantizer is max
 calibrated.
 
-``alpha`` is fixed (default 0.5, the SmoothQuant paper's) or, with ``search_alpha``, chosen per
-group from a grid by the output error of the quantized group on a sample of calibration rows
-(same machinery as AWQ-lite; "no smoothing" is one of the candidates).
+By default (``search_alpha=True``) ``alpha`` is chosen per group from a grid by the output
+error of the quantized group on a sample of calibration rows (same machinery as AWQ-lite; "no
+smoothing" is one of the candidates): on SmolLM2-135M W8A8 this gives perplexity 21.2 where a
+fixed ``alpha=0.5`` gives 25.3 (plain W8A8: 45.2). With ``search_alpha=False`` the fixed
+``alpha`` (default 0.5, the SmoothQuant paper's) is used for every group.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class SmoothQuantConfig(AlgorithmConfig):
 
     method: Literal["smoothquant"] = "smoothquant"
     alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="migration strength")
-    search_alpha: bool = Field(default=False, description="choose alpha per group by output error")
+    search_alpha: bool = Field(default=True, description="choose alpha per group by output error")
     alpha_step: float = Field(default=0.1, gt=0.0, le=1.0)
     max_tokens: int = Field(default=512, ge=16, description="rows sampled per group for the search")
 
