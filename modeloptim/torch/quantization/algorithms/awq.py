@@ -100,7 +100,7 @@ def _act_qdq(group: SharedInputGroup, st: GroupStats) -> Any:
 
     def qdq(xs: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         # The input amax after scaling is known exactly from the per-channel maxima.
-        amax = (st.abs_max / s).amax() if per_tensor else None
+        amax = (st.abs_max.to(s.device) / s).amax() if per_tensor else None
         return qdq_with_amax(iq, xs, amax)
 
     return qdq
@@ -123,10 +123,11 @@ def _apply_scale(group: SharedInputGroup, s: torch.Tensor) -> str:
 @torch.no_grad()
 def _lite_group(group: SharedInputGroup, st: GroupStats, alphas: list[float]) -> dict[str, Any]:
     weights = [get_weight_2d(m).float() for m in group.modules]
+    dev = weights[0].device
     qdqs = [partial(qdq_fresh, m.weight_quantizer) for m in group.modules]
     res = awq_lite_search(
-        st.rows,
-        st.abs_mean,
+        st.rows.to(dev),
+        st.abs_mean.to(dev),
         weights,
         qdqs,
         _act_qdq(group, st),
@@ -145,8 +146,9 @@ def _clip_group(
 ) -> None:
     rows = rows[:max_rows]
     for m in group.modules:
+        rows = rows.to(get_weight_2d(m).device)
         pqs = m.input_quantizer.pre_quant_scale
-        x = rows * pqs.to(rows.dtype) if pqs is not None else rows
+        x = rows * pqs.to(rows.device, rows.dtype) if pqs is not None else rows
         clipped, _ = awq_clip_search(
             x,
             get_weight_2d(m).float(),
@@ -223,6 +225,7 @@ def awq_full(model: nn.Module, forward_loop: ForwardLoop | None, config: Any) ->
             list(zip(groups, stats, report, strict=True)), desc="awq_clip search"
         ):
             # Rows as the layers now see them: divided by the scale (folded or pre-scaled).
-            rows = st.rows / rep["scale"] if rep["applied"].startswith("folded") else st.rows
+            folded = rep["applied"].startswith("folded")
+            rows = st.rows / rep["scale"].cpu() if folded else st.rows
             _clip_group(g, rows, ratios, cfg.clip_max_tokens)
     _finish(model, forward_loop)

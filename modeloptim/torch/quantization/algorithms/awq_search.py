@@ -169,8 +169,8 @@ def awq_clip_search(
     Returns:
         ``(clipped_weight [out, in], ratio [out, blocks])``.
     """
-    x = x.detach().float()
     w = weight.detach().float()
+    x = x.detach().float().to(w.device)
     rows, cols = w.shape
     bs = block_size or cols
     pad = (-cols) % bs
@@ -179,15 +179,15 @@ def awq_clip_search(
     wb = torch.nn.functional.pad(w, (0, pad)).reshape(rows, nb, bs)
     amax = wb.abs().amax(dim=-1, keepdim=True)
     grid = sorted({1.0, *(ratios if ratios is not None else default_clip_grid())}, reverse=True)
-    best_loss = torch.full((rows, nb), float("inf"))
-    best_ratio = torch.ones(rows, nb)
+    best_loss = torch.full((rows, nb), float("inf"), device=w.device)
+    best_ratio = torch.ones(rows, nb, device=w.device)
     t_chunk = max(1, max_chunk // max(1, rows * nb))
     for r in grid:
         clipped = torch.maximum(torch.minimum(wb, r * amax), -r * amax)
         wq = qdq_weight(clipped.reshape(rows, -1)[:, :cols]).float()
         diff = w - wq
         db = torch.nn.functional.pad(diff, (0, pad)).reshape(rows, nb, bs)
-        loss = torch.zeros(rows, nb)
+        loss = torch.zeros(rows, nb, device=w.device)
         for t0 in range(0, xb.shape[0], t_chunk):
             out = torch.einsum("tnb,onb->ton", xb[t0 : t0 + t_chunk], db)
             loss += out.pow(2).sum(dim=0)

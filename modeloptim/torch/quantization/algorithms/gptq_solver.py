@@ -65,6 +65,8 @@ class HessianAccumulator:
 
     def add(self, x: torch.Tensor) -> None:
         """Add a batch of inputs ``x`` ``[..., in_features]``."""
+        if self.count == 0 and self.sum_xxt.device != x.device:
+            self.sum_xxt = self.sum_xxt.to(x.device)  # accumulate where the data is (GPU)
         x2 = x.detach().reshape(-1, x.shape[-1]).to(self.sum_xxt.device, torch.float32)
         self.sum_xxt += (x2.T @ x2).to(self.sum_xxt.dtype)
         self.count += x2.shape[0]
@@ -147,7 +149,7 @@ def gptq_quantize(
     if hessian.shape != (cols, cols):
         raise ValueError(f"hessian: expected shape {(cols, cols)}, got {tuple(hessian.shape)}")
     w = weight.detach().float().clone()
-    h = hessian.detach().float().clone()
+    h = hessian.detach().float().to(w.device).clone()
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0

@@ -21,6 +21,7 @@ still verified numerically when it is applied (see :func:`fold_scale_into_produc
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +67,12 @@ LINEAR_LAYOUTS.register(nn.Linear)
 
 
 def _register_hf_conv1d() -> None:
-    """GPT-2 style ``Conv1D`` (weight ``[in, out]``), only when transformers is installed."""
+    """GPT-2 style ``Conv1D`` (weight ``[in, out]``), once transformers is already imported.
+
+    A model made of transformers layers has imported it; other models never pay its import.
+    """
+    if "transformers" not in sys.modules:
+        return
     try:
         from transformers.pytorch_utils import Conv1D
     except ImportError:  # optional dependency
@@ -307,10 +313,10 @@ def fold_scale_into_producer(
     saved = [p.detach().clone() for p in params]
     for p in params:
         shape = [-1] + [1] * (p.dim() - 1)
-        p.mul_(inv_scale.to(p.dtype).reshape(shape))
+        p.mul_(inv_scale.to(device=p.device, dtype=p.dtype).reshape(shape))
     if before is not None and isinstance(before, torch.Tensor):
         after = prod(probe)
-        expect = before * inv_scale.to(before.dtype)
+        expect = before * inv_scale.to(device=before.device, dtype=before.dtype)
         if not torch.allclose(after, expect, rtol=1e-5, atol=1e-6 * float(expect.abs().max())):
             for p, s in zip(params, saved, strict=True):
                 p.copy_(s)

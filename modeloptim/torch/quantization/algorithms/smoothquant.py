@@ -63,11 +63,12 @@ def _weight_amax(group: SharedInputGroup) -> torch.Tensor:
 @torch.no_grad()
 def _smooth_group(group: SharedInputGroup, st: GroupStats, cfg: SmoothQuantConfig) -> Any:
     w_amax = _weight_amax(group)
+    act_amax = st.abs_max.to(w_amax.device)
     if not cfg.search_alpha:
-        return cfg.alpha, _apply_scale(group, smooth_scale(st.abs_max, w_amax, cfg.alpha))
+        return cfg.alpha, _apply_scale(group, smooth_scale(act_amax, w_amax, cfg.alpha))
     res = awq_lite_search(
-        st.rows,
-        st.abs_max,
+        st.rows.to(w_amax.device),
+        act_amax,
         [get_weight_2d(m).float() for m in group.modules],
         [partial(qdq_fresh, m.weight_quantizer) for m in group.modules],
         _act_qdq(group, st),

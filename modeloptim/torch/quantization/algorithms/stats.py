@@ -68,7 +68,7 @@ class GroupStats:
                 top = torch.topk(self._keys, self.max_rows).indices.sort().values
                 self._keys, self.rows = self._keys[top], self.rows[top]
         if self.hessian is not None:
-            self.hessian.add(x2)
+            self.hessian.add(x.detach())
 
     @property
     def abs_mean(self) -> torch.Tensor:
