@@ -97,3 +97,19 @@ def test_gptq_unsupported_weight_format_leaves_model_unchanged(tiny_llama):
     assert not any(hasattr(m, "weight_quantizer") for m in tiny_llama.modules())
     for k, v in tiny_llama.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("algorithm", ["gptq", "awq_full", "awq_lite"])
+def test_width_not_multiple_of_block(algorithm):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.GELU(), torch.nn.Linear(24, 10))
+    data = [torch.randn(32, 40) for _ in range(3)]
+    cfg = _cfg(block=16)  # 40 and 24 are not multiples of 16: the last block is padded
+    cfg["algorithm"] = {"method": algorithm}
+    mtq.quantize(model, cfg, lambda m: [m(x) for x in data])
+    assert model[0].weight_quantizer.amax.numel() == 24 * 3
+    out = model(torch.cat(data))
+    assert torch.isfinite(out).all()
+    if algorithm == "gptq":
+        w = model[0].weight.detach()
+        torch.testing.assert_close(model[0].weight_quantizer(w), w, rtol=0, atol=0)
