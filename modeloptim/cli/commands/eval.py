@@ -93,7 +93,7 @@ def run_eval(args: argparse.Namespace) -> int:
         n_eval = max(1, args.eval_tokens // args.seq_len)
         evalw = windows(tokenizer, eval_text, args.seq_len, n_eval, "evaluation text")
     with timer.stage("eval"), mtq.cache_quantized_weights(model):
-        ppl = perplexity(model, evalw)
+        ppl = perplexity(model, evalw, progress=True)
     memory = weight_memory(model)
     seconds = {**timer.seconds, "total": round(sum(timer.seconds.values()), 3)}
     report: dict[str, Any] = {

@@ -137,7 +137,10 @@ def _set_cfg(
     elif isinstance(quantizer, SequentialQuantizer):
         new = TensorQuantizer(cfg.model_dump())
     else:
+        before = quantizer.format.describe()
         quantizer.set_from_attribute_config(cfg.model_dump())
+        if quantizer.format.describe() != before:
+            quantizer.reset_amax()  # an amax of the old layout would be silently wrong
         return quantizer
     device = next((t.device for t in parent.parameters(recurse=False)), None)
     if device is not None:

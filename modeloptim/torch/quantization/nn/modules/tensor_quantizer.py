@@ -290,6 +290,22 @@ class TensorQuantizer(nn.Module):
                 )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
 
+    def _apply(self, fn: Any, recurse: bool = True) -> TensorQuantizer:
+        # model.half()/.to(bfloat16) must move amax and pre_quant_scale but keep them
+        # float32: a bf16 amax would change every scale (8-bit mantissa).
+        held: dict[str, torch.Tensor] = {}
+        for name in ("_amax", "_pre_quant_scale"):
+            t = self._buffers.pop(name, None)
+            if t is not None:
+                held[name] = t
+        super()._apply(fn, recurse)
+        for name, t in held.items():
+            moved = fn(t)
+            if moved.dtype != t.dtype:
+                moved = t.to(device=moved.device)
+            self._buffers[name] = moved
+        return self
+
     # ------------------------------------------------------------------ switches
     def enable(self) -> None:
         """Turn the quantizer on."""

@@ -17,7 +17,7 @@ from modeloptim.torch.quantization.nn import (
 
 
 def _int8(x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
-    scale = 127.0 / amax
+    scale = torch.div(torch.tensor(127.0), amax)  # IEEE division
     return torch.clamp(torch.round(x * scale), -127, 127) / scale
 
 
@@ -128,7 +128,7 @@ def test_cache_quantized_weights_reuses_and_invalidates():
         assert len(calls) == 1  # second forward reused the quantized weight
         model[0].weight.mul_(2.0)  # in-place change -> recomputed
         w = model[0]._parameters["weight"]
-        amax = model[0].weight_quantizer.amax
+        amax = model[0].weight_quantizer.amax.clone()
         torch.testing.assert_close(model(x), F.linear(x, _int8(w, amax), model[0].bias))
         assert len(calls) == 2
         model[0].weight_quantizer.amax = amax * 4  # new amax -> recomputed
