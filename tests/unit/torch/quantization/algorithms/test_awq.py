@@ -122,3 +122,31 @@ def test_awq_needs_forward_loop(tiny_llama):
     with pytest.raises(ValueError, match="forward_loop"):
         mtq.quantize(tiny_llama, _int4({"method": "awq_lite"}), None)
     assert not any(hasattr(m, "weight_quantizer") for m in tiny_llama.modules())
+
+
+@pytest.mark.parametrize(
+    ("preset", "algorithm"),
+    [
+        ("INT4_AWQ_CFG", "awq_lite"),
+        ("NVFP4_AWQ_FULL_CFG", "awq_full"),
+        ("INT8_SMOOTHQUANT_CFG", "smoothquant"),
+        ("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "gptq"),
+    ],
+)
+def test_algorithms_on_cnn_leave_convs_to_max_calibration(preset, algorithm):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 10 * 10, 16),
+        nn.ReLU(),
+        nn.Linear(16, 10),
+    ).eval()
+    data = [torch.randn(4, 3, 12, 12) for _ in range(2)]
+    cfg = copy.deepcopy(getattr(mtq, preset))
+    cfg["algorithm"] = {"method": algorithm}
+    mtq.quantize(model, cfg, lambda m: [m(x) for x in data])
+    assert model[0].weight_quantizer.is_enabled
+    out = model(data[0])
+    assert torch.isfinite(out).all()
