@@ -174,8 +174,16 @@ def _check_args(args: argparse.Namespace) -> Any:
 
     if args.text is not None and not args.text.is_file():
         raise CliError(f"--text: file {str(args.text)!r} does not exist")
-    if args.output is not None and args.output.exists() and not args.output.is_dir():
-        raise CliError(f"--output: {str(args.output)!r} exists and is not a directory")
+    out = args.output
+    if out is not None and out.exists():
+        if not out.is_dir():
+            raise CliError(f"--output: {str(out)!r} exists and is not a directory")
+        if any(out.iterdir()) and not (out / "quant_config.json").is_file():
+            # The folder is replaced as a whole: never delete unrelated files.
+            raise CliError(
+                f"--output: {str(out)!r} is a non-empty folder not written by quantize; "
+                "choose a new or empty folder"
+            )
     config = mtq.QuantizeConfig.parse(mtq.get_preset(FORMATS[args.format]))
     mtq.calibration_algorithms.get(config.algorithm.method)  # NotImplementedError: one line
     return config
@@ -217,11 +225,12 @@ def run_quantize(args: argparse.Namespace) -> int:
     rows = mtq.print_quant_summary(model, print_table=False)
     layers = sorted({r["module"] for r in rows if r["enabled"]})
     if args.output is not None:
-        with timer.stage("save"):
-            args.output.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), args.output / "model_state.pt")
+        from modeloptim.utils.io import atomic_dir
+
+        with timer.stage("save"), atomic_dir(args.output) as tmp:  # all or nothing
+            torch.save(model.state_dict(), tmp / "model_state.pt")
             meta = {"model": args.model, "format": args.format, "preset": FORMATS[args.format]}
-            (args.output / "quant_config.json").write_text(json.dumps(meta, indent=2))
+            (tmp / "quant_config.json").write_text(json.dumps(meta, indent=2))
     report = {
         "model": args.model or "smollm2 (built-in SmolLM2-135M-Instruct)",
         "format": args.format,

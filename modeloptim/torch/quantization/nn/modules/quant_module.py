@@ -71,7 +71,8 @@ class QuantModule(DynamicModule):
         if not isinstance(quantizer, QuantizerLike):
             return []
         pairs: list[tuple[QuantizerLike, torch.Tensor]] = []
-        for n in self.weight_names:
+        # ModelOpt-style wrappers call weight_quantizer(self.weight) themselves: "weight".
+        for n in self.weight_names or ("weight",):
             weight = self._parameters.get(n)
             if weight is not None:
                 pairs.append((quantizer, weight))

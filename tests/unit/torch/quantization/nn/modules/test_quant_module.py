@@ -82,6 +82,8 @@ def test_custom_registered_layer_is_quantized(registered, wrapper):
     x = torch.randn(4, 12)
     ref = (_int8(x, x_cal.abs().amax()).double() @ _int8(w, w_amax).double().T).float()
     torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-6)
+    # weight found for calibration/folding in both styles
+    assert [w for _, w in layer.weight_quantizer_pairs()] == [layer._parameters["weight"]]
     # export gives back the user's plain class with the same weight
     layer.export()
     assert type(layer) is MyLinear
