@@ -57,3 +57,8 @@ __all__ += [
     "set_quantizer_by_cfg",
     *PRESETS,
 ]
+
+# --- calibration algorithms and per-layer format search (algos) ---
+from .auto_quantize import auto_quantize  # noqa: E402
+
+__all__ += ["auto_quantize"]

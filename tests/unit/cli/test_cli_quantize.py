@@ -97,7 +97,6 @@ def test_eval_float_model(loader, text_file, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["quantize", "--format", "int4_awq"], "'awq_lite' is not implemented yet"),
         (["quantize", "--text", "/nonexistent/file.txt"], "--text"),
         (["quantize", "--output", __file__], "--output"),
         (["eval", "--quantized", "/nonexistent"], "--quantized"),

@@ -89,6 +89,10 @@ def calibrate_with(
                 q.disable_calib()  # collected from the weights already; skip in the loop
         if forward_loop is not None:
             run_forward_loop(model, forward_loop, desc)
+        # Data-parallel calibration: combine the ranks' statistics (no-op without a group).
+        from modeloptim.torch.quantization.algorithms.distributed import sync_quantizer_stats
+
+        sync_quantizer_stats(model)
         for q in quantizers:
             load_amax(q)
     finally:

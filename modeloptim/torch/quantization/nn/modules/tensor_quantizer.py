@@ -349,6 +349,8 @@ class TensorQuantizer(nn.Module):
                 )
             return
         if method is None:
+            # Per-quantizer histogram choice from the config (calibrator amax_method).
+            kwargs = {**self._cfg.calibrator_amax_kwargs, **kwargs}
             amax = self._calibrator.compute_amax(**kwargs)
         else:
             amax = self._calibrator.compute_amax(method, **kwargs)
