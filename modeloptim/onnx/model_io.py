@@ -91,9 +91,7 @@ def save_model_atomic(model: onnx.ModelProto, output_path: str | os.PathLike[str
     try:
         if large:
             # External data goes next to the model; the checker reads it back from the path.
-            onnx.save_model(
-                model, tmp, save_as_external_data=True, location=f"{out.name}.data"
-            )
+            onnx.save_model(model, tmp, save_as_external_data=True, location=f"{out.name}.data")
         else:
             onnx.save_model(model, tmp)
         os.replace(tmp, out)

@@ -88,9 +88,7 @@ def run_capture(
 def float_tensor_names(model: onnx.ModelProto) -> dict[str, int]:
     """Map every main-graph tensor with a known type to its ONNX elem type."""
     types: dict[str, int] = {}
-    for value in list(model.graph.input) + list(model.graph.value_info) + list(
-        model.graph.output
-    ):
+    for value in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
         if value.type.HasField("tensor_type"):
             types[value.name] = value.type.tensor_type.elem_type
     for init in model.graph.initializer:

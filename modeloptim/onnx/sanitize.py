@@ -33,10 +33,39 @@ _LOG = logging.getLogger(__name__)
 # those carry the quantization itself.
 FOLDABLE_OPS = frozenset(
     {
-        "Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
-        "Concat", "Slice", "Gather", "Add", "Sub", "Mul", "Div", "Neg", "Sqrt", "Reciprocal",
-        "Pow", "Expand", "Tile", "Shape", "Size", "ConstantOfShape", "Range", "Equal",
-        "Where", "Not", "Abs", "Exp", "Log", "Clip", "Min", "Max",
+        "Identity",
+        "Cast",
+        "Transpose",
+        "Reshape",
+        "Squeeze",
+        "Unsqueeze",
+        "Flatten",
+        "Concat",
+        "Slice",
+        "Gather",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Neg",
+        "Sqrt",
+        "Reciprocal",
+        "Pow",
+        "Expand",
+        "Tile",
+        "Shape",
+        "Size",
+        "ConstantOfShape",
+        "Range",
+        "Equal",
+        "Where",
+        "Not",
+        "Abs",
+        "Exp",
+        "Log",
+        "Clip",
+        "Min",
+        "Max",
     }
 )
 # Folding must not blow a tiny constant up into a huge one (Expand/Tile/ConstantOfShape).
@@ -138,6 +167,7 @@ def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
 
 def fold_constants(model: onnx.ModelProto) -> int:
     """Evaluate deterministic nodes whose inputs are all initializers; returns how many."""
+    import onnx
     from onnx import numpy_helper
     from onnx.reference import ReferenceEvaluator
 
@@ -166,7 +196,7 @@ def fold_constants(model: onnx.ModelProto) -> int:
                 [node],
                 "fold",
                 [helper.make_tensor_value_info(n, consts[n].data_type, None) for n in inputs],
-                [helper.make_tensor_value_info(o, 0, None) for o in node.output],
+                [onnx.ValueInfoProto(name=o) for o in node.output],
             )
             ref_model = helper.make_model(single, opset_imports=list(model.opset_import))
             results = ReferenceEvaluator(ref_model).run(None, feeds)
@@ -207,7 +237,7 @@ def fold_batchnorm_into_conv(model: onnx.ModelProto) -> int:
     for out in graph.output:
         consumers[out.name] = consumers.get(out.name, 0) + 1
     producers = {o: n for n in graph.node for o in n.output}
-    removed: set[int] = set()
+    removed: set[str] = set()
     replaced: dict[str, onnx.TensorProto] = {}
     count = 0
     for bn in graph.node:
@@ -233,7 +263,7 @@ def fold_batchnorm_into_conv(model: onnx.ModelProto) -> int:
             else np.zeros(weight.shape[0])
         )
         k = gamma / np.sqrt(var + eps)
-        new_w = (weight.astype(np.float64) * k.reshape(-1, *([1] * (weight.ndim - 1))))
+        new_w = weight.astype(np.float64) * k.reshape(-1, *([1] * (weight.ndim - 1)))
         new_b = (bias - mean) * k + beta
         w_name = conv.input[1]
         b_name = conv.input[2] if has_bias else f"{conv.name or conv.output[0]}_bn_bias"
@@ -244,13 +274,13 @@ def fold_batchnorm_into_conv(model: onnx.ModelProto) -> int:
                 conv.input.append("")
             conv.input[2] = b_name
         conv.output[0] = bn.output[0]
-        removed.add(id(bn))
+        removed.add(bn.name)
         count += 1
     if count:
         kept_inits = [i for i in graph.initializer if i.name not in replaced]
         del graph.initializer[:]
         graph.initializer.extend(kept_inits + list(replaced.values()))
-        kept_nodes = [n for n in graph.node if id(n) not in removed]
+        kept_nodes = [n for n in graph.node if n.name not in removed]
         del graph.node[:]
         graph.node.extend(kept_nodes)
     return count
@@ -311,7 +341,6 @@ def sanitize(
     if min_opset is not None:
         # Upgrade first: the converter may add Constant nodes that the passes below absorb.
         model = upgrade_opset(model, min_opset, reason)
-    name_nodes(model)
     init_names = {i.name for i in model.graph.initializer}
     graph_inputs = [i for i in model.graph.input if i.name not in init_names]
     if len(graph_inputs) != len(model.graph.input):
@@ -319,6 +348,7 @@ def sanitize(
         model.graph.input.extend(graph_inputs)
         report.notes.append("initializers removed from graph inputs")
     report.constants_to_initializers = constants_to_initializers(model)
+    name_nodes(model)
     report.folded_nodes = fold_constants(model)
     if fold_batchnorm:
         report.folded_batchnorms = fold_batchnorm_into_conv(model)
