@@ -162,8 +162,13 @@ def plan_qdq(
     nodes_to_exclude: Sequence[str] | None,
     tensor_types: dict[str, int],
     report: QdqReport,
+    disable_mha_qdq: bool = False,
 ) -> QdqPlan:
-    """Decide Q/DQ placement (no graph change)."""
+    """Decide Q/DQ placement (no graph change).
+
+    With ``disable_mha_qdq``, MatMuls whose two inputs are both activations (attention
+    ``Q @ K^T`` and ``softmax @ V``) stay float.
+    """
     inits = {i.name: i for i in model.graph.initializer}
     plan = QdqPlan()
     for node in model.graph.node:
@@ -173,6 +178,9 @@ def plan_qdq(
             report.skipped[node.name] = "excluded by nodes_to_exclude"
             continue
         is_const = [name in inits for name in node.input]
+        if disable_mha_qdq and node.op_type == "MatMul" and not any(is_const[:2]):
+            report.skipped[node.name] = "activation x activation MatMul (disable_mha_qdq)"
+            continue
         ranks = [len(inits[n].dims) if n in inits else -1 for n in node.input]
         roles = INPUT_RULES.roles(node, is_const, ranks)
         used = False

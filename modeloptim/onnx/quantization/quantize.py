@@ -86,6 +86,7 @@ def quantize(
     calibration_batch_size: int = 1,
     percentile: float = 99.99,
     upgrade_opset: bool = True,
+    disable_mha_qdq: bool = False,
 ) -> QuantizeResult:
     """Quantize an ONNX model and write the result next to it (or to ``output_path``).
 
@@ -110,6 +111,7 @@ def quantize(
         percentile: percentile for ``calibration_method="percentile"``.
         upgrade_opset: raise the opset when the mode needs it (13 for int8, 19 for fp8, 21 for
             int4); if False, an older model is rejected.
+        disable_mha_qdq: int8/fp8: leave MatMuls between two activations (attention) float.
 
     Returns:
         A :class:`QuantizeResult` with the output path and what was quantized.
@@ -149,7 +151,9 @@ def quantize(
     else:
         report = QdqReport()
         op_types = list(op_types_to_quantize or DEFAULT_OP_TYPES)
-        plan = plan_qdq(model, op_types, nodes_to_exclude, float_tensor_names(model), report)
+        plan = plan_qdq(
+            model, op_types, nodes_to_exclude, float_tensor_names(model), report, disable_mha_qdq
+        )
         amax = calibrate_activations(
             model, plan.activation_names(), feeds or [], method, percentile
         )

@@ -79,7 +79,9 @@ def test_matmul_nbits_packing_matches_dq_path(tmp_path):
     path = str(tmp_path / "lin.onnx")
     onnx.save(_linear_model(w), path)
     nb, dq = str(tmp_path / "nb.onnx"), str(tmp_path / "dq.onnx")
-    quantize(path, "int4", calibration_method="rtn", block_size=64, output_path=nb, use_matmul_nbits=True)
+    quantize(
+        path, "int4", calibration_method="rtn", block_size=64, output_path=nb, use_matmul_nbits=True
+    )
     quantize(path, "int4", calibration_method="rtn", block_size=64, output_path=dq)
     assert any(n.op_type == "MatMulNBits" for n in onnx.load(nb).graph.node)
     x = rng.standard_normal((3, 96)).astype(np.float32)
@@ -126,8 +128,15 @@ def test_awq_graph_runs_and_improves_output(tmp_path, method):
     x, w = _outlier_data(2)
     path, out, out_rtn = (str(tmp_path / n) for n in ("l.onnx", "a.onnx", "r.onnx"))
     onnx.save(_linear_model(w), path)
-    quantize(path, "int4", calibration_data=x[:128], calibration_method=method, block_size=32,
-             output_path=out, calibration_batch_size=32)
+    quantize(
+        path,
+        "int4",
+        calibration_data=x[:128],
+        calibration_method=method,
+        block_size=32,
+        output_path=out,
+        calibration_batch_size=32,
+    )
     quantize(path, "int4", calibration_method="rtn", block_size=32, output_path=out_rtn)
     ref = x[128:] @ w
     err = np.square(run(out, {"x": x[128:]}, optimize=False)[0] - ref).mean()

@@ -62,7 +62,9 @@ def test_qdq_graph_matches_numpy_fake_quant(conv_matmul_model, tmp_path, mode):
     fs = np.float32(np.abs(f_float).max()) / np.float32(fmax)
     ms = np.abs(m).max(axis=0) / fmax
     mq = (
-        np.clip(np.rint(m / ms), -127, 127) * ms if mode == "int8" else fq_fp8(m.astype(np.float64), ms)
+        np.clip(np.rint(m / ms), -127, 127) * ms
+        if mode == "int8"
+        else fq_fp8(m.astype(np.float64), ms)
     )
     ref = fq(f, fs) @ mq
     got = run(out, {"x": x})[0]
@@ -80,7 +82,11 @@ def test_weights_are_stored_quantized_per_channel(conv_matmul_model, tmp_path):
     model = onnx.load(out)
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     assert "W" not in inits and "M" not in inits  # float weights are gone
-    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("W"))
+    dq = next(
+        n
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0].startswith("W")
+    )
     q, scale = inits[dq.input[0]], inits[dq.input[1]]
     assert q.dtype == np.int8 and scale.shape == (4,)
     np.testing.assert_allclose(scale, np.abs(w).reshape(4, -1).max(axis=1) / 127, rtol=1e-6)
@@ -116,8 +122,14 @@ def test_fanout_shares_one_q_and_residual_add_is_left_alone(tmp_path):
     add = next(n for n in model.graph.node if n.name == "residual")
     assert list(add.input) == ["a", "x"]  # the residual path stays float
     out2 = str(tmp_path / "fan_q2.onnx")
-    quantize(path, "int8", calibration_data=x, calibration_method="max", output_path=out2,
-             op_types_to_quantize=["Conv", "Add"])
+    quantize(
+        path,
+        "int8",
+        calibration_data=x,
+        calibration_method="max",
+        output_path=out2,
+        op_types_to_quantize=["Conv", "Add"],
+    )
     add2 = next(n for n in onnx.load(out2).graph.node if n.name == "residual")
     assert all(i.endswith("_dq") for i in add2.input)
     run(out2, {"x": x})
