@@ -106,7 +106,8 @@ def test_input_file_unchanged_and_random_data_warns(conv_matmul_model, tmp_path)
     with pytest.warns(UserWarning, match="RANDOM data"):
         res = quantize(path, "int8", calibration_method="max")
     assert file_sha256(path) == before
-    assert res.output_path.endswith("cm.quant.onnx") and os.path.exists(res.output_path)
+    assert res.output_path.endswith("cm.quant.onnx")
+    assert os.path.exists(res.output_path)
     with pytest.warns(UserWarning, match="RANDOM data"):
         convert_to_mixed_precision(path, "fp16", output_path=str(tmp_path / "h.onnx"))
     assert file_sha256(path) == before

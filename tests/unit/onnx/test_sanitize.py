@@ -39,9 +39,11 @@ def test_constant_transpose_and_batchnorm_folded_same_outputs():
     ref = run(model, {"x": x})[0]
     clean, report = sanitize(model, min_opset=13)
     ops = [n.op_type for n in clean.graph.node]
-    assert "Constant" not in ops and "BatchNormalization" not in ops
+    assert "Constant" not in ops
+    assert "BatchNormalization" not in ops
     assert ops.count("Transpose") == 1  # only the activation transpose remains
-    assert report.folded_batchnorms == 1 and report.opset_to == 13
+    assert report.folded_batchnorms == 1
+    assert report.opset_to == 13
     np.testing.assert_allclose(run(clean, {"x": x})[0], ref, rtol=1e-4, atol=1e-4)
 
 
@@ -53,7 +55,8 @@ def test_make_feeds_forms_and_batching(tmp_path):
     )
     a, b = np.ones((5, 2), np.float32), np.zeros((5, 2), np.float64)
     feeds = make_feeds({"a": a, "b": b}, model, batch_size=2)
-    assert [f["a"].shape[0] for f in feeds] == [2, 2, 1] and feeds[0]["b"].dtype == np.float32
+    assert [f["a"].shape[0] for f in feeds] == [2, 2, 1]
+    assert feeds[0]["b"].dtype == np.float32
     np.savez(tmp_path / "d.npz", a=a, b=b)
     assert len(make_feeds(str(tmp_path / "d.npz"), model, batch_size=5)) == 1
     listed = make_feeds([{"a": a[:1], "b": b[:1]}, {"a": a[:3], "b": b[:3]}], model)

@@ -35,8 +35,10 @@ def test_blocked_fake_quant_matches_reference():
     got = fake_quantize_blocked(w, 0, 32)
     np.testing.assert_allclose(got, ref_block_fq(w, 32), rtol=1e-6, atol=1e-7)
     q, scale = quantize_blocked(w, 0, 32)
-    assert scale.shape == (3, 6) and scale[0, 0] == 1.0
-    assert np.asarray(q, np.int8).min() >= -7 and np.asarray(q, np.int8).max() <= 7
+    assert scale.shape == (3, 6)
+    assert scale[0, 0] == 1.0
+    assert np.asarray(q, np.int8).min() >= -7
+    assert np.asarray(q, np.int8).max() <= 7
 
 
 def _linear_model(w, b=None, gemm=False):
@@ -58,7 +60,8 @@ def test_int4_dq_graph_runs_and_matches_numpy(tmp_path, gemm):
     path, out = str(tmp_path / "lin.onnx"), str(tmp_path / "lin4.onnx")
     onnx.save(_linear_model(w, b, gemm), path)
     res = quantize(path, "int4", calibration_method="rtn", block_size=16, output_path=out)
-    assert res.opset == 21 and res.quantized_nodes == ["lin"]
+    assert res.opset == 21
+    assert res.quantized_nodes == ["lin"]
     model = onnx.load(out)
     onnx.checker.check_model(model, full_check=True)
     dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear")
@@ -94,7 +97,8 @@ def test_pack_matmul_nbits_low_nibble_first():
     q = np.array([[1], [-2], [7], [-7]], dtype=np.int8)
     packed, scales = pack_matmul_nbits(q, np.array([[0.5]], np.float32), 4)
     # values + 8: 9, 6, 15, 1 -> bytes (6 << 4 | 9), (1 << 4 | 15)
-    assert packed.tolist() == [[[0x69, 0x1F]]] and scales.tolist() == [0.5]
+    assert packed.tolist() == [[[0x69, 0x1F]]]
+    assert scales.tolist() == [0.5]
 
 
 def _outlier_data(seed=0):
@@ -111,7 +115,8 @@ def test_awq_lite_beats_rtn_on_salient_channels():
     rtn = np.square(x @ fake_quantize_blocked(w, 0, 32) - ref).mean()
     s, alpha = awq_lite_scale(w, x, 32)
     awq = np.square((x / s) @ fake_quantize_blocked(w * s[:, None], 0, 32) - ref).mean()
-    assert alpha > 0 and awq < 0.8 * rtn
+    assert alpha > 0
+    assert awq < 0.8 * rtn
 
 
 def test_awq_clip_never_worse_than_rtn():
@@ -120,7 +125,8 @@ def test_awq_clip_never_worse_than_rtn():
     rtn = np.square(x @ fake_quantize_blocked(w, 0, 32) - ref).sum()
     amax = awq_clip_amax(w, x, 32)
     clip = np.square(x @ fake_quantize_blocked(w, 0, 32, amax) - ref).sum()
-    assert clip <= rtn and np.any(amax < np.abs(w).reshape(2, 32, 32).max(axis=1))
+    assert clip <= rtn
+    assert np.any(amax < np.abs(w).reshape(2, 32, 32).max(axis=1))
 
 
 @pytest.mark.parametrize("method", ["awq_lite", "awq_clip"])

@@ -14,7 +14,7 @@ from tests.unit.onnx.conftest import fvi, make_model, run
 
 def np_conv(x, w):
     """Valid 2-D convolution, stride 1, float64 (independent of onnxruntime)."""
-    n, c, h, wd = x.shape
+    n, _c, h, wd = x.shape
     k = w.shape[2]
     out = np.zeros((n, w.shape[0], h - k + 1, wd - k + 1))
     for i in range(k):
@@ -81,16 +81,19 @@ def test_weights_are_stored_quantized_per_channel(conv_matmul_model, tmp_path):
     quantize(path, "int8", calibration_data=x, calibration_method="max", output_path=out)
     model = onnx.load(out)
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    assert "W" not in inits and "M" not in inits  # float weights are gone
+    assert "W" not in inits
+    assert "M" not in inits
     dq = next(
         n
         for n in model.graph.node
         if n.op_type == "DequantizeLinear" and n.input[0].startswith("W")
     )
     q, scale = inits[dq.input[0]], inits[dq.input[1]]
-    assert q.dtype == np.int8 and scale.shape == (4,)
+    assert q.dtype == np.int8
+    assert scale.shape == (4,)
     np.testing.assert_allclose(scale, np.abs(w).reshape(4, -1).max(axis=1) / 127, rtol=1e-6)
-    assert np.abs(q).max() == 127 and q.min() >= -127
+    assert np.abs(q).max() == 127
+    assert q.min() >= -127
 
 
 def _fanout_residual_model():
@@ -140,6 +143,7 @@ def test_nodes_to_exclude_keeps_node_float(conv_matmul_model, tmp_path):
     out = str(tmp_path / "ex.onnx")
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     res = quantize(path, "int8", calibration_data=x, output_path=out, nodes_to_exclude=["m*"])
-    assert res.quantized_nodes == ["conv"] and "mm" in res.skipped
+    assert res.quantized_nodes == ["conv"]
+    assert "mm" in res.skipped
     mm = next(n for n in onnx.load(out).graph.node if n.name == "mm")
     assert mm.input[1] == "M"
