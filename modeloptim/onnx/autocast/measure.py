@@ -42,7 +42,8 @@ def _single_node_model(node: onnx.NodeProto, types: dict[str, int], opsets) -> o
     import onnx
     from onnx import helper
 
-    inputs = [helper.make_tensor_value_info(n, types.get(n, 1), None) for n in node.input if n]
+    names = list(dict.fromkeys(n for n in node.input if n))  # Mul(x, x) declares x once
+    inputs = [helper.make_tensor_value_info(n, types.get(n, 1), None) for n in names]
     outputs = [onnx.ValueInfoProto(name=o) for o in node.output if o]  # ORT infers the type
     graph = helper.make_graph([node], "single", inputs, outputs)
     model = helper.make_model(graph, opset_imports=list(opsets))

@@ -162,3 +162,41 @@ def exact_match_rate(a: Sequence[str], b: Sequence[str]) -> float:
     if len(a) != len(b) or not a:
         raise ValueError("exact_match_rate: expected two non-empty lists of equal length")
     return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
+
+
+def quantize_ocr_int8(
+    det_calib: Sequence[np.ndarray], rec_calib: Sequence[np.ndarray], out_dir: Any
+) -> dict[str, pathlib.Path]:
+    """INT8 recipe for PP-OCRv4 det + rec: returns the quantized model paths.
+
+    det: ``max`` calibration, stem Conv and the 3-layer DB head kept float;
+    rec: ``percentile`` calibration, attention MatMuls (activation x activation), the stem Conv
+    and the CTC classifier kept float.
+    """
+    import onnx
+
+    from modeloptim.onnx.quantization import quantize
+    from modeloptim.onnx.sanitize import name_nodes
+
+    paths = rapidocr_model_paths()
+    out = pathlib.Path(out_dir)
+    result = {}
+    for key, calib, method, ops, last, mha in (
+        ("det", det_calib, "max", ("Conv", "ConvTranspose"), 3, False),
+        ("rec", rec_calib, "percentile", ("Conv", "MatMul"), 1, True),
+    ):
+        model = onnx.load(str(paths[key]))
+        name_nodes(model)  # paddle2onnx names every node; keep the recipe robust anyway
+        names = [n.name for n in model.graph.node if n.op_type in ops]
+        exclude = names[:1] + names[-last:]
+        res = quantize(
+            paths[key],
+            "int8",
+            calibration_data=list(calib),
+            calibration_method=method,
+            output_path=out / f"{key}.int8.onnx",
+            nodes_to_exclude=exclude,
+            disable_mha_qdq=mha,
+        )
+        result[key] = pathlib.Path(res.output_path)
+    return result

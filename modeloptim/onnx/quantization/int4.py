@@ -80,7 +80,9 @@ def plan_int4(
             idx, axis, act = 1, 0, node.input[0]
         name = node.input[idx] if len(node.input) > idx else ""
         init = inits.get(name)
-        if init is None or init.data_type != _FLOAT or len(init.dims) != 2:
+        if init is None:
+            continue  # activation x activation: nothing to quantize weight-only
+        if init.data_type != _FLOAT or len(init.dims) != 2:
             report.skipped[node.name] = "weight is not a 2-D float32 constant"
             continue
         targets.append(Int4Target(node, idx, name, axis, act))

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 def collect_rows(
-    model: onnx.ModelProto, names: Sequence[str], feeds: Sequence[Feed], max_rows: int = 512
+    model: onnx.ModelProto, names: Sequence[str], feeds: Sequence[Feed], max_rows: int = 256
 ) -> dict[str, np.ndarray]:
     """Capture activations ``names`` and keep up to ``max_rows`` rows ``(n, K)`` of each."""
     rng = np.random.default_rng(0)
