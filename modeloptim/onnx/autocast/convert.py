@@ -127,6 +127,17 @@ def choose_low_nodes(
             report.kept[node.name] = f"relative error {rel:.3g} > {max_relative_error:.3g}"
         else:
             low.add(node.name)
+    # A node that loses too much from rounded *inputs* needs them produced in fp32: keep the
+    # producers of its float inputs in fp32 too (otherwise the loss happens one node earlier).
+    producers = {o: n.name for n in model.graph.node for o in n.output}
+    for node in candidates:
+        if "relative error" not in report.kept.get(node.name, ""):
+            continue
+        for name in node.input:
+            prod = producers.get(name)
+            if prod in low and types.get(name) == _FLOAT:
+                low.discard(prod)
+                report.kept[prod] = f"its output feeds {node.name!r}, which needs fp32 inputs"
     return low
 
 

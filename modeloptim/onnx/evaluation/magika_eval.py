@@ -28,7 +28,7 @@ def _is_real_file(path: pathlib.Path, min_size: int) -> bool:
 
 def real_files(roots: Sequence[str] = DEFAULT_ROOTS, min_size: int = 64) -> list[pathlib.Path]:
     """Sorted regular files (at least ``min_size`` bytes) under the glob ``roots``."""
-    files = set()
+    files: set[pathlib.Path] = set()
     for pattern in roots:
         for root in glob.glob(pattern):
             files.update(p for p in pathlib.Path(root).rglob("*") if _is_real_file(p, min_size))
