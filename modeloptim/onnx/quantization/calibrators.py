@@ -128,8 +128,8 @@ class EntropyCalibrator(_HistogramCalibrator):
 
     For every candidate threshold ``i`` bins (from ``num_levels`` to ``num_bins``), the
     reference distribution is the first ``i`` bins with the outliers added to the last one;
-    the candidate merges those bins into ``num_levels`` quantization levels and expands them
-    back uniformly over the non-empty bins. The threshold with the smallest KL wins.
+    the candidate merges that clipped histogram into ``num_levels`` quantization levels and
+    expands them back uniformly over its non-empty bins. The threshold with the smallest KL wins.
     """
 
     def __init__(self, num_levels: int = 128, stride: int = 8, **kwargs: Any) -> None:
@@ -145,7 +145,7 @@ class EntropyCalibrator(_HistogramCalibrator):
             ref[-1] += hist[i:].sum()
             if ref.sum() == 0:
                 continue
-            cand = _expand(_merge(hist[:i], self.num_levels), hist[:i] != 0, i, self.num_levels)
+            cand = _expand(_merge(ref, self.num_levels), ref != 0, i, self.num_levels)
             kl = _kl(ref, cand)
             if kl < best_kl:
                 best_kl, best_i = kl, i
