@@ -100,7 +100,7 @@ def text_lines(
     return out
 
 
-def render_line(text: str, font_index: int = 0, size: int = 32) -> np.ndarray:
+def render_line(text: str, font_index: int = 0, size: int = 44) -> np.ndarray:
     """Render ``text`` black on white; returns an ``(H, W, 3)`` uint8 BGR image."""
     from PIL import Image, ImageDraw, ImageFont
 
