@@ -58,8 +58,10 @@ class AutocastReport:
         return asdict(self)
 
 
-def _schema_allows(node: onnx.NodeProto, opset: int, precision: LowPrecision):
-    """Return (outputs ok, per-input allowed flags) from the operator schema."""
+def _schema_allows(
+    node: onnx.NodeProto, opset: int, precision: LowPrecision, types: dict[str, int] | None = None
+):
+    """Return (float outputs ok, per-input allowed flags) from the operator schema."""
     from onnx import defs
 
     try:
@@ -75,7 +77,11 @@ def _schema_allows(node: onnx.NodeProto, opset: int, precision: LowPrecision):
         types = constraints.get(p.type_str, {p.type_str})
         return precision.schema_type in types
 
-    outs_ok = all(allowed(schema.outputs, i) for i in range(len(node.output)))
+    outs_ok = all(
+        allowed(schema.outputs, i)
+        for i, name in enumerate(node.output)
+        if name and (types is None or types.get(name) == _FLOAT)
+    )
     return outs_ok, [allowed(schema.inputs, i) for i in range(len(node.input))]
 
 
@@ -110,11 +116,12 @@ def choose_low_nodes(
             report.kept[node.name] = "creates values from attributes or has subgraphs"
         elif any(o and types.get(o) is None for o in node.output):
             report.kept[node.name] = "output type unknown (shape inference failed)"
-        elif not _schema_allows(node, opset, precision)[0]:
+        elif not _schema_allows(node, opset, precision, types)[0]:
             report.kept[node.name] = f"operator schema has no {precision.name} output"
         else:
             candidates.append(node)
-    names = [n for n, t in types.items() if n not in consts]
+    produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    names = [n for n in types if n in produced and n not in consts]  # no stale value_info
     values = capture_all(model, names, feeds) if feeds else []
     low = set()
     for node in tqdm(candidates, desc=f"autocast {precision.name} check", leave=False):

@@ -120,6 +120,8 @@ def quantize(
     model = load_model(onnx_path)
     fmt = FORMATS.get(quantize_mode)
     needs_opset = 1 if (quantize_mode == "int4" and use_matmul_nbits) else fmt.min_opset
+    if high_precision_dtype != "fp32":
+        needs_opset = max(needs_opset, 19)  # DequantizeLinear returns fp16/bf16 from opset 19
     current = default_opset(model)
     if current < needs_opset and (not upgrade_opset or current < _MIN_SOURCE_OPSET):
         raise ValueError(

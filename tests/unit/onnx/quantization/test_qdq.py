@@ -147,3 +147,26 @@ def test_nodes_to_exclude_keeps_node_float(conv_matmul_model, tmp_path):
     assert "mm" in res.skipped
     mm = next(n for n in onnx.load(out).graph.node if n.name == "mm")
     assert mm.input[1] == "M"
+
+
+def test_high_precision_fp16_after_int8(conv_matmul_model, tmp_path):
+    path = conv_matmul_model[0]
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    out32, out16 = str(tmp_path / "q32.onnx"), str(tmp_path / "q16.onnx")
+    quantize(path, "int8", calibration_data=x, calibration_method="max", output_path=out32)
+    res = quantize(
+        path,
+        "int8",
+        calibration_data=x,
+        calibration_method="max",
+        output_path=out16,
+        high_precision_dtype="fp16",
+    )
+    model = onnx.load(out16)
+    onnx.checker.check_model(model, full_check=True)
+    assert res.opset == 19
+    dtypes = {i.data_type for i in model.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in dtypes  # scales / remaining floats are fp16 now
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    a, b = run(out16, {"x": x})[0], run(out32, {"x": x})[0]
+    np.testing.assert_allclose(a, b, rtol=0, atol=0.02 * np.abs(b).max())
