@@ -142,7 +142,7 @@ def choose_low_nodes(
             continue
         for name in node.input:
             prod = producers.get(name)
-            if prod in low and types.get(name) == _FLOAT:
+            if prod is not None and prod in low and types.get(name) == _FLOAT:
                 low.discard(prod)
                 report.kept[prod] = f"its output feeds {node.name!r}, which needs fp32 inputs"
     return low
