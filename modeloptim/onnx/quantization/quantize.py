@@ -22,6 +22,7 @@ from modeloptim.onnx.quantization.int4 import (
 )
 from modeloptim.onnx.quantization.int4_graph import apply_int4
 from modeloptim.onnx.quantization.qdq import DEFAULT_OP_TYPES, QdqReport, apply_qdq, plan_qdq
+from modeloptim.onnx.quantization.sensitivity import drop_sensitive, node_sensitivity
 from modeloptim.onnx.sanitize import default_opset, remove_unused_initializers, sanitize
 
 _LOG = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ def quantize(
     percentile: float = 99.99,
     upgrade_opset: bool = True,
     disable_mha_qdq: bool = False,
+    skip_sensitive_nodes: int = 0,
 ) -> QuantizeResult:
     """Quantize an ONNX model and write the result next to it (or to ``output_path``).
 
@@ -112,11 +114,17 @@ def quantize(
         upgrade_opset: raise the opset when the mode needs it (13 for int8, 19 for fp8, 21 for
             int4); if False, an older model is rejected.
         disable_mha_qdq: int8/fp8: leave MatMuls between two activations (attention) float.
+        skip_sensitive_nodes: int8/fp8: keep this many nodes in float, those whose outputs
+            change most (measured with onnxruntime on calibration data) when quantized.
 
     Returns:
         A :class:`QuantizeResult` with the output path and what was quantized.
     """
     method = _validate(quantize_mode, calibration_method, high_precision_dtype, block_size)
+    if not isinstance(skip_sensitive_nodes, int) or skip_sensitive_nodes < 0:
+        raise ValueError(
+            f"skip_sensitive_nodes: expected a non-negative int, got {skip_sensitive_nodes!r}"
+        )
     model = load_model(onnx_path)
     fmt = FORMATS.get(quantize_mode)
     needs_opset = 1 if (quantize_mode == "int4" and use_matmul_nbits) else fmt.min_opset
@@ -159,6 +167,10 @@ def quantize(
         amax = calibrate_activations(
             model, plan.activation_names(), feeds or [], method, percentile
         )
+        if skip_sensitive_nodes:
+            scores = node_sensitivity(model, plan, amax, fmt, (feeds or [])[:4])
+            worst = drop_sensitive(plan, scores, skip_sensitive_nodes, report)
+            result.notes.append(f"kept float (most sensitive): {worst}")
         apply_qdq(model, plan, amax, fmt, report)
         result.quantized_nodes, result.skipped = report.quantized_nodes, report.skipped
     remove_unused_initializers(model)

@@ -170,3 +170,49 @@ def test_high_precision_fp16_after_int8(conv_matmul_model, tmp_path):
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     a, b = run(out16, {"x": x})[0], run(out32, {"x": x})[0]
     np.testing.assert_allclose(a, b, rtol=0, atol=0.02 * np.abs(b).max())
+
+
+def test_skip_sensitive_nodes_keeps_the_fragile_one_float(tmp_path):
+    rng = np.random.default_rng(5)
+    w1, w2 = (rng.standard_normal((16, 8)).astype(np.float32) for _ in range(2))
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["a"], name="plain"),
+        helper.make_node("MatMul", ["z", "W2"], ["b"], name="fragile"),
+        helper.make_node("Add", ["a", "b"], ["y"], name="sum"),
+    ]
+    model = make_model(
+        nodes,
+        [fvi("x", ["N", 16]), fvi("z", ["N", 16])],
+        [fvi("y", ["N", 8])],
+        [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")],
+    )
+    path = str(tmp_path / "two.onnx")
+    onnx.save(model, path)
+    x = rng.standard_normal((32, 16)).astype(np.float32)
+    z = rng.standard_normal((32, 16)).astype(np.float32) * 0.01
+    z[:, 0] = 0.0
+    z[0, 0] = 50.0  # one outlier sets the per-tensor scale: everything else rounds to 0
+    data = {"x": x, "z": z}
+    out = str(tmp_path / "s.onnx")
+    res = quantize(
+        path,
+        "int8",
+        calibration_data=data,
+        calibration_method="max",
+        output_path=out,
+        skip_sensitive_nodes=1,
+        calibration_batch_size=8,
+    )
+    assert res.quantized_nodes == ["plain"]
+    assert res.skipped["fragile"].startswith("sensitive")
+    full = str(tmp_path / "f.onnx")
+    quantize(
+        path,
+        "int8",
+        calibration_data=data,
+        calibration_method="max",
+        output_path=full,
+        calibration_batch_size=8,
+    )
+    ref = run(path, data)[0]
+    assert np.abs(run(out, data)[0] - ref).mean() < 0.7 * np.abs(run(full, data)[0] - ref).mean()
