@@ -216,3 +216,37 @@ def test_skip_sensitive_nodes_keeps_the_fragile_one_float(tmp_path):
     )
     ref = run(path, data)[0]
     assert np.abs(run(out, data)[0] - ref).mean() < 0.7 * np.abs(run(full, data)[0] - ref).mean()
+
+
+def test_shared_initializer_gets_one_dq_and_float_user_keeps_it(tmp_path):
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((8, 8)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["a"], name="mm1"),
+        helper.make_node("MatMul", ["a", "W"], ["b"], name="mm2"),
+        helper.make_node("Add", ["b", "W"], ["y"], name="add_w"),  # float user of W
+    ]
+    model = make_model(
+        nodes, [fvi("x", ["N", 8])], [fvi("y", [8, 8])], [numpy_helper.from_array(w, "W")]
+    )
+    path, out = str(tmp_path / "sh.onnx"), str(tmp_path / "shq.onnx")
+    onnx.save(model, path)
+    x = rng.standard_normal((8, 8)).astype(np.float32)
+    quantize(
+        path,
+        "int8",
+        calibration_data=x[None],
+        calibration_method="max",
+        output_path=out,
+        calibration_batch_size=8,
+    )
+    q = onnx.load(out)
+    dqs = [
+        n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("W")
+    ]
+    assert len(dqs) == 1
+    by_name = {n.name: n for n in q.graph.node}
+    assert by_name["mm1"].input[1] == by_name["mm2"].input[1] == dqs[0].output[0]
+    assert by_name["add_w"].input[1] == "W"
+    ref = run(path, {"x": x})[0]
+    np.testing.assert_allclose(run(out, {"x": x})[0], ref, atol=0.05 * np.abs(ref).max())
