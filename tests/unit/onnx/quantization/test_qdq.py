@@ -235,7 +235,7 @@ def test_shared_initializer_gets_one_dq_and_float_user_keeps_it(tmp_path):
     quantize(
         path,
         "int8",
-        calibration_data=x[None],
+        calibration_data=x,
         calibration_method="max",
         output_path=out,
         calibration_batch_size=8,
