@@ -171,7 +171,8 @@ def quantize_ocr_int8(
 
     det: ``max`` calibration, stem Conv and the 3-layer DB head kept float;
     rec: ``percentile`` calibration, attention MatMuls (activation x activation), the stem Conv
-    and the CTC classifier kept float.
+    and the CTC classifier kept float. In both, the 4 nodes measured most sensitive
+    (``skip_sensitive_nodes``) also stay float.
     """
     import onnx
 
@@ -197,6 +198,7 @@ def quantize_ocr_int8(
             output_path=out / f"{key}.int8.onnx",
             nodes_to_exclude=exclude,
             disable_mha_qdq=mha,
+            skip_sensitive_nodes=4,
         )
         result[key] = pathlib.Path(res.output_path)
     return result
