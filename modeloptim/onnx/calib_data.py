@@ -142,11 +142,10 @@ def _as_named(item: Any, specs: Sequence[InputSpec], arg: str) -> Mapping[str, A
     )
 
 
-def _batch_size(specs: Sequence[InputSpec], requested: int) -> int:
+def _static_batch(specs: Sequence[InputSpec]) -> int | None:
+    """The model's fixed batch size, if every input with a leading dimension fixes the same one."""
     fixed = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int) and s.shape[0]}
-    if len(fixed) == 1:
-        return int(fixed.pop())  # static batch dimension: feeds must have exactly that size
-    return requested
+    return int(fixed.pop()) if len(fixed) == 1 else None
 
 
 def make_feeds(
@@ -202,10 +201,12 @@ def make_feeds(
     total = lengths.pop()
     if total == 0:
         raise ValueError(f"{arg}: no samples (leading dimension is 0)")
-    size = _batch_size(specs, batch_size)
-    if total % size and size != batch_size:
+    static = _static_batch(specs)
+    size = static or batch_size
+    if static and total % static:
         raise ValueError(
-            f"{arg}: the model has a fixed batch size {size} but {total} samples were given"
+            f"{arg}: the model has a fixed batch size {static}, so the number of samples must "
+            f"be a multiple of it; got {total}"
         )
     return [
         {name: arr[start : start + size] for name, arr in arrays.items()}

@@ -100,3 +100,14 @@ def test_subgraph_left_intact_and_runs(tmp_path):
         np.testing.assert_allclose(
             run(out, {"x": sign * x})[0], run(path, {"x": sign * x})[0], rtol=0.05, atol=0.05
         )
+
+
+def test_make_feeds_static_batch_must_divide(tmp_path):
+    import pytest
+
+    model = make_model(
+        [helper.make_node("Relu", ["a"], ["y"])], [fvi("a", [4, 2])], [fvi("y", [4, 2])]
+    )
+    assert len(make_feeds(np.ones((8, 2), np.float32), model, batch_size=3)) == 2
+    with pytest.raises(ValueError, match="fixed batch size 4"):
+        make_feeds(np.ones((6, 2), np.float32), model)
