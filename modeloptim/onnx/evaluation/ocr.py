@@ -165,14 +165,17 @@ def exact_match_rate(a: Sequence[str], b: Sequence[str]) -> float:
 
 
 def quantize_ocr_int8(
-    det_calib: Sequence[np.ndarray], rec_calib: Sequence[np.ndarray], out_dir: Any
+    det_calib: Sequence[np.ndarray],
+    rec_calib: Sequence[np.ndarray],
+    out_dir: Any,
+    skip_sensitive: int = 12,
 ) -> dict[str, pathlib.Path]:
     """INT8 recipe for PP-OCRv4 det + rec: returns the quantized model paths.
 
     det: ``max`` calibration, stem Conv and the 3-layer DB head kept float;
     rec: ``percentile`` calibration, attention MatMuls (activation x activation), the stem Conv
-    and the CTC classifier kept float. In both, the 4 nodes measured most sensitive
-    (``skip_sensitive_nodes``) also stay float.
+    and the CTC classifier kept float. In both, the ``skip_sensitive`` nodes measured
+    most sensitive (``skip_sensitive_nodes``) also stay float.
     """
     import onnx
 
@@ -198,7 +201,7 @@ def quantize_ocr_int8(
             output_path=out / f"{key}.int8.onnx",
             nodes_to_exclude=exclude,
             disable_mha_qdq=mha,
-            skip_sensitive_nodes=4,
+            skip_sensitive_nodes=skip_sensitive,
         )
         result[key] = pathlib.Path(res.output_path)
     return result
