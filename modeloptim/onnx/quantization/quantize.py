@@ -29,7 +29,7 @@ _LOG = logging.getLogger(__name__)
 
 QUANTIZE_MODES = ("int8", "fp8", "int4")
 HIGH_PRECISION_DTYPES = ("fp32", "fp16", "bf16")
-DEFAULT_METHOD = {"int8": "entropy", "fp8": "max", "int4": "awq_clip"}
+DEFAULT_METHOD = {"int8": "max", "fp8": "max", "int4": "awq_clip"}
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 # Oldest opset we upgrade from: the version converter is unreliable below it.
 _MIN_SOURCE_OPSET = 7
@@ -99,7 +99,7 @@ def quantize(
         calibration_data: ``None`` (random, with a warning), an array, a dict of input name ->
             array ``(N, ...)``, a list of feeds, or a ``.npy``/``.npz`` path.
         calibration_method: int8/fp8: ``"max"``, ``"entropy"``, ``"percentile"``; int4:
-            ``"rtn"``, ``"awq_lite"``, ``"awq_clip"``. Defaults: entropy / max / awq_clip.
+            ``"rtn"``, ``"awq_lite"``, ``"awq_clip"``. Defaults: max / max / awq_clip.
         output_path: destination; default ``<name>.quant.onnx`` beside the input.
         op_types_to_quantize: op types to quantize (default Conv, ConvTranspose, Gemm, MatMul
             for int8/fp8; MatMul, Gemm, Gather for int4).

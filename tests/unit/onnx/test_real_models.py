@@ -73,6 +73,7 @@ def test_magika_int8_and_fp16_agree_with_fp32(tmp_path):
         path,
         "int8",
         calibration_data=calib,
+        calibration_method="max",
         output_path=tmp_path / "m8.onnx",
         calibration_batch_size=16,
     )
