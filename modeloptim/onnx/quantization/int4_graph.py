@@ -76,6 +76,13 @@ def apply_int4(
     shared: dict[str, str] = {}
     for target in tqdm(targets, desc=f"int4 {method}", leave=False):
         node = target.node
+        if (
+            use_matmul_nbits
+            and node.op_type == "Gemm"
+            and any(a.name in ("alpha", "beta") and a.f != 1.0 for a in node.attribute)
+        ):
+            report.skipped[node.name] = "Gemm with alpha/beta != 1: MatMulNBits cannot express it"
+            continue
         w = numpy_helper.to_array(inits[target.weight]).astype(np.float32)
         x = acts.get(target.activation) if target.activation else None
         if target.activation is None:  # Gather: block along the embedding axis, RTN only

@@ -166,3 +166,28 @@ def test_gather_embedding_is_block_quantized(tmp_path):
     ids = np.array([0, 7, 49], np.int64)
     ref = ref_block_fq(table.T, 32).T[ids]
     np.testing.assert_allclose(run(out, {"ids": ids})[0], ref, rtol=1e-6, atol=1e-6)
+
+
+def test_matmul_nbits_keeps_gemm_alpha(tmp_path):
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((32, 8)).astype(np.float32)
+    model = make_model(
+        [helper.make_node("Gemm", ["x", "W"], ["y"], name="g", alpha=0.5)],
+        [fvi("x", ["M", 32])],
+        [fvi("y", ["M", 8])],
+        [numpy_helper.from_array(w, "W")],
+    )
+    path, out = str(tmp_path / "g.onnx"), str(tmp_path / "g4.onnx")
+    onnx.save(model, path)
+    res = quantize(
+        path,
+        "int4",
+        calibration_method="rtn",
+        block_size=16,
+        output_path=out,
+        use_matmul_nbits=True,
+    )
+    assert "alpha" in res.skipped["g"]  # left float rather than silently dropping alpha
+    x = rng.standard_normal((3, 32)).astype(np.float32)
+    ref = 0.5 * x.astype(np.float64) @ w
+    np.testing.assert_allclose(run(out, {"x": x}, optimize=False)[0], ref, rtol=1e-5, atol=1e-4)
