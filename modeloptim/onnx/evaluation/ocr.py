@@ -1,0 +1,207 @@
+"""OCR evaluation with rapidocr's PP-OCRv4 models on rendered lines of real text.
+
+Lines come from the Python standard library's own docstrings (always installed), rendered
+with DejaVu fonts by PIL. :class:`OcrPipeline` runs rapidocr with swappable detection and
+recognition models and can record the exact tensors the models receive, which serve as
+calibration data.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+FONT_DIR = pathlib.Path("/usr/share/fonts/truetype/dejavu")
+FONTS = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSansCondensed.ttf")
+_STDLIB_MODULES = (
+    "json",
+    "collections",
+    "functools",
+    "itertools",
+    "pathlib",
+    "argparse",
+    "logging",
+    "subprocess",
+    "threading",
+    "datetime",
+    "decimal",
+    "fractions",
+    "statistics",
+    "textwrap",
+    "difflib",
+    "heapq",
+    "bisect",
+    "shutil",
+    "tempfile",
+    "zipfile",
+    "tarfile",
+    "csv",
+    "sqlite3",
+    "email",
+    "http",
+    "urllib",
+    "socket",
+    "asyncio",
+    "typing",
+    "dataclasses",
+    "enum",
+    "inspect",
+)
+
+
+def rapidocr_model_paths() -> dict[str, pathlib.Path]:
+    """Paths of the ``det``, ``rec`` and ``cls`` ONNX models inside rapidocr-onnxruntime."""
+    pkg = importlib.import_module("rapidocr_onnxruntime")
+    root = pathlib.Path(str(pkg.__file__)).parent / "models"
+    return {
+        "det": root / "ch_PP-OCRv4_det_infer.onnx",
+        "rec": root / "ch_PP-OCRv4_rec_infer.onnx",
+        "cls": root / "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+    }
+
+
+_PROSE = re.compile(r"[A-Za-z][A-Za-z0-9 .,;:'()-]*")
+
+
+def text_lines(
+    modules: Iterable[str] = _STDLIB_MODULES, min_len: int = 16, max_len: int = 48, prose=True
+) -> list[str]:
+    """Distinct docstring lines from standard library modules.
+
+    With ``prose`` only lines of words (letters, digits, ``.,;:'()-``, at least 3 words) are
+    kept: code fragments full of underscores and brackets are ambiguous even for fp32 OCR.
+    """
+    seen: set[str] = set()
+    out = []
+    for name in modules:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        docs = [mod.__doc__ or ""] + [
+            getattr(obj, "__doc__", "") or "" for obj in vars(mod).values() if callable(obj)
+        ]
+        for doc in docs:
+            if not isinstance(doc, str):
+                continue
+            for raw in doc.splitlines():
+                line = " ".join(raw.split())
+                ok = min_len <= len(line) <= max_len and line.isascii()
+                if prose:
+                    ok = ok and bool(_PROSE.fullmatch(line)) and len(line.split()) >= 3
+                if ok and re.search(r"[A-Za-z]{3}", line) and line not in seen:
+                    seen.add(line)
+                    out.append(line)
+    return out
+
+
+def render_line(text: str, font_index: int = 0, size: int = 44) -> np.ndarray:
+    """Render ``text`` black on white; returns an ``(H, W, 3)`` uint8 BGR image."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype(str(FONT_DIR / FONTS[font_index % len(FONTS)]), size)
+    left, top, right, bottom = (int(v) for v in font.getbbox(text))
+    pad = 24
+    img = Image.new("RGB", (right - left + 2 * pad, bottom - top + 2 * pad), "white")
+    ImageDraw.Draw(img).text((pad - left, pad - top), text, font=font, fill="black")
+    return np.ascontiguousarray(np.asarray(img)[:, :, ::-1])
+
+
+class OcrPipeline:
+    """rapidocr with given det/rec models; optionally records the models' input tensors."""
+
+    def __init__(self, det_path: Any = None, rec_path: Any = None, threads: int = 2) -> None:
+        from rapidocr_onnxruntime import RapidOCR
+
+        paths = rapidocr_model_paths()
+        self.engine = RapidOCR(
+            det_model_path=str(det_path or paths["det"]),
+            rec_model_path=str(rec_path or paths["rec"]),
+            use_cls=False,
+            intra_op_num_threads=threads,
+            # Single text lines: cap the long side instead of upscaling the short side to 736.
+            det_limit_type="max",
+            det_limit_side_len=960,
+        )
+        self.det_inputs: list[np.ndarray] = []
+        self.rec_inputs: list[np.ndarray] = []
+        self.recording = False
+        det, rec = self.engine.text_det, self.engine.text_rec
+        det_call, rec_call = det.infer, rec.session
+
+        def det_infer(x):
+            if self.recording:
+                self.det_inputs.append(np.array(x))
+            return det_call(x)
+
+        def rec_infer(x):
+            if self.recording:
+                self.rec_inputs.append(np.array(x))
+            return rec_call(x)
+
+        det.infer = det_infer
+        rec.session = rec_infer
+
+    def read(self, image: np.ndarray) -> str:
+        """OCR one image; returns the recognized texts joined by spaces."""
+        result, _ = self.engine(image, use_cls=False)
+        return " ".join(r[1] for r in result) if result else ""
+
+    def read_all(self, images: Sequence[np.ndarray]) -> list[str]:
+        """OCR every image."""
+        return [self.read(img) for img in images]
+
+
+def exact_match_rate(a: Sequence[str], b: Sequence[str]) -> float:
+    """Fraction of positions where the two OCR outputs are identical."""
+    if len(a) != len(b) or not a:
+        raise ValueError("exact_match_rate: expected two non-empty lists of equal length")
+    return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
+
+
+def quantize_ocr_int8(
+    det_calib: Sequence[np.ndarray],
+    rec_calib: Sequence[np.ndarray],
+    out_dir: Any,
+    skip_sensitive: int = 12,
+) -> dict[str, pathlib.Path]:
+    """INT8 recipe for PP-OCRv4 det + rec: returns the quantized model paths.
+
+    det: ``max`` calibration, stem Conv and the 3-layer DB head kept float;
+    rec: ``percentile`` calibration, attention MatMuls (activation x activation), the stem Conv
+    and the CTC classifier kept float. In both, the ``skip_sensitive`` nodes measured
+    most sensitive (``skip_sensitive_nodes``) also stay float.
+    """
+    import onnx
+
+    from modeloptim.onnx.quantization import quantize
+    from modeloptim.onnx.sanitize import name_nodes
+
+    paths = rapidocr_model_paths()
+    out = pathlib.Path(out_dir)
+    result = {}
+    for key, calib, method, ops, last, mha in (
+        ("det", det_calib, "max", ("Conv", "ConvTranspose"), 3, False),
+        ("rec", rec_calib, "percentile", ("Conv", "MatMul"), 1, True),
+    ):
+        model = onnx.load(str(paths[key]))
+        name_nodes(model)  # paddle2onnx names every node; keep the recipe robust anyway
+        names = [n.name for n in model.graph.node if n.op_type in ops]
+        exclude = names[:1] + names[-last:]
+        res = quantize(
+            paths[key],
+            "int8",
+            calibration_data=list(calib),
+            calibration_method=method,
+            output_path=out / f"{key}.int8.onnx",
+            nodes_to_exclude=exclude,
+            disable_mha_qdq=mha,
+            skip_sensitive_nodes=skip_sensitive,
+        )
+        result[key] = pathlib.Path(res.output_path)
+    return result

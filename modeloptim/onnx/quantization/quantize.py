@@ -1,0 +1,208 @@
+"""``modeloptim.onnx.quantization.quantize``: post-training quantization of ONNX files."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modeloptim.onnx.calib_data import make_feeds
+from modeloptim.onnx.model_io import default_output_path, load_model, save_model_atomic
+from modeloptim.onnx.ort_utils import float_tensor_names, run_capture
+from modeloptim.onnx.quantization.calibrators import CALIBRATORS
+from modeloptim.onnx.quantization.formats import FORMATS
+from modeloptim.onnx.quantization.int4 import (
+    DEFAULT_INT4_OP_TYPES,
+    INT4_METHODS,
+    Int4Report,
+    plan_int4,
+)
+from modeloptim.onnx.quantization.int4_graph import apply_int4
+from modeloptim.onnx.quantization.qdq import DEFAULT_OP_TYPES, QdqReport, apply_qdq, plan_qdq
+from modeloptim.onnx.quantization.sensitivity import drop_sensitive, node_sensitivity
+from modeloptim.onnx.sanitize import default_opset, remove_unused_initializers, sanitize
+
+_LOG = logging.getLogger(__name__)
+
+QUANTIZE_MODES = ("int8", "fp8", "int4")
+HIGH_PRECISION_DTYPES = ("fp32", "fp16", "bf16")
+DEFAULT_METHOD = {"int8": "max", "fp8": "max", "int4": "awq_clip"}
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+# Oldest opset we upgrade from: the version converter is unreliable below it.
+_MIN_SOURCE_OPSET = 7
+
+
+@dataclass
+class QuantizeResult:
+    """Summary of one :func:`quantize` run (also printed by the CLI)."""
+
+    output_path: str
+    quantize_mode: str
+    calibration_method: str
+    opset: int
+    quantized_nodes: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    input_bytes: int = 0
+    output_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict."""
+        return asdict(self)
+
+
+def _validate(mode: str, method: str | None, high: str, block: int) -> str:
+    if mode not in QUANTIZE_MODES:
+        raise ValueError(f"quantize_mode: unknown {mode!r}, expected one of {list(QUANTIZE_MODES)}")
+    method = method or DEFAULT_METHOD[mode]
+    allowed = list(INT4_METHODS) if mode == "int4" else CALIBRATORS.names()
+    if method not in allowed:
+        raise ValueError(
+            f"calibration_method: {method!r} is not available for quantize_mode={mode!r}, "
+            f"expected one of {allowed}"
+        )
+    if high not in HIGH_PRECISION_DTYPES:
+        raise ValueError(
+            f"high_precision_dtype: unknown {high!r}, expected one of {list(HIGH_PRECISION_DTYPES)}"
+        )
+    if block not in BLOCK_SIZES:
+        raise ValueError(f"block_size: expected one of {list(BLOCK_SIZES)}, got {block!r}")
+    return method
+
+
+def quantize(
+    onnx_path: str | os.PathLike[str],
+    quantize_mode: str = "int8",
+    calibration_data: Any = None,
+    calibration_method: str | None = None,
+    output_path: str | os.PathLike[str] | None = None,
+    op_types_to_quantize: Sequence[str] | None = None,
+    nodes_to_exclude: Sequence[str] | None = None,
+    high_precision_dtype: str = "fp32",
+    block_size: int = 128,
+    use_matmul_nbits: bool = False,
+    calibration_batch_size: int = 1,
+    percentile: float = 99.99,
+    upgrade_opset: bool = True,
+    disable_mha_qdq: bool = False,
+    skip_sensitive_nodes: int = 0,
+) -> QuantizeResult:
+    """Quantize an ONNX model and write the result next to it (or to ``output_path``).
+
+    Args:
+        onnx_path: the float32 ONNX model (never modified).
+        quantize_mode: ``"int8"`` or ``"fp8"`` (Q/DQ on activations and per-channel weights of
+            ``op_types_to_quantize``), or ``"int4"`` (weight-only, blocked).
+        calibration_data: ``None`` (random, with a warning), an array, a dict of input name ->
+            array ``(N, ...)``, a list of feeds, or a ``.npy``/``.npz`` path.
+        calibration_method: int8/fp8: ``"max"``, ``"entropy"``, ``"percentile"``; int4:
+            ``"rtn"``, ``"awq_lite"``, ``"awq_clip"``. Defaults: max / max / awq_clip.
+        output_path: destination; default ``<name>.quant.onnx`` beside the input.
+        op_types_to_quantize: op types to quantize (default Conv, ConvTranspose, Gemm, MatMul
+            for int8/fp8; MatMul, Gemm, Gather for int4).
+        nodes_to_exclude: node names (exact, wildcard or regex) left in float.
+        high_precision_dtype: ``"fp32"`` keeps the rest of the graph in float32; ``"fp16"`` /
+            ``"bf16"`` converts it with :func:`modeloptim.onnx.autocast.convert_to_mixed_precision`.
+        block_size: int4 block size along the reduction axis.
+        use_matmul_nbits: int4 only: write onnxruntime ``MatMulNBits`` instead of opset-21
+            blocked DequantizeLinear for MatMul/Gemm.
+        calibration_batch_size: samples per onnxruntime run when arrays are split.
+        percentile: percentile for ``calibration_method="percentile"``.
+        upgrade_opset: raise the opset when the mode needs it (13 for int8, 19 for fp8, 21 for
+            int4); if False, an older model is rejected.
+        disable_mha_qdq: int8/fp8: leave MatMuls between two activations (attention) float.
+        skip_sensitive_nodes: int8/fp8: keep this many nodes in float, those whose outputs
+            change most (measured with onnxruntime on calibration data) when quantized.
+
+    Returns:
+        A :class:`QuantizeResult` with the output path and what was quantized.
+    """
+    method = _validate(quantize_mode, calibration_method, high_precision_dtype, block_size)
+    if not isinstance(skip_sensitive_nodes, int) or skip_sensitive_nodes < 0:
+        raise ValueError(
+            f"skip_sensitive_nodes: expected a non-negative int, got {skip_sensitive_nodes!r}"
+        )
+    model = load_model(onnx_path)
+    fmt = FORMATS.get(quantize_mode)
+    needs_opset = 1 if (quantize_mode == "int4" and use_matmul_nbits) else fmt.min_opset
+    if high_precision_dtype != "fp32":
+        needs_opset = max(needs_opset, 19)  # DequantizeLinear returns fp16/bf16 from opset 19
+    current = default_opset(model)
+    if current < needs_opset and (not upgrade_opset or current < _MIN_SOURCE_OPSET):
+        raise ValueError(
+            f"onnx_path: model opset {current} is too old for quantize_mode={quantize_mode!r} "
+            f"(needs opset >= {needs_opset}"
+            + (")" if upgrade_opset else "; pass upgrade_opset=True to convert it)")
+        )
+    model, sreport = sanitize(
+        model, min_opset=needs_opset, reason=f"quantize_mode={quantize_mode!r}"
+    )
+    feeds = None
+    if quantize_mode != "int4" or method != "rtn":
+        feeds = make_feeds(calibration_data, model, batch_size=calibration_batch_size)
+    out = Path(output_path) if output_path else default_output_path(onnx_path, "quant")
+    result = QuantizeResult(str(out), quantize_mode, method, default_opset(model))
+    result.notes.append(
+        f"sanitized: {sreport.constants_to_initializers} Constant nodes -> initializers, "
+        f"{sreport.folded_nodes} nodes folded, {sreport.folded_batchnorms} BatchNorms folded, "
+        f"opset {sreport.opset_from} -> {sreport.opset_to}"
+    )
+    if quantize_mode == "int4":
+        i4 = Int4Report()
+        op_types = list(op_types_to_quantize or DEFAULT_INT4_OP_TYPES)
+        if use_matmul_nbits and op_types_to_quantize is None:
+            op_types = ["MatMul", "Gemm"]  # Gather would need opset 21 DequantizeLinear
+        targets = plan_int4(model, op_types, nodes_to_exclude, i4)
+        apply_int4(model, targets, block_size, method, feeds, use_matmul_nbits, i4)
+        result.quantized_nodes, result.skipped = i4.quantized_nodes, i4.skipped
+    else:
+        report = QdqReport()
+        op_types = list(op_types_to_quantize or DEFAULT_OP_TYPES)
+        plan = plan_qdq(
+            model, op_types, nodes_to_exclude, float_tensor_names(model), report, disable_mha_qdq
+        )
+        amax = calibrate_activations(
+            model, plan.activation_names(), feeds or [], method, percentile
+        )
+        if skip_sensitive_nodes:
+            scores = node_sensitivity(model, plan, amax, fmt, (feeds or [])[:4])
+            worst = drop_sensitive(plan, scores, skip_sensitive_nodes, report)
+            result.notes.append(f"kept float (most sensitive): {worst}")
+        apply_qdq(model, plan, amax, fmt, report)
+        result.quantized_nodes, result.skipped = report.quantized_nodes, report.skipped
+    remove_unused_initializers(model)
+    if high_precision_dtype != "fp32":
+        from modeloptim.onnx.autocast import convert_model
+
+        model, ac = convert_model(model, high_precision_dtype, feeds or [], keep_io_types=True)
+        result.notes.append(
+            f"autocast to {high_precision_dtype}: kept {len(ac.kept)} nodes in fp32"
+        )
+    save_model_atomic(model, out)
+    if isinstance(onnx_path, (str, os.PathLike)):
+        result.input_bytes = Path(onnx_path).stat().st_size
+    result.output_bytes = out.stat().st_size
+    return result
+
+
+def calibrate_activations(
+    model, names: Sequence[str], feeds, method: str, percentile: float = 99.99
+) -> dict[str, float]:
+    """Run ``feeds`` through ``model`` and return the calibrated amax of each tensor."""
+    kwargs = {"percentile": percentile} if method == "percentile" else {}
+    calib = CALIBRATORS.create(method, **kwargs)
+    if not names:
+        return {}
+    for pass_index in range(calib.passes):
+
+        def observe(values, pass_index=pass_index):
+            for name, value in values.items():
+                calib.observe(name, value, pass_index)
+
+        run_capture(
+            model, names, feeds, observe, progress=f"calibrate {method} pass {pass_index + 1}"
+        )
+    return calib.amax()
