@@ -1,0 +1,49 @@
+"""Graph tracing and cross-layer dependency analysis.
+
+``dependency_groups(model, example_input)`` lists the groups of channels (hidden size,
+conv channels, FFN width, heads) that must change together; ``prune_group`` removes
+channels of one group consistently; ``trace_report`` explains what was frozen and why.
+"""
+
+from modeloptim.torch.trace.analyzer import analyze_symbols
+from modeloptim.torch.trace.api import analyze, dependency_groups
+from modeloptim.torch.trace.result import AnalysisResult, ChannelGroup, GroupMember
+from modeloptim.torch.trace.slicing import prune_group
+from modeloptim.torch.trace.symbols import (
+    SYM_RULES,
+    CLType,
+    Symbol,
+    SymInfo,
+    SymMap,
+    SymMapRegistry,
+    SymState,
+)
+from modeloptim.torch.trace.tracer import (
+    GraphCollection,
+    RobustTracer,
+    recursive_trace,
+    register_leaf,
+    register_trace_forward,
+)
+
+__all__ = [
+    "SYM_RULES",
+    "AnalysisResult",
+    "CLType",
+    "ChannelGroup",
+    "GraphCollection",
+    "GroupMember",
+    "RobustTracer",
+    "SymInfo",
+    "SymMap",
+    "SymMapRegistry",
+    "SymState",
+    "Symbol",
+    "analyze",
+    "analyze_symbols",
+    "dependency_groups",
+    "prune_group",
+    "recursive_trace",
+    "register_leaf",
+    "register_trace_forward",
+]

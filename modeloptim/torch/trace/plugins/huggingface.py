@@ -1,0 +1,3 @@
+"""transformers support for tracing (imported only when transformers is loaded)."""
+
+from __future__ import annotations
