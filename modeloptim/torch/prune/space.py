@@ -157,8 +157,11 @@ class SearchSpace:
         dims[dim] = torch.cat([old, pos_map.reshape(1, -1)])
 
     def add_layer_attrs(self, model: nn.Module) -> None:
-        """Declare ``in/out_features`` of Linear and ``embedding_dim`` of Embedding layers whose
-        weights the space slices (so printed and saved layers show their new sizes)."""
+        """Declare ``in/out_features`` of Linear and ``embedding_dim`` of Embedding layers.
+
+        Only layers whose weights the space slices; printed and saved layers then show their
+        new sizes.
+        """
         for name, mod in model.named_modules():
             maps = self.tensors.get(f"{name}.weight" if name else "weight", {})
             fields: dict[int, str] = {}

@@ -23,10 +23,10 @@ _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
 
 
-def _decoder(model: nn.Module) -> tuple[str, nn.Module] | None:
+def _decoder(model: nn.Module) -> tuple[str, Any] | None:
     for prefix in ("model", ""):
         try:
-            dec = model.get_submodule(prefix) if prefix else model
+            dec: Any = model.get_submodule(prefix) if prefix else model
         except AttributeError:
             continue
         layers = getattr(dec, "layers", None)
