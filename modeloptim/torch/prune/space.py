@@ -130,8 +130,13 @@ class SearchSpace:
 
     def add_group(self, name: str, size: int, *, granule: int = 1, kind: str = "channels"
                   ) -> SpaceGroup:
-        """Append a group and return it (its ``offset`` is assigned here)."""
-        g = SpaceGroup(name, size, self.num_channels, granule, kind)
+        """Append a group and return it (``offset`` assigned here; names made unique)."""
+        taken = {g.name for g in self.groups}
+        unique, k = name, 1
+        while unique in taken:  # factors of one layer's dim share its symbol's label
+            k += 1
+            unique = f"{name}#{k}"
+        g = SpaceGroup(unique, size, self.num_channels, granule, kind)
         self.groups.append(g)
         return g
 
@@ -186,9 +191,12 @@ class SearchSpace:
         vec = torch.ones(self.num_channels, dtype=torch.bool)
         for g in self.groups:
             if g.name in keep:
-                idx = torch.as_tensor(keep[g.name], dtype=torch.long)
+                idx = torch.as_tensor(keep[g.name], dtype=torch.long).reshape(-1)
                 if idx.numel() == 0:
                     raise ValueError(f"keep: group {g.name!r} must keep at least one channel")
+                if int(idx.min()) < 0 or int(idx.max()) >= g.size:
+                    raise ValueError(f"keep: indices of group {g.name!r} must lie in "
+                                     f"[0, {g.size}), got {idx.tolist()}")
                 part = torch.zeros(g.size, dtype=torch.bool)
                 part[idx] = True
                 vec[g.offset:g.offset + g.size] = part
