@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from modeloptim.torch.prune.plan import PrunePlan
 from modeloptim.torch.prune.space import SearchSpace
-from modeloptim.torch.utils.profile import _call, count_flops, count_params
+from modeloptim.torch.utils.profile import _call, count_flops, to_meta
 from modeloptim.utils.io import atomic_file
 
 __all__ = ["Budget", "ScoreFunctionError", "SubnetEvaluator", "parse_constraints",
@@ -134,6 +134,20 @@ class SubnetEvaluator:
     layer_order: dict[str, list[int]] = field(default_factory=dict)
     need_flops: bool = True
     _cache: dict[tuple[Any, ...], dict[str, int]] = field(default_factory=dict)
+    _meta: tuple[nn.Module, Any] | None = None
+
+    def _flops(self, plan: PrunePlan) -> int:
+        """FLOPs of a plan, counted on a meta-device copy (shapes only, no arithmetic)."""
+        if self._meta is None:
+            try:
+                meta = copy.deepcopy(self.model).to("meta")
+                x = to_meta(self.dummy_input)
+                count_flops(meta, x)
+                self._meta = (meta, x)
+            except Exception:  # ops without meta kernels: count on real tensors
+                self._meta = (self.model, self.dummy_input)
+        base, x = self._meta
+        return count_flops(plan.apply(copy.deepcopy(base)), x)
 
     def plan(self, subnet: Subnet, depth: dict[str, int] | None = None) -> PrunePlan:
         """Plan keeping the top ``subnet[g]`` channels of each group (full when missing)."""
@@ -159,12 +173,10 @@ class SubnetEvaluator:
         """``{"params", "flops"}`` of a subnet (FLOPs only when needed)."""
         key = (tuple(sorted(subnet.items())), tuple(sorted((depth or {}).items())))
         if key not in self._cache:
+            plan = self.plan(subnet, depth)
+            self._cache[key] = {"params": _plan_params(self.model, plan)}
             if self.need_flops:
-                m = self.materialize(subnet, depth)
-                self._cache[key] = {"params": count_params(m),
-                                    "flops": count_flops(m, self.dummy_input)}
-            else:
-                self._cache[key] = {"params": _plan_params(self.model, self.plan(subnet, depth))}
+                self._cache[key]["flops"] = self._flops(plan)
         return self._cache[key]
 
 

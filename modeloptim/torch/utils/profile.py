@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["FLOP_RULES", "FlopCounter", "count_flops", "count_params", "profile_model"]
+__all__ = ["FLOP_RULES", "FlopCounter", "count_flops", "count_params", "profile_model",
+           "to_meta"]
 
 FlopRule = Callable[[Sequence[Any], Any], int]
 
@@ -118,6 +119,17 @@ def _call(model: nn.Module, dummy_input: Any) -> Any:
         return model(*dummy_input)
     raise TypeError("dummy_input: expected a tensor, a tuple of positional inputs, a dict of "
                     f"keyword inputs or (args, kwargs), got {type(dummy_input).__name__}")
+
+
+def to_meta(obj: Any) -> Any:
+    """``obj`` (tensor / tuple / list / dict of them) with every tensor on the meta device."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to("meta")
+    if isinstance(obj, dict):
+        return {k: to_meta(v) for k, v in obj.items()}
+    if isinstance(obj, tuple | list):
+        return type(obj)(to_meta(v) for v in obj)
+    return obj
 
 
 @torch.no_grad()
