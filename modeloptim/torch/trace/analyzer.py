@@ -16,7 +16,7 @@ from modeloptim.torch.trace.processors.modules import ModuleRuleProcessor
 from modeloptim.torch.trace.processors.registry import PROCESSORS
 from modeloptim.torch.trace.result import AnalysisResult
 from modeloptim.torch.trace.symbols import SymMap
-from modeloptim.torch.trace.tracer import GraphCollection
+from modeloptim.torch.trace.tracer import GraphCollection, call_values
 
 _RULE = ModuleRuleProcessor()
 
@@ -35,27 +35,17 @@ class _Recorder(fx.Interpreter):
         return result
 
 
-def _placeholder_values(gm: fx.GraphModule, bound: inspect.BoundArguments | None) -> list[Any]:
-    args = bound.arguments if bound is not None else {}
-    vals = []
-    for n in gm.graph.nodes:
-        if n.op != "placeholder":
-            continue
-        name = str(n.target).lstrip("*")
-        if name in args:
-            vals.append(args[name])
-        elif n.args:
-            vals.append(n.args[0])
-        else:
-            vals.append({} if str(n.target).startswith("**") else ())
-    return vals
-
-
 @torch.no_grad()
 def propagate(gm: fx.GraphModule, bound: inspect.BoundArguments | None) -> dict[fx.Node, Any]:
     """Shapes (as meta tensors) and Python values of every node of ``gm``."""
+    values = call_values(bound)
+    args = []
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            name = str(n.target).lstrip("*")
+            args.append(values[name] if name in values else (n.args[0] if n.args else None))
     rec = _Recorder(gm)
-    rec.run(*_placeholder_values(gm, bound))
+    rec.run(*args)
     return rec.values
 
 
@@ -87,7 +77,7 @@ def analyze_symbols(model: nn.Module, gc: GraphCollection, sym_map: SymMap) -> A
         except Exception as err:
             raise RuntimeError(f"running the traced graph of {name or '<root>'} failed: "
                                f"{type(err).__name__}: {err}") from err
-        ctx.begin_graph(gm, name, values)
+        ctx.begin_graph(gm, name, values, leaf_root=gc.is_leaf_root(m))
         where = "the model" if m is model else f"{name} (traced on its own)"
         for node in gm.graph.nodes:
             _process(ctx, gc, node, where)

@@ -71,14 +71,28 @@ def analyze(model: nn.Module, example_input: Any,
     args, kwargs = normalize_example(example_input)
     _load_plugins()
     was_training = model.training
+    threads = torch.get_num_threads()
     model.eval()
+    # shape inference runs tiny forwards: extra threads only add contention
+    torch.set_num_threads(1)
     try:
         with _contexts(model):
-            sym_map = SymMap(model)
+            sym_map = SymMap(model)  # checks parameter shapes first: the clearer message
+            _check_forward(model, args, kwargs)
             gc = recursive_trace(model, concrete_args, example_inputs=(args, kwargs))
             return analyze_symbols(model, gc, sym_map)
     finally:
+        torch.set_num_threads(threads)
         model.train(was_training)
+
+
+@torch.no_grad()
+def _check_forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    try:
+        model(*args, **kwargs)
+    except Exception as err:
+        raise ValueError(f"example_input: the model's forward failed on it ({type(err).__name__}:"
+                         f" {str(err).splitlines()[0][:200]})") from err
 
 
 def dependency_groups(model: nn.Module, example_input: Any, *,

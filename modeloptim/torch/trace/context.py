@@ -48,18 +48,23 @@ class AnalysisContext:
         # per graph
         self.gm: fx.GraphModule | None = None
         self.prefix = ""
+        self.leaf_root = False
         self.desc: dict[fx.Node, Any] = {}
         self.val: dict[fx.Node, Any] = {}
         self.derived: dict[fx.Node, Any] = {}
 
     # -- graph switching ---------------------------------------------------------------------
-    def begin_graph(self, gm: fx.GraphModule, prefix: str, values: dict[fx.Node, Any]) -> None:
+    def begin_graph(self, gm: fx.GraphModule, prefix: str, values: dict[fx.Node, Any],
+                    leaf_root: bool = False) -> None:
         """Start a new graph (its node values come from shape propagation)."""
         self.gm, self.prefix, self.val = gm, prefix, values
+        self.leaf_root = leaf_root
         self.desc, self.derived = {}, {}
 
     def qualname(self, target: str) -> str:
         """Model-level name of a graph target."""
+        if self.leaf_root and target == "leaf":
+            return self.prefix
         return f"{self.prefix}.{target}" if self.prefix else target
 
     def module(self, target: str) -> nn.Module:
@@ -94,14 +99,14 @@ class AnalysisContext:
         try:
             self.atoms.unify(d1, d2)
         except LayoutConflictError as err:
-            where = node.format_node() if isinstance(node, fx.Node) else node
+            where = str(node.format_node()) if isinstance(node, fx.Node) else node
             reason = f"incompatible channel layouts ({err}) at {_short(where)}"
             self.atoms.freeze(d1, reason)
             self.atoms.freeze(d2, reason)
 
     def boundary(self, node: fx.Node, why: str) -> None:
         """Freeze everything ``node`` touches and give its output fresh frozen atoms."""
-        reason = f"{why}: {_short(node.format_node())}"
+        reason = f"{why}: {_short(str(node.format_node()))}"
         for a in node.all_input_nodes:
             self.freeze(self.desc.get(a), reason)
         self.desc[node] = self.fresh(self.val.get(node), reason)

@@ -11,6 +11,7 @@ size safely are *frozen* with human-readable reasons.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -185,7 +186,7 @@ class AtomTable:
             if any(c % inner for c in cuts):
                 raise LayoutConflictError("concat boundary falls inside an inner factor")
             pts = [0, *(c // inner for c in cuts), self.size[seg[0]]]
-            self._split_cat(seg[0], [b - a for a, b in zip(pts, pts[1:], strict=False)])
+            self._split_cat(seg[0], [b - a for a, b in itertools.pairwise(pts)])
             return True
         return False
 

@@ -104,10 +104,10 @@ class AnalysisResult:
                     if sym and sym[1] != CLType.INCOMING:
                         producers.add(leaf)
                     g._dims.append((rec.name, dim, desc))
-        for sid, (owner, sym) in self.ctx.sym_owner.items():
+        for sid, (owner, symbol) in self.ctx.sym_owner.items():
             info = self.ctx.sym_map[owner]
             for attr, spec in info.attrs.items():
-                if sym not in _symbols_of(spec):
+                if symbol not in _symbols_of(spec):
                     continue
                 for leaf in atoms.leaves(self.ctx.sym_desc[sid]):
                     if leaf in by_root and (owner, attr, spec) not in by_root[leaf]._attrs:
@@ -205,15 +205,21 @@ def _describe(atoms: Any, desc: Desc, leaf: int) -> str:
     start = int((~none).nonzero()[0]) if hits else 0
     if rep == 1:
         return f"all {total}" if hits == total else f"{hits} of {total} from offset {start}"
-    return f"{hits} of {total}, each channel x{rep} (blocks/repeats)"
+    pos = ch0.nonzero()[:, 0]
+    if int(pos[-1] - pos[0]) + 1 == rep:
+        return f"{hits} of {total} in blocks of {rep}"
+    return f"{hits} of {total}, each channel repeated x{rep} (strided)"
 
 
 def _label(g: ChannelGroup) -> str:
-    for m in g.members:
-        if m.symbol and m.symbol.split(":")[-1].startswith(("out", "embedding_dim")):
-            return m.symbol.replace(":", ".")
-    m = g.members[0]
-    return m.symbol.replace(":", ".") if m.symbol else f"{m.tensor}[dim {m.dim}]"
+    m = next((m for m in g.members if m.symbol and m.symbol.split(":")[-1].startswith(
+        ("out", "embedding_dim", "nf"))), g.members[0])
+    name = m.symbol.replace(":", ".") if m.symbol else f"{m.tensor}[dim {m.dim}]"
+    if " in blocks of " in m.layout:  # e.g. whole heads of a projection
+        name += f" ({g.size} blocks of {m.layout.rsplit(' ', 1)[1]})"
+    elif "repeated" in m.layout:  # e.g. a channel inside every head
+        name += f" (factor {g.size}, strided)"
+    return name
 
 
 __all__ = ["AnalysisResult", "ChannelGroup", "GroupMember", "spec_size"]

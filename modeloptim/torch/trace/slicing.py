@@ -118,7 +118,7 @@ def _lookup(model: nn.Module, name: str) -> torch.Tensor:
 def _replace(model: nn.Module, name: str, new: torch.Tensor) -> None:
     """Swap a tensor everywhere it is referenced (tied weights stay tied)."""
     old = _lookup(model, name)
-    repl: torch.Tensor | None = None
+    repl: Any = None
     for mod in model.modules():
         for store in (mod._parameters, mod._buffers):
             for k, v in store.items():

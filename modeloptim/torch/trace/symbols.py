@@ -1,5 +1,4 @@
-"""Shape hyperparameters of layers (`Symbol`), per-module groups of them (`SymInfo`), and the
-registry of per-layer-type rules (`SymMap`).
+"""Shape hyperparameters: `Symbol`, per-module `SymInfo`, and the `SymMap` rule registry.
 
 A rule is a tiny function ``rule(module) -> SymInfo`` registered with
 ``@SymMap.register(nn.Linear)``. It declares the module's symbols and where each one lives:
@@ -143,7 +142,7 @@ class SymInfo:
         return cls({s.name: s for s in symbols}, **kwargs)
 
 
-Rule = Callable[[nn.Module], SymInfo]
+Rule = Callable[[Any], SymInfo]
 
 
 class SymMapRegistry:
@@ -168,10 +167,15 @@ class SymMapRegistry:
             self._rules.pop(t, None)
 
     def rule_for(self, module: nn.Module) -> Rule | None:
-        """The rule of ``module``'s type (nearest registered base class), if any."""
-        for t in type(module).__mro__:
+        """The rule of ``module``'s type or of a registered base class.
+
+        A base class's rule applies only if the subclass keeps its ``forward`` (a new
+        forward may use the tensors differently).
+        """
+        cls = type(module)
+        for t in cls.__mro__:
             if t in self._rules:
-                return self._rules[t]
+                return self._rules[t] if t is cls or cls.forward is t.forward else None
         return None
 
     def is_registered(self, module: nn.Module) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from modeloptim.torch.trace.shadow import ShadowMixin
 from modeloptim.torch.trace.symbols import SYM_RULES, SymMapRegistry
 
 LeafRule = Callable[[nn.Module], bool]
@@ -51,7 +52,7 @@ def _short(err: BaseException) -> str:
         else first[:300]
 
 
-class RobustTracer(fx.Tracer):
+class RobustTracer(ShadowMixin, fx.Tracer):
     """An fx tracer that records failing submodules instead of giving up.
 
     Leaves: modules with a registered `SymInfo` rule, plugin leaf rules, torch.nn built-ins
@@ -60,11 +61,15 @@ class RobustTracer(fx.Tracer):
     Args:
         registry: rules whose module types are leaves (default: global registry).
         failed: ``{module: message}`` of modules known to fail (updated while tracing).
+        example: example values of the root's arguments by name (enables shadow execution
+            of shape-only Python logic, see `shadow`).
     """
 
     def __init__(self, registry: SymMapRegistry | None = None,
-                 failed: dict[nn.Module, str] | None = None) -> None:
+                 failed: dict[nn.Module, str] | None = None,
+                 example: dict[str, Any] | None = None) -> None:
         super().__init__(param_shapes_constant=False)
+        self.init_shadow(example)
         self.registry = registry or SYM_RULES
         self.failed: dict[nn.Module, str] = failed if failed is not None else {}
         self.visited: set[int] = set()
@@ -117,6 +122,7 @@ class GraphCollection:
         self._failed: dict[int, str] = {}
         self._visited: set[int] = set()
         self.calls: dict[int, inspect.BoundArguments] = {}
+        self._leaf_roots: set[int] = set()
 
     def _add(self, m: nn.Module, gm: fx.GraphModule, concrete: dict[str, Any]) -> None:
         self._graphs[id(m)] = gm.graph
@@ -140,6 +146,10 @@ class GraphCollection:
     def graph_module(self, m: nn.Module) -> fx.GraphModule:
         """The fx.GraphModule traced for ``m``."""
         return self._gms[id(m)]
+
+    def is_leaf_root(self, m: nn.Module) -> bool:
+        """Whether ``m``'s graph is a single call of the (leaf) module itself."""
+        return id(m) in self._leaf_roots
 
     def concrete_args(self, m: nn.Module) -> dict[str, Any]:
         """The concrete arguments ``m`` was traced with."""
@@ -167,39 +177,117 @@ class GraphCollection:
         return self._names[id(m)]
 
 
-def _trace_one(m: nn.Module, concrete: dict[str, Any], tracer_kwargs: dict[str, Any],
-               gc: GraphCollection, failed: dict[nn.Module, str]) -> fx.GraphModule | None:
-    for _ in range(10_000):
-        tracer = RobustTracer(failed=failed, **tracer_kwargs)
-        override = _TRACE_FORWARDS.get(type(m))
-        root_fn: Any = m
-        if override is not None:
-            def root_fn(*a: Any, **k: Any) -> Any:
-                return override(m, *a, **k)
-            root_fn.__signature__ = inspect.signature(m.forward)  # type: ignore[attr-defined]
+def root_params(m: nn.Module, bound: inspect.BoundArguments | None) -> list[str]:
+    """Names the traced root function takes.
+
+    These are the forward's named parameters plus the keyword arguments a recorded call
+    passed through ``**kwargs``.
+    """
+    names: list[str] = []
+    extra: list[str] = []
+    for name, p in inspect.signature(m.forward).parameters.items():
+        if p.kind == p.VAR_POSITIONAL:
+            continue
+        if p.kind == p.VAR_KEYWORD:
+            if bound is not None:
+                extra = list(bound.arguments.get(name, {}))
+            continue
+        names.append(name)
+    return names + [e for e in extra if e not in names]
+
+
+def call_values(bound: inspect.BoundArguments | None) -> dict[str, Any]:
+    """Values of `root_params` in a recorded call."""
+    if bound is None:
+        return {}
+    out: dict[str, Any] = {}
+    for name, p in bound.signature.parameters.items():
+        if p.kind == p.VAR_KEYWORD:
+            out.update(bound.arguments.get(name, {}))
+        elif p.kind != p.VAR_POSITIONAL and name in bound.arguments:
+            out[name] = bound.arguments[name]
+    return out
+
+
+def _root_class(m: nn.Module, names: list[str]) -> type[nn.Module]:
+    """A module class sharing ``m``'s children whose forward takes exactly ``names``.
+
+    fx reads the parameters from the forward's code object, so decorators taking
+    ``(*args, **kwargs)`` and ``**kwargs`` catch-alls would otherwise become proxies.
+    """
+    for n in names:
+        if not n.isidentifier():
+            raise ValueError(f"cannot trace argument {n!r} of {type(m).__name__}")
+    params = ", ".join(["self", *names])
+    call = ", ".join([*(f"{n}={n}" for n in names), "**self._mo_const"])
+    src = f"def forward({params}):\n    return self._mo_forward({call})\n"
+    ns: dict[str, Any] = {}
+    exec(compile(src, f"<trace root {type(m).__name__}>", "exec"), ns)
+    return type(f"Traced{type(m).__name__}", (_Bound,), {"forward": ns["forward"]})
+
+
+class _Bound(nn.Module):
+    """Stands in for a module while it is traced as a root (same children and tensors)."""
+
+    def __init__(self, m: nn.Module, fn: Callable[..., Any], const: dict[str, Any]) -> None:
+        super().__init__()
+        self.__dict__["_mo_forward"] = fn
+        self.__dict__["_mo_const"] = const
+        self.__dict__["_mo_wrapped"] = m
+        self._modules = m._modules
+        self._parameters = m._parameters
+        self._buffers = m._buffers
+
+    def __getattr__(self, name: str) -> Any:
         try:
-            graph = tracer.trace(m if override is None else _Bound(m, root_fn),
-                                 concrete_args=concrete or None)
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_mo_wrapped"], name)
+
+
+def _trace_one(m: nn.Module, names: list[str], concrete: dict[str, Any],
+               tracer_kwargs: dict[str, Any], gc: GraphCollection,
+               failed: dict[nn.Module, str], example: dict[str, Any]) -> fx.GraphModule | None:
+    override = _TRACE_FORWARDS.get(type(m))
+
+    def fn(**kw: Any) -> Any:
+        return override(m, **kw) if override is not None else m.forward(**kw)
+
+    # constants are baked into the root function (no placeholders, no fx guards)
+    tensor_names = [n for n in names if n not in concrete]
+    try:
+        root = _root_class(m, tensor_names)(m, fn, concrete)
+    except ValueError as err:
+        failed[m] = str(err)
+        return None
+    for _ in range(10_000):
+        tracer = RobustTracer(failed=failed, example=example, **tracer_kwargs)
+        tracer.failed.pop(m, None)
+        try:
+            graph = tracer.trace(root)
         except _RetraceError:
             continue
         except Exception as err:
             failed[m] = _short(err)
             return None
         gc._visited |= tracer.visited | {id(m)}
-        return fx.GraphModule(m, graph, type(m).__name__)
+        return fx.GraphModule(root, graph, type(m).__name__)
     return None
 
 
-class _Bound(nn.Module):
-    """Wraps a module so the tracer follows a replacement forward (keeps module paths)."""
-
-    def __init__(self, m: nn.Module, fn: Callable[..., Any]) -> None:
-        super().__init__()
-        self.__dict__["_fn"] = fn
-        self._modules = m._modules
-        self._parameters = m._parameters
-        self._buffers = m._buffers
-        self.__dict__["forward"] = fn
+def _leaf_graph(m: nn.Module, names: list[str], values: dict[str, Any]) -> fx.GraphModule:
+    """A one-node graph calling the leaf module ``m`` (for leaves traced as roots)."""
+    holder = nn.Module()
+    holder.add_module("leaf", m)
+    graph = fx.Graph()
+    kwargs: dict[str, Any] = {}
+    for n in names:
+        if _has_tensor(values.get(n)):
+            kwargs[n] = graph.placeholder(n)
+        elif n in values:
+            kwargs[n] = values[n]
+    graph.output(graph.call_module("leaf", kwargs=kwargs))
+    return fx.GraphModule(holder, graph, type(m).__name__)
 
 
 def recursive_trace(model: nn.Module, concrete_args: dict[str, Any] | None = None,
@@ -229,14 +317,22 @@ def recursive_trace(model: nn.Module, concrete_args: dict[str, Any] | None = Non
     calls: dict[int, inspect.BoundArguments] = {}
     if example_inputs is not None:
         calls[id(model)] = _bind(model, *example_inputs)
-    concrete = {**_concrete_from_call(calls.get(id(model))), **(concrete_args or {})}
     pending: list[nn.Module] = [model]
     while pending:
         for m in pending:
             if example_inputs is not None and id(m) not in calls:
                 continue  # not called by the example forward: nothing to learn from it
-            conc = concrete if m is model else _concrete_from_call(calls.get(id(m)))
-            gm = _trace_one(m, conc, kwargs, gc, failed)
+            bound = calls.get(id(m))
+            names = root_params(m, bound)
+            conc = _concrete_from_call(bound)
+            if m is model:
+                conc.update(concrete_args or {})
+            if m is not model and _is_leaf(m, registry):
+                gc._add(m, _leaf_graph(m, names, call_values(bound)), conc)
+                gc._leaf_roots.add(id(m))
+                gc._visited.add(id(m))
+                continue
+            gm = _trace_one(m, names, conc, kwargs, gc, failed, call_values(bound))
             if gm is not None:
                 gc._add(m, gm, conc)
         pending = []
@@ -258,17 +354,15 @@ def _bind(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> inspec
 
 
 def _concrete_from_call(bound: inspect.BoundArguments | None) -> dict[str, Any]:
-    """Non-tensor arguments of a recorded call, as fx concrete args."""
+    """Non-tensor arguments of a recorded call (incl. ``**kwargs``), as fx concrete args."""
     if bound is None:
         return {}
-    out: dict[str, Any] = {}
-    params = bound.signature.parameters
-    for name, value in bound.arguments.items():
-        if params[name].kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
-            continue
-        if not _has_tensor(value):
-            out[name] = value
-    return out
+    return {k: v for k, v in call_values(bound).items()
+            if not _has_tensor(v)}
+
+
+def _is_leaf(m: nn.Module, registry: SymMapRegistry | None) -> bool:
+    return (registry or SYM_RULES).is_registered(m) or any(rule(m) for rule in _LEAF_RULES)
 
 
 def _has_tensor(x: Any) -> bool:
@@ -286,7 +380,7 @@ def capture_calls(model: nn.Module, example_inputs: tuple[tuple[Any, ...], dict[
                   modules: list[nn.Module]) -> dict[int, inspect.BoundArguments]:
     """Run ``model`` once and record the first call of each of ``modules``."""
     calls: dict[int, inspect.BoundArguments] = {}
-    handles = []
+    handles: list[Any] = []
 
     def make_hook(m: nn.Module) -> Callable[..., None]:
         def hook(mod: nn.Module, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
@@ -294,8 +388,7 @@ def capture_calls(model: nn.Module, example_inputs: tuple[tuple[Any, ...], dict[
                 calls[id(mod)] = _bind(mod, args, kw)
         return hook
 
-    for m in modules:
-        handles.append(m.register_forward_pre_hook(make_hook(m), with_kwargs=True))
+    handles.extend(m.register_forward_pre_hook(make_hook(m), with_kwargs=True) for m in modules)
     try:
         args, kw = example_inputs
         model(*args, **kw)

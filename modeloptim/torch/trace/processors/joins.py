@@ -18,8 +18,11 @@ def _dim_arg(node: fx.Node, pos: int, default: int = 0) -> int:
 
 @PROCESSORS.register(torch.cat, torch.concat, torch.concatenate, torch.stack)
 class ConcatProcessor(NodeProcessor):
-    """``cat``: the joined dim is the inputs' layouts one after another (DenseNet, Inception);
-    all other dims are tied. ``stack`` adds a new dim and ties all others."""
+    """``cat``/``stack``: joined layouts.
+
+    ``cat``: the joined dim is the inputs' layouts one after another (DenseNet, Inception);
+    all other dims are tied. ``stack`` adds a new dim and ties all others.
+    """
 
     def __call__(self, ctx: AnalysisContext, node: fx.Node) -> None:
         """Build the output layout from the inputs."""
@@ -50,8 +53,10 @@ class ConcatProcessor(NodeProcessor):
 @PROCESSORS.register("split", "chunk", "tensor_split", "unbind", "split_with_sizes",
                      torch.split, torch.chunk, torch.tensor_split, torch.unbind)
 class SplitProcessor(NodeProcessor):
-    """``split``/``chunk``: the split dim's layout is cut into consecutive pieces (SwiGLU's
-    ``gate, up = x.chunk(2, -1)`` splits one Linear's outputs into two tied halves)."""
+    """``split``/``chunk``: consecutive pieces of the split dim's layout.
+
+    SwiGLU's ``gate, up = x.chunk(2, -1)`` splits one Linear's outputs into two halves.
+    """
 
     def __call__(self, ctx: AnalysisContext, node: fx.Node) -> None:
         """Each output gets its piece of the split dim and the input's other dims."""
@@ -65,11 +70,21 @@ class SplitProcessor(NodeProcessor):
             ctx.atoms.freeze(lay[dim], f"unbind at {node.name}")
             ctx.desc[node] = tuple([*lay[:dim], *lay[dim + 1:]] for _ in outs)
             return
-        dim = _dim_arg(node, 2 if name in ("split", "split_with_sizes", "tensor_split") else 2)
+        dim = _dim_arg(node, 2)
         dim %= x.dim()
         sizes = [o.shape[dim] for o in outs]
         pieces = ctx.atoms.split(lay[dim], sizes) if sum(sizes) == x.shape[dim] else None
         if pieces is None:
             ctx.boundary(node, "split does not cover the dim")
             return
+        size_arg = node.args[1] if len(node.args) > 1 else node.kwargs.get(
+            "split_size_or_sections", node.kwargs.get("split_size", node.kwargs.get("chunks")))
+        if name in ("split", "split_with_sizes") and not _all_derived(ctx.is_derived(size_arg)):
+            ctx.atoms.freeze(lay[dim], f"split into hard-coded sizes at {node.name}")
         ctx.desc[node] = tuple([*lay[:dim], p, *lay[dim + 1:]] for p in pieces)
+
+
+def _all_derived(flags: object) -> bool:
+    if isinstance(flags, tuple | list):
+        return all(_all_derived(f) for f in flags)
+    return bool(flags)

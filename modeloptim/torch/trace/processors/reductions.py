@@ -21,8 +21,10 @@ _REDUCE = ("mean", "sum", "amax", "amin", "max", "min", "prod", "std", "var", "n
 
 @PROCESSORS.register(*_REDUCE)
 class ReduceProcessor(NodeProcessor):
-    """Reductions over dims (``mean(-1, keepdim=True)``, global pooling ``mean((2, 3))``):
-    reduced dims vanish (or become 1), the others keep their layout."""
+    """Reductions over dims (``mean(-1, keepdim=True)``, global pooling ``mean((2, 3))``).
+
+    Reduced dims vanish (or become 1), the others keep their layout.
+    """
 
     def __call__(self, ctx: AnalysisContext, node: fx.Node) -> None:
         """Drop the reduced dims from the layout."""

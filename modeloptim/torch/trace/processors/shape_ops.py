@@ -46,10 +46,10 @@ def _shape_flags(ctx: AnalysisContext, node: fx.Node, ndim: int) -> list[bool]:
     if name not in ("view", "reshape", "unflatten"):
         return [True] * ndim
     if name == "unflatten":
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        dim: Any = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         sizes = node.args[2] if len(node.args) > 2 else node.kwargs.get("sizes", ())
         flags = _flags_of(ctx, sizes)
-        dim = dim % (ndim - len(flags) + 1)
+        dim = int(dim) % (ndim - len(flags) + 1)
         return [True] * dim + flags + [True] * (ndim - dim - len(flags))
     rest = list(node.args[1:]) or [node.kwargs.get("shape", node.kwargs.get("size"))]
     spec: Any = rest[0] if len(rest) == 1 else rest
@@ -76,8 +76,11 @@ def _flags_of(ctx: AnalysisContext, spec: Any) -> list[bool]:
                      "view_as", "reshape_as", torch.reshape, torch.flatten, torch.unflatten,
                      torch.squeeze, torch.unsqueeze, nn.Flatten, nn.Unflatten)
 class ReshapeProcessor(NodeProcessor):
-    """Reshapes: merged dims become products of channel atoms (flatten C,H,W -> C*H*W keeps
-    each channel as a block of H*W features), split dims factor atoms (hidden -> heads x dim)."""
+    """Reshapes: merged dims multiply layouts, split dims factor them.
+
+    Flatten (C, H, W) -> C*H*W keeps each channel as a block of H*W features; a view of
+    hidden into (heads, head_dim) factors the hidden atoms.
+    """
 
     def __call__(self, ctx: AnalysisContext, node: fx.Node) -> None:
         """Map dims group by group; literal target sizes freeze the dims they fix."""
@@ -103,7 +106,7 @@ class ReshapeProcessor(NodeProcessor):
         for k, ok in enumerate(_shape_flags(ctx, node, out.dim())):
             if not ok and out.shape[k] > 1:
                 ctx.atoms.freeze(final[k], f"reshaped to hard-coded size {out.shape[k]} at "
-                                 f"{node.name} ({node.format_node()[:120]})")
+                                 f"{node.name} ({str(node.format_node())[:120]})")
         if str(node.target) in ("view_as", "reshape_as"):
             other = ctx.layout(node.args[1])
             for k in range(out.dim()):
@@ -198,7 +201,7 @@ class GetitemProcessor(NodeProcessor):
         if not isinstance(lay, list):
             ctx.boundary(node, "indexing a tensor without layout")
             return
-        items = list(idx) if isinstance(idx, tuple) else [idx]
+        items = [_resolve(ctx, i) for i in (list(idx) if isinstance(idx, tuple) else [idx])]
         if any(isinstance(i, fx.Node | list | torch.Tensor) or i is True or i is False
                for i in items):
             ctx.boundary(node, "advanced (tensor) indexing")
@@ -240,6 +243,16 @@ class GetitemProcessor(NodeProcessor):
             ctx.desc[node] = sub if isinstance(idx, int) else tuple(sub)
         else:
             ctx.desc[node] = None if lay is None else ctx.fresh(ctx.value(node), "unknown item")
+
+
+def _resolve(ctx: AnalysisContext, item: Any) -> Any:
+    """Replace size-derived nodes in an index by their example ints."""
+    if isinstance(item, slice):
+        return slice(*(_resolve(ctx, v) for v in (item.start, item.stop, item.step)))
+    if isinstance(item, fx.Node):
+        v = ctx.value(item)
+        return v if isinstance(v, int) else item
+    return item
 
 
 @PROCESSORS.register("size", "dim", "numel", "ndimension", "nelement", torch.numel, builtins.len)

@@ -1,7 +1,6 @@
 import copy
 
 import pytest
-import torch
 
 from modeloptim.torch.trace import analyze
 
