@@ -23,7 +23,6 @@ from modeloptim.torch.prune.search import (
     parse_constraints,
     recalibrate_batchnorm,
 )
-from modeloptim.torch.prune.space import SearchSpace
 from modeloptim.torch.utils.profile import count_flops, count_params
 
 __all__ = ["choices", "convert", "export", "search"]
@@ -65,10 +64,6 @@ def choices(model: nn.Module) -> dict[str, list[int]]:
         sizes = {max(1, min(g.size, round(r * g.size / g.granule) * g.granule)) for r in rs}
         out[g.name] = sorted(sizes | {g.size} if 1.0 in rs else sizes)
     return out
-
-
-def _keep(space: SearchSpace, ev: SubnetEvaluator, subnet: Subnet) -> Any:
-    return space.keep_vector({g.name: ev.order[g.name][: subnet[g.name]] for g in space.groups})
 
 
 def search(model: nn.Module, constraints: dict[str, Any], dummy_input: Any,
@@ -135,7 +130,7 @@ def search(model: nn.Module, constraints: dict[str, Any], dummy_input: Any,
                     from err
         cands.append({"subnet": subnet, "cost": cost, "score": score})
     cands.sort(key=lambda c: -c["score"])
-    activate(model, _keep(space, ev, cands[0]["subnet"]))
+    activate(model, ev.keep(cands[0]["subnet"]))
     return model, {"best": cands[0], "candidates": cands, "reference": ref}
 
 

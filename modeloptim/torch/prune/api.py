@@ -166,7 +166,7 @@ def prune(model: nn.Module, mode: Any, constraints: dict[str, Any], dummy_input:
                  "candidates": []}
     state["reference"] = reference
     state["limits"] = budget.limits
-    keep = space.keep_vector({g.name: ev.order[g.name][: subnet[g.name]] for g in space.groups})
+    keep = ev.keep(subnet)
     drops = ev.drops(depth)
     with pending_space(space):
         model = apply_mode(model, (name, cfg))

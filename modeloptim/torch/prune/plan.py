@@ -81,11 +81,12 @@ class PrunePlan:
     def apply(self, model: nn.Module) -> nn.Module:
         """Slice ``model`` in place (checked first) and return it."""
         self.check(model)
+        owners = tensor_owners(model)
         for name, dims in self.tensors.items():
-            new = lookup_tensor(model, name)
+            old = new = lookup_tensor(model, name)
             for dim, idx in sorted(dims.items()):
                 new = new.index_select(dim, idx.to(new.device))
-            _replace_everywhere(model, lookup_tensor(model, name), new)
+            _replace_everywhere(owners.get(id(old), []), old, new)
         for owner, attr, value in self.attrs:
             set_path(model.get_submodule(owner), attr, value)
         for container, drops in self.drop_layers.items():
@@ -118,10 +119,12 @@ def tensor_owners(model: nn.Module) -> dict[int, list[tuple[nn.Module, str, str]
     return out
 
 
-def _replace_everywhere(model: nn.Module, old: torch.Tensor, new: torch.Tensor) -> None:
+def _replace_everywhere(owners: list[tuple[nn.Module, str, str]], old: torch.Tensor,
+                        new: torch.Tensor) -> None:
+    """Put ``new`` wherever ``old`` was referenced (tied tensors stay tied)."""
     repl: torch.Tensor = nn.Parameter(new.contiguous().clone(), old.requires_grad) \
         if isinstance(old, nn.Parameter) else new.contiguous().clone()
-    for mod, store, key in tensor_owners(model).get(id(old), []):
+    for mod, store, key in owners:
         getattr(mod, store)[key] = repl
 
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from modeloptim.torch.prune.plan import PrunePlan
 from modeloptim.torch.prune.space import SearchSpace
-from modeloptim.torch.utils.profile import _call, count_flops, to_meta
+from modeloptim.torch.utils.profile import _call, count_flops
 from modeloptim.utils.io import atomic_file
 
 __all__ = ["Budget", "ScoreFunctionError", "SubnetEvaluator", "parse_constraints",
@@ -134,28 +134,30 @@ class SubnetEvaluator:
     layer_order: dict[str, list[int]] = field(default_factory=dict)
     need_flops: bool = True
     _cache: dict[tuple[Any, ...], dict[str, int]] = field(default_factory=dict)
-    _meta: tuple[nn.Module, Any] | None = None
+    _elastic: nn.Module | None = None
 
-    def _flops(self, plan: PrunePlan) -> int:
-        """FLOPs of a plan, counted on a meta-device copy (shapes only, no arithmetic)."""
-        if self._meta is None:
-            try:
-                meta = copy.deepcopy(self.model).to("meta")
-                x = to_meta(self.dummy_input)
-                count_flops(meta, x)
-                self._meta = (meta, x)
-            except Exception:  # ops without meta kernels: count on real tensors
-                self._meta = (self.model, self.dummy_input)
-        base, x = self._meta
-        return count_flops(plan.apply(copy.deepcopy(base)), x)
+    def _flops(self, keep: torch.Tensor) -> int:
+        """FLOPs of a subnet, counted on one elastic copy of the model (no copy per subnet)."""
+        from modeloptim.torch.prune.elastic import activate, convert_elastic
+
+        if self._elastic is None:
+            self._elastic = convert_elastic(copy.deepcopy(self.model), self.space)
+        activate(self._elastic, keep)
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)  # one tiny forward: thread start-up would dominate
+        try:
+            return count_flops(self._elastic, self.dummy_input)
+        finally:
+            torch.set_num_threads(n)
+
+    def keep(self, subnet: Subnet) -> torch.Tensor:
+        """Global keep vector of the top ``subnet[g]`` channels of each group."""
+        return self.space.keep_vector({g.name: self.order[g.name][: subnet.get(g.name, g.size)]
+                                       for g in self.space.groups})
 
     def plan(self, subnet: Subnet, depth: dict[str, int] | None = None) -> PrunePlan:
         """Plan keeping the top ``subnet[g]`` channels of each group (full when missing)."""
-        keep: dict[str, torch.Tensor | list[int]] = {}
-        for g in self.space.groups:
-            n = subnet.get(g.name, g.size)
-            keep[g.name] = self.order[g.name][:n].sort().values
-        return self.space.plan(self.space.keep_vector(keep), self.drops(depth))
+        return self.space.plan(self.keep(subnet), self.drops(depth))
 
     def drops(self, depth: dict[str, int] | None) -> dict[str, list[int]]:
         """Least important layers to drop so that ``depth[container]`` layers remain."""
@@ -175,8 +177,11 @@ class SubnetEvaluator:
         if key not in self._cache:
             plan = self.plan(subnet, depth)
             self._cache[key] = {"params": _plan_params(self.model, plan)}
-            if self.need_flops:
-                self._cache[key]["flops"] = self._flops(plan)
+            if self.need_flops and plan.drop_layers:  # the elastic forward keeps all layers
+                self._cache[key]["flops"] = count_flops(plan.apply(copy.deepcopy(self.model)),
+                                                        self.dummy_input)
+            elif self.need_flops:
+                self._cache[key]["flops"] = self._flops(self.keep(subnet))
         return self._cache[key]
 
 
