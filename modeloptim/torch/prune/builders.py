@@ -9,6 +9,7 @@ group.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ SPACE_BUILDERS = SpaceBuilderRegistry()
 
 def _load_plugins() -> None:
     if "transformers" in sys.modules:
-        from modeloptim.torch.prune.plugins import llama  # noqa: F401
+        importlib.import_module("modeloptim.torch.prune.plugins.llama")
 
 
 def build_space(model: nn.Module, dummy_input: Any, config: dict[str, Any] | None = None,
