@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -152,13 +152,13 @@ def prune(model: nn.Module, mode: Any, constraints: dict[str, Any], dummy_input:
     depth = _depth(model, space, sc, ev)
     fixed = _restrict(space, getattr(cfg, "prune", None))
     score_func: Callable[[nn.Module], float] | None = sc.get("score_func")
-    if score_func is not None and not fixed:
+    if score_func is not None:
         scfg = SearchConfig(num_candidates=int(sc.get("num_candidates", 12)),
                             population=int(sc.get("population", 4)), seed=int(sc.get("seed", 0)),
                             checkpoint=sc.get("checkpoint"),
                             bn_calib_batches=int(sc.get("bn_calib_batches", 8)))
-        state = run_search(ev, budget, score_func, scfg, _limited(sc), sc.get("forward_func"),
-                           depth)
+        state = run_search(ev, budget, score_func, scfg, sc.get("data_loader"),
+                           sc.get("forward_func"), depth, fixed)
         subnet = state["best"]["subnet"]
     else:
         subnet = fit_scale(ev, budget, {g.name: 1.0 for g in space.groups}, depth, fixed)
@@ -173,10 +173,6 @@ def prune(model: nn.Module, mode: Any, constraints: dict[str, Any], dummy_input:
     activate(model, keep, drops)
     model = apply_mode(model, "export_nas")
     return model, state
-
-
-def _limited(sc: dict[str, Any]) -> Iterable[Any] | None:
-    return sc.get("data_loader")
 
 
 def _depth(model: nn.Module, space: SearchSpace, sc: dict[str, Any], ev: SubnetEvaluator

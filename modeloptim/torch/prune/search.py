@@ -290,8 +290,12 @@ class SearchConfig:
 def run_search(ev: SubnetEvaluator, budget: Budget, score_func: Callable[[nn.Module], float],
                cfg: SearchConfig, calib_data: Iterable[Any] | None = None,
                forward_func: Callable[[nn.Module, Any], Any] | None = None,
-               depth: dict[str, int] | None = None) -> dict[str, Any]:
-    """Random + evolutionary search; returns the search state (best subnet first)."""
+               depth: dict[str, int] | None = None, fixed: Subnet | None = None
+               ) -> dict[str, Any]:
+    """Random + evolutionary search; returns the search state (best subnet first).
+
+    Groups in ``fixed`` keep the given sizes in every candidate.
+    """
     rng = random.Random(cfg.seed)
     names = [g.name for g in ev.space.groups]
     state: dict[str, Any] = {"candidates": [], "best": None}
@@ -303,7 +307,7 @@ def run_search(ev: SubnetEvaluator, budget: Budget, score_func: Callable[[nn.Mod
         key = tuple(round(m, 6) for m in mult)
         if key in done:
             return
-        subnet = fit_scale(ev, budget, dict(zip(names, key, strict=True)), depth)
+        subnet = fit_scale(ev, budget, dict(zip(names, key, strict=True)), depth, fixed)
         m = ev.materialize(subnet, depth)
         recalibrate_batchnorm(m, calib_data, forward_func, cfg.bn_calib_batches)
         try:

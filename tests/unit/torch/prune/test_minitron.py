@@ -89,3 +89,21 @@ def test_minitron_needs_data() -> None:
     model = _llama(2)
     with pytest.raises(ValueError, match="minitron needs 'data_loader'"):
         mtp.prune(model, "minitron", {"params": "75%"}, {"input_ids": IDS})
+
+
+def test_search_with_score_keeps_unpruned_kinds_full() -> None:
+    model = _llama(2)
+    scored = []
+
+    def score(m: torch.nn.Module) -> float:
+        scored.append(m.model.embed_tokens.weight.shape[1])
+        with torch.no_grad():
+            return -float(m(input_ids=IDS).logits.float().std())
+
+    pruned, state = mtp.prune(model, [("minitron", {"prune": ["ffn"]})], {"params": "90%"},
+                              {"input_ids": IDS},
+                              {"data_loader": DATA, "score_func": score, "num_candidates": 3})
+    assert scored == [64, 64, 64]  # hidden never shrinks when only FFN may
+    assert len(state["candidates"]) == 3
+    assert pruned.model.embed_tokens.weight.shape[1] == 64
+    assert all(la.mlp.gate_proj.out_features < 96 for la in pruned.model.layers)
