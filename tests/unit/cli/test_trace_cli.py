@@ -38,6 +38,8 @@ def test_trace_json_lists_groups_and_failures(capsys):
 ])
 def test_trace_bad_input_one_line_error(capsys, argv, msg):
     assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert msg in err
-    assert len(err.strip().splitlines()) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [ln for ln in lines if ln.startswith("modeloptim trace: error:")]
+    assert len(errors) == 1
+    assert msg in errors[0]
+    assert lines[-1] == errors[0]  # progress lines come before, no traceback after

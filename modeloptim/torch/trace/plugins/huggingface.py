@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,7 +27,9 @@ from torch import fx, nn
 
 from modeloptim.torch.trace.api import register_trace_context
 from modeloptim.torch.trace.context import AnalysisContext
+from modeloptim.torch.trace.fixups import register_attr_fixup
 from modeloptim.torch.trace.processors.registry import PROCESSORS, NodeProcessor
+from modeloptim.torch.trace.result import AnalysisResult, ChannelGroup
 from modeloptim.torch.trace.symbols import SYM_RULES, CLType, Symbol, SymInfo
 
 _MASK_FUNCTIONS = ("create_causal_mask", "create_bidirectional_mask",
@@ -61,6 +64,7 @@ def _stub(fn: Callable[..., Any]) -> Callable[..., Any]:
         return tracer.create_proxy("call_function", mask_leaf, (key,), proxies)
 
     stub.__wrapped__ = fn  # type: ignore[attr-defined]
+    stub._mo_stub = True  # type: ignore[attr-defined]
     return stub
 
 
@@ -108,7 +112,7 @@ def hf_tracing(model: nn.Module) -> Iterator[None]:
             continue
         for fname in _MASK_FUNCTIONS:
             fn = mod.__dict__.get(fname)
-            if callable(fn) and not hasattr(fn, "__wrapped__"):
+            if callable(fn) and not getattr(fn, "_mo_stub", False):
                 patched.append((mod.__dict__, fname, fn))
                 mod.__dict__[fname] = _stub(fn)
     try:
@@ -145,7 +149,97 @@ def _register_channel_norms() -> None:
                               attrs={"normalized_shape": [(c,)]})
 
 
+def _register_fixups() -> None:
+    with contextlib.suppress(ImportError):
+        from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+
+        @register_attr_fixup(GPT2Attention, ops=("split",))
+        def _gpt2_attention(m: GPT2Attention) -> None:
+            # c_attn packs q, k, v (or k, v for cross-attention): split_size follows its width
+            parts = 2 if getattr(m, "is_cross_attention", False) else 3
+            m.split_size = m.embed_dim = m.c_attn.nf // parts
+            m.num_heads = m.embed_dim // m.head_dim
+
+
 _register_conv1d()
 _register_channel_norms()
+_register_fixups()
 
-__all__ = ["MaskBuilderProcessor", "hf_tracing", "mask_leaf", "torch"]
+
+@dataclass
+class HFHparam:
+    """One architecture hyperparameter of a transformers model, mapped onto the analysis.
+
+    Attributes:
+        name: config-style name (``hidden_size``, ``layers.3.intermediate_size``...).
+        size: current value.
+        searchable: whether it may change (its group is searchable).
+        group: the channel group that realizes it (``None`` for ``num_hidden_layers``).
+        reasons: why it is frozen.
+    """
+
+    name: str
+    size: int
+    searchable: bool
+    group: ChannelGroup | None = None
+    reasons: list[str] = field(default_factory=list)
+
+
+def hf_search_space(model: nn.Module, result: AnalysisResult) -> dict[str, HFHparam]:
+    """Name the analysis' groups after the model's config.
+
+    Covers hidden size, per-layer attention heads (KV heads with their query groups under
+    GQA), MLP width, and the number of layers (searchable when every layer sits on the
+    residual stream, so a layer can be dropped without changing shapes).
+
+    Args:
+        model: an analyzed transformers model.
+        result: its `AnalysisResult`.
+
+    Returns:
+        ``{name: HFHparam}``.
+    """
+    out: dict[str, HFHparam] = {}
+    get_emb: Any = getattr(model, "get_input_embeddings", None)
+    emb = get_emb() if callable(get_emb) else None
+    hidden = None
+    if emb is not None:
+        name = next((n for n, p in model.named_parameters() if p is emb.weight), None)
+        hidden = next(iter(result.group_of(name, 1)), None) if name else None
+        if hidden is not None:
+            out["hidden_size"] = HFHparam("hidden_size", hidden.size, hidden.searchable, hidden,
+                                          hidden.reasons)
+    layers_name, layers = _decoder_layers(model)
+    if layers is None:
+        return out
+    for i in range(len(layers)):
+        prefix = f"{layers_name}.{i}."
+        for g in result.groups:
+            if not g.members or not all(m.tensor.startswith(prefix) for m in g.members):
+                continue
+            blocks = any(" in blocks of " in m.layout for m in g.members)
+            key = "heads" if blocks else "intermediate_size"
+            if not g.searchable and key == "intermediate_size":
+                continue
+            prev = out.get(f"layers.{i}.{key}")
+            if prev is None or (g.searchable and not prev.searchable):
+                out[f"layers.{i}.{key}"] = HFHparam(f"layers.{i}.{key}", g.size, g.searchable,
+                                                    g, g.reasons)
+    on_stream = hidden is not None and all(
+        any(m.tensor.startswith(f"{layers_name}.{i}.") for m in hidden.members)
+        for i in range(len(layers)))
+    out["num_hidden_layers"] = HFHparam(
+        "num_hidden_layers", len(layers), on_stream, None,
+        [] if on_stream else ["layers are not all on one residual stream"])
+    return out
+
+
+def _decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList | None]:
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n and n:
+            return name, mod
+    return "", None
+
+__all__ = ["HFHparam", "MaskBuilderProcessor", "hf_search_space", "hf_tracing", "mask_leaf",
+           "torch"]

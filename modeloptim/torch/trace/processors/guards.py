@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import operator
 
 import torch
 from torch import fx
@@ -27,6 +28,11 @@ class ShapeGuardProcessor(NodeProcessor):
             seen.add(n)
             if isinstance(ctx.value(n), torch.Tensor):
                 continue
+            picked = _picked_dim(ctx, n)
+            if picked is not None:  # x.shape[i]: only dim i matters
+                lay, d = picked
+                ctx.atoms.freeze(lay[d], reason)
+                continue
             is_size = (n.op == "call_method" and n.target in ("size", "dim", "numel")) or (
                 n.op == "call_function" and n.target is builtins.getattr
                 and n.args[1] == "shape") or (n.op == "call_function" and n.target is builtins.len)
@@ -42,3 +48,24 @@ class ShapeGuardProcessor(NodeProcessor):
             else:
                 stack.extend(n.all_input_nodes)
         ctx.desc[node] = None
+
+
+def _is_shape_query(n: fx.Node) -> bool:
+    return (n.op == "call_method" and n.target == "size" and len(n.args) == 1
+            and not n.kwargs) or (n.op == "call_function" and n.target is builtins.getattr
+                                  and n.args[1] == "shape")
+
+
+def _picked_dim(ctx: AnalysisContext, n: fx.Node) -> tuple[list, int] | None:
+    """``(layout, dim)`` when ``n`` is ``x.shape[i]`` / ``x.size()[i]`` / ``x.size(i)``."""
+    src: object = None
+    idx: object = None
+    if n.op == "call_function" and n.target is operator.getitem and isinstance(
+            n.args[0], fx.Node) and _is_shape_query(n.args[0]):
+        src, idx = n.args[0].args[0], n.args[1]
+    elif n.op == "call_method" and n.target == "size" and len(n.args) == 2:
+        src, idx = n.args[0], n.args[1]
+    lay = ctx.layout(src)
+    if isinstance(idx, int) and isinstance(lay, list) and -len(lay) <= idx < len(lay):
+        return lay, idx
+    return None

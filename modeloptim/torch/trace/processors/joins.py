@@ -6,6 +6,7 @@ import torch
 from torch import fx
 
 from modeloptim.torch.trace.context import AnalysisContext
+from modeloptim.torch.trace.fixups import literal_is_fixed_up
 from modeloptim.torch.trace.layout import Desc
 from modeloptim.torch.trace.processors.registry import PROCESSORS, NodeProcessor
 
@@ -79,7 +80,8 @@ class SplitProcessor(NodeProcessor):
             return
         size_arg = node.args[1] if len(node.args) > 1 else node.kwargs.get(
             "split_size_or_sections", node.kwargs.get("split_size", node.kwargs.get("chunks")))
-        if name in ("split", "split_with_sizes") and not _all_derived(ctx.is_derived(size_arg)):
+        if name in ("split", "split_with_sizes") and not _all_derived(ctx.is_derived(
+                size_arg)) and not literal_is_fixed_up(node, "split"):
             ctx.atoms.freeze(lay[dim], f"split into hard-coded sizes at {node.name}")
         ctx.desc[node] = tuple([*lay[:dim], p, *lay[dim + 1:]] for p in pieces)
 

@@ -35,7 +35,7 @@ _UNARY_MODULES = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
     nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Softplus, nn.Identity, nn.Dropout,
     nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Softmax, nn.LogSoftmax,
-    nn.Softmax2d,
+    nn.Softmax2d, nn.PReLU,
 )
 _IGNORE_OTHER_TENSORS = {"to", "type_as", "type"}
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.hf
 
 # (zoo name, minimum number of searchable groups expected)
 ZOO_MODELS = [("resnet", 5), ("mobilenetv2", 10), ("convnext", 4), ("efficientnet", 5),
-              ("regnet", 6), ("vit", 5), ("swin", 3), ("bert", 4), ("gpt2", 3),
+              ("regnet", 6), ("vit", 5), ("swin", 4), ("bert", 6), ("gpt2", 5),
               ("llama-tiny", 5)]
 
 
@@ -94,3 +94,51 @@ def test_smollm2_architecture_traces_fast():
     assert logits.shape == (1, 8, 49152)
     assert model.model.embed_tokens.weight.shape == (49152, 288)
     assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_hf_search_space_names_llama_hparams_and_depth_drop_runs():
+    from modeloptim.torch.trace.plugins.huggingface import hf_search_space
+
+    model, example = zoo.build("llama-tiny")
+    space = hf_search_space(model, analyze(model, example))
+    sizes = {k: (v.size, v.searchable) for k, v in space.items()}
+    assert sizes == {"hidden_size": (16, True), "num_hidden_layers": (2, True),
+                     "layers.0.heads": (2, True), "layers.0.intermediate_size": (32, True),
+                     "layers.1.heads": (2, True), "layers.1.intermediate_size": (32, True)}
+    # depth is searchable: dropping a decoder layer keeps the model running
+    model.model.layers = torch.nn.ModuleList([model.model.layers[0]])
+    model.config.num_hidden_layers = 1
+    assert model(**example).logits.shape == (1, 8, 100)
+
+
+def test_llama_pruning_equals_zeroing_the_removed_channels():
+    """Numerics: removing a KV head (with its query group) / FFN units equals zeroing their
+    contribution in the unpruned model (float64)."""
+    model, example = zoo.build("llama-tiny")
+    model = model.double()
+    res = analyze(model, example)
+    heads = next(g for g in res.searchable_groups if g.size == 2
+                 and g.layers[0].startswith("model.layers.0."))
+    ffn = next(g for g in res.searchable_groups if g.size == 32
+               and g.layers[0].startswith("model.layers.1."))
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        # KV head 1 serves query heads 2 and 3 (head_dim 4): o_proj input columns 8..15
+        ref.model.layers[0].self_attn.o_proj.weight[:, 8:16] = 0
+        ref.model.layers[1].mlp.down_proj.weight[:, 16:] = 0
+    prune_group(model, heads, [0])
+    prune_group(model, ffn, list(range(16)))
+    with torch.no_grad():
+        torch.testing.assert_close(model(**example).logits, ref(**example).logits,
+                                   rtol=1e-10, atol=1e-10)
+
+
+def test_gpt2_heads_prune_with_attribute_fixup():
+    model, example = zoo.build("gpt2")
+    res = analyze(model, example)
+    heads = next(g for g in res.searchable_groups if g.size == 2
+                 and g.layers == ["transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj"])
+    prune_group(model, heads, [1])
+    attn = model.transformer.h[0].attn
+    assert (attn.num_heads, attn.split_size, attn.c_attn.nf, attn.c_proj.nx) == (1, 8, 24, 8)
+    assert model(**example).logits.shape == (1, 8, 100)

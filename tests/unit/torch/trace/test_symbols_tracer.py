@@ -130,3 +130,59 @@ def test_shared_layer_and_tied_embedding():
     # the shared Linear is tied on both sides; the tied embedding/lm_head is one tensor
     assert {("shared.weight", 0), ("shared.weight", 1), ("emb.weight", 1)} <= tensors
     assert ("lm_head.weight", 1) not in tensors  # same tensor object as emb.weight
+
+
+def test_register_leaf_keeps_module_opaque_and_frozen():
+    from modeloptim.torch.trace import register_leaf
+    from modeloptim.torch.trace import tracer as tracer_mod
+
+    class Mixer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.p(x)
+
+    model = nn.Sequential(nn.Linear(4, 8), Mixer(), nn.ReLU(), nn.Linear(8, 2)).eval()
+    x = torch.randn(3, 4)
+    assert {g.size for g in dependency_groups(model, x)} == {8}
+    rule = register_leaf(lambda m: isinstance(m, Mixer))
+    try:
+        res = analyze(model, x)
+        assert res.searchable_groups == []
+        g = res.group_of("0.weight", 0)[0]
+        assert any("unknown op Mixer" in r for r in g.reasons)
+        assert [n.target for n in res.gc[model].nodes if n.op == "call_module"] == [
+            "0", "1", "2", "3"]
+    finally:
+        tracer_mod._LEAF_RULES.remove(rule)
+
+
+def test_import_trace_does_not_import_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys, modeloptim.torch.trace, modeloptim.cli.commands.trace\n"
+            "print('transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_concrete_args_pick_the_traced_branch():
+    class Flagged(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = nn.Linear(4, 4)
+
+        def forward(self, x, use_b=True):
+            return self.b(x) if use_b else self.a(x)
+
+    model = Flagged()
+    calls = [n.target for n in recursive_trace(model, concrete_args={"use_b": False})[model]
+             .nodes if n.op == "call_module"]
+    assert calls == ["a"]
+    calls = [n.target for n in recursive_trace(model)[model].nodes if n.op == "call_module"]
+    assert calls == ["b"]
