@@ -45,9 +45,22 @@ def _fmt_values(t: torch.Tensor) -> str:
 class TensorQuantizer(nn.Module):
     """Quantize a tensor with a configurable format, amax and calibrator.
 
+    ``amax`` shapes: per tensor ``[]``; per channel the input's rank with the ``axis`` dims
+    kept and 1 elsewhere (weight ``[out, in]``, ``axis=0`` -> ``[out, 1]``); static blocks
+    ``[num_blocks, 1]``; NVFP4 the global (per-tensor) amax ``[]``; MX and dynamic formats
+    none.
+
     Args:
         quant_attribute_cfg: attributes (config object or dict); defaults to INT8 per tensor.
         amax: optional initial amax (float or tensor in the format's amax shape).
+
+    Example::
+
+        q = TensorQuantizer({"num_bits": 8, "axis": 0})   # per-output-channel INT8
+        q.enable_calib(); q.disable_quant()
+        q(weight)                                          # collect max |w| per row
+        q.load_calib_amax(); q.disable_calib(); q.enable_quant()
+        w_fq = q(weight)                                   # [out, in], weight's dtype
     """
 
     _amax: torch.Tensor | None
@@ -208,6 +221,16 @@ class TensorQuantizer(nn.Module):
         if attr == "_amax" and bool((t < 0).any()):
             raise ValueError(f"amax: must be non-negative, got min {t.min().item():.4g}")
         old = self._buffers.get(attr, self._parameters.get(attr))
+        if (
+            old is not None
+            and old.shape == t.shape
+            and isinstance(old, nn.Parameter) == learnable
+            and old is not value
+        ):
+            # Same slot: copy in place so optimizers, hooks and devices keep their tensor.
+            with torch.no_grad():
+                old.copy_(t)
+            return
         self._buffers.pop(attr, None)
         self._parameters.pop(attr, None)
         self.__dict__.pop(attr, None)
@@ -266,6 +289,22 @@ class TensorQuantizer(nn.Module):
                     learnable=attr == "_amax" and self._cfg.learn_amax,
                 )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
+
+    def _apply(self, fn: Any, recurse: bool = True) -> TensorQuantizer:
+        # model.half()/.to(bfloat16) must move amax and pre_quant_scale but keep them
+        # float32: a bf16 amax would change every scale (8-bit mantissa).
+        held: dict[str, torch.Tensor] = {}
+        for name in ("_amax", "_pre_quant_scale"):
+            t = self._buffers.pop(name, None)
+            if t is not None:
+                held[name] = t
+        super()._apply(fn, recurse)
+        for name, t in held.items():
+            moved = fn(t)
+            if moved.dtype != t.dtype:
+                moved = t.to(device=moved.device)
+            self._buffers[name] = moved
+        return self
 
     # ------------------------------------------------------------------ switches
     def enable(self) -> None:
@@ -331,9 +370,19 @@ class TensorQuantizer(nn.Module):
         if self._disabled:
             return x
         if self._pre_quant_scale is not None:
-            x = x * self._pre_quant_scale.to(device=x.device, dtype=x.dtype)
+            pqs = self._pre_quant_scale.to(device=x.device, dtype=x.dtype)
+            try:
+                x = x * pqs
+            except RuntimeError:
+                raise ValueError(
+                    f"{self._label()}: pre_quant_scale of shape {tuple(pqs.shape)} does not "
+                    f"broadcast to the input of shape {tuple(x.shape)}"
+                ) from None
         if self._if_calib and self._calibrator is not None:
-            self._calibrator.collect(x)
+            try:
+                self._calibrator.collect(x)
+            except ValueError as e:
+                raise ValueError(f"{self._label()}: {e}") from e
         if not self._if_quant:
             return x
         fmt = self._format
