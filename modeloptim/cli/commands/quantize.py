@@ -204,7 +204,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         evalw = windows(tokenizer, eval_text, args.seq_len, n_eval, "evaluation text")
     memory_before = weight_memory(model)
     with timer.stage("eval_before"):
-        ppl_before = perplexity(model, evalw)
+        ppl_before = perplexity(model, evalw, progress=True)
 
     def forward_loop(m: Any) -> None:
         for row in calib:
@@ -212,8 +212,8 @@ def run_quantize(args: argparse.Namespace) -> int:
 
     with timer.stage("quantize"):
         mtq.quantize(model, config, forward_loop)
-    with timer.stage("eval_after"):
-        ppl_after = perplexity(model, evalw)
+    with timer.stage("eval_after"), mtq.cache_quantized_weights(model):
+        ppl_after = perplexity(model, evalw, progress=True)
     rows = mtq.print_quant_summary(model, print_table=False)
     layers = sorted({r["module"] for r in rows if r["enabled"]})
     if args.output is not None:

@@ -35,13 +35,14 @@ from .model_quant import (
     print_quant_summary,
     quantize,
 )
-from .nn import QuantModuleRegistry
+from .nn import QuantModuleRegistry, cache_quantized_weights
 
 __all__ += [
     "PRESETS",
     "QuantModuleRegistry",
     "QuantizeConfig",
     "QuantizerCfgEntry",
+    "cache_quantized_weights",
     "calibrate",
     "calibration_algorithms",
     "disable_quantizer",

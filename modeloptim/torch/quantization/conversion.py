@@ -148,9 +148,7 @@ def _set_cfg(
     return new
 
 
-def _apply_entry(
-    model: nn.Module, entry: QuantizerCfgEntry, pattern: Pattern | None = None
-) -> int:
+def _apply_entry(model: nn.Module, entry: QuantizerCfgEntry, pattern: Pattern | None = None) -> int:
     """Apply one rule to every matching quantizer; returns how many matched."""
     if pattern is None:
         pattern = "*" if entry.is_default else entry.quantizer_name

@@ -12,9 +12,7 @@ from torch import nn
 import modeloptim.torch.quantization as mtq
 from modeloptim.torch.quantization.nn import QuantModule, TensorQuantizer
 
-# Per-token dynamic FP8 needs block_sizes {-1: None}, which the core formats do not parse yet
-# (tested in config/test_presets.py); every other preset is exercised here.
-NEEDS_CORE = {"FP8_PER_CHANNEL_PER_TOKEN_CFG"}
+NEEDS_CORE: set[str] = set()  # presets the core formats cannot express yet (none now)
 BUILT = [
     name
     for name, cfg in mtq.PRESETS.items()
@@ -41,7 +39,8 @@ def _calib(batches: list[torch.Tensor]):
 def _int_fq(x: torch.Tensor, amax: torch.Tensor, bits: int = 8) -> torch.Tensor:
     """DESIGN §2 INT rule written out (float32, same op order)."""
     bound = 2 ** (bits - 1) - 1
-    scale = bound / amax.float()
+    # IEEE division (not reciprocal-multiply), as the pinned numerics require
+    scale = torch.div(torch.tensor(float(bound)), amax.float())
     return torch.clamp(torch.round(x.float() * scale), -bound, bound) / scale
 
 
