@@ -107,3 +107,22 @@ def test_search_with_score_keeps_unpruned_kinds_full() -> None:
     assert len(state["candidates"]) == 3
     assert pruned.model.embed_tokens.weight.shape[1] == 64
     assert all(la.mlp.gate_proj.out_features < 96 for la in pruned.model.layers)
+
+
+def test_elastic_llama_equals_physical_subnet() -> None:
+    from modeloptim.torch.prune.builders import build_space
+    from modeloptim.torch.prune.elastic import activate, convert_elastic
+
+    model = _llama(2)
+    space = build_space(model, {"input_ids": IDS})
+    assert {g.kind for g in space.groups} == {"hidden", "heads", "ffn"}
+    g = torch.Generator().manual_seed(0)
+    keep = space.keep_vector({gr.name: torch.randperm(gr.size, generator=g)[: gr.size // 2]
+                              for gr in space.groups})
+    physical = space.plan(keep).apply(copy.deepcopy(model))
+    assert physical.model.layers[0].self_attn.k_proj.weight.shape == (16, 32)  # 1 of 2 KV heads
+    convert_elastic(model, space)
+    activate(model, keep)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=IDS).logits, physical(input_ids=IDS).logits,
+                                   rtol=0, atol=1e-6)
