@@ -20,6 +20,7 @@ from modeloptim.torch.prune.search import (
     SubnetEvaluator,
     fit_scale,
     parse_constraints,
+    recalibrate_batchnorm,
     run_search,
 )
 from modeloptim.torch.prune.space import SearchSpace
@@ -172,6 +173,9 @@ def prune(model: nn.Module, mode: Any, constraints: dict[str, Any], dummy_input:
         model = apply_mode(model, (name, cfg))
     activate(model, keep, drops)
     model = apply_mode(model, "export_nas")
+    # the kept channels see new inputs: stored BatchNorm statistics are stale (as in the search)
+    recalibrate_batchnorm(model, sc.get("data_loader"), sc.get("forward_func"),
+                          int(sc.get("bn_calib_batches", 8)))
     return model, state
 
 

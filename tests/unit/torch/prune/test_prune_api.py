@@ -163,3 +163,11 @@ def test_bad_arguments(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         mtp.prune(model, args["mode"], args["constraints"], X, args["config"])
     assert _same(model, before)
+
+
+def test_returned_model_has_recalibrated_batchnorm() -> None:
+    pruned, _ = mtp.prune(_model(), "fastnas", {"flops": "60%"}, X, {"data_loader": DATA})
+    with torch.no_grad():
+        feats = torch.cat([pruned.stem[0](d) for d in DATA])
+    torch.testing.assert_close(pruned.stem[1].running_mean, feats.mean((0, 2, 3)), rtol=1e-4,
+                               atol=1e-5)
