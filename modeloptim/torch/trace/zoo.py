@@ -49,8 +49,7 @@ def _resnet() -> tuple[nn.Module, Any]:
 @register_zoo("mobilenetv2")
 def _mobilenetv2() -> tuple[nn.Module, Any]:
     t = _t()
-    cfg = t.MobileNetV2Config(depth_multiplier=0.25, image_size=32, num_labels=4,
-                              tf_padding=False)
+    cfg = t.MobileNetV2Config(depth_multiplier=0.25, image_size=32, num_labels=4)
     return t.MobileNetV2ForImageClassification(cfg), _img()
 
 

@@ -80,9 +80,17 @@ class SplitProcessor(NodeProcessor):
             return
         size_arg = node.args[1] if len(node.args) > 1 else node.kwargs.get(
             "split_size_or_sections", node.kwargs.get("split_size", node.kwargs.get("chunks")))
-        if name in ("split", "split_with_sizes") and not _all_derived(ctx.is_derived(
-                size_arg)) and not literal_is_fixed_up(node, "split"):
-            ctx.atoms.freeze(lay[dim], f"split into hard-coded sizes at {node.name}")
+        by_count = name in ("chunk", "tensor_split") or isinstance(ctx.value(size_arg), int)
+        literal = name in ("split", "split_with_sizes") and not _all_derived(ctx.is_derived(
+            size_arg)) and not literal_is_fixed_up(node, "split")
+        if literal or not by_count or len(set(sizes)) != 1:
+            # explicit piece sizes (or a hard-coded piece size) pin the whole dim
+            ctx.atoms.freeze(lay[dim], f"split into fixed sizes at {node.name}")
+        else:
+            # equal pieces (chunk(n), split(total // n)): only pruning every piece the same
+            # way keeps them equal, so the pieces are tied to each other
+            for p in pieces[1:]:
+                ctx.unify(pieces[0], p, node)
         ctx.desc[node] = tuple([*lay[:dim], p, *lay[dim + 1:]] for p in pieces)
 
 

@@ -84,6 +84,9 @@ class PoolProcessor(NodeProcessor):
         why = f"spatial size set by {node.name}"
         res = [lay[k] if k < 2 or x.shape[k] == out.shape[k] else ctx.atoms.new_desc(
             out.shape[k], why) for k in range(x.dim())]
+        for k in range(2, x.dim()):
+            if x.shape[k] != out.shape[k]:  # e.g. F.pad of a feature dim: keep it fixed
+                ctx.atoms.freeze(lay[k], why)
         ctx.desc[node] = res if not isinstance(ctx.value(node), tuple) else (res, res)
 
 
@@ -173,3 +176,37 @@ class NormFunctionProcessor(NodeProcessor):
         for a in node.all_input_nodes:
             ctx.freeze(ctx.layout(a), why)
         ctx.desc[node] = lay
+
+
+@PROCESSORS.register(torch.einsum)
+class EinsumProcessor(NodeProcessor):
+    """``einsum``: operand dims sharing a letter are tied; output dims take their letter's."""
+
+    def __call__(self, ctx: AnalysisContext, node: fx.Node) -> None:
+        """Tie by subscript letters (equations with ``...`` are a boundary)."""
+        eq = str(node.args[0]).replace(" ", "")
+        ops = list(node.args[1]) if len(node.args) == 2 and isinstance(
+            node.args[1], list | tuple) else list(node.args[1:])
+        lhs, _, rhs = eq.partition("->")
+        terms = lhs.split(",")
+        lays = [ctx.layout(o) for o in ops]
+        if "." in eq or len(terms) != len(ops) or any(
+                not isinstance(lay, list) or len(lay) != len(t) for lay, t in zip(
+                    lays, terms, strict=False)):
+            ctx.boundary(node, "einsum with ellipsis or unexpected operands")
+            return
+        letter: dict[str, Desc] = {}
+        for lay, term, op in zip(lays, terms, ops, strict=True):
+            shape = ctx.value(op).shape
+            for k, ch in enumerate(term):
+                if shape[k] == 1:
+                    continue  # broadcast
+                if ch in letter:
+                    ctx.unify(letter[ch], lay[k], node)
+                else:
+                    letter[ch] = lay[k]
+        if not rhs and "->" not in eq:
+            rhs = "".join(sorted(c for c in set(lhs) - {","} if lhs.count(c) == 1))
+        out = ctx.value(node)
+        ctx.desc[node] = [letter.get(ch) or ctx.atoms.new_desc(out.shape[k])
+                          for k, ch in enumerate(rhs)]

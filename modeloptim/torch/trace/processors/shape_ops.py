@@ -42,6 +42,13 @@ def _dim_groups(ins: list[int], outs: list[int]) -> list[tuple[list[int], list[i
 
 def _shape_flags(ctx: AnalysisContext, node: fx.Node, ndim: int) -> list[bool]:
     """Per output dim: True when its size comes from tensor sizes (or -1), not a literal."""
+    if node.op == "call_module":
+        mod = ctx.module(str(node.target))
+        if isinstance(mod, nn.Unflatten):  # sizes are module attributes: literals
+            n = len(mod.unflattened_size)
+            at = mod.dim % (ndim - n + 1)
+            return [True] * at + [False] * n + [True] * (ndim - at - n)
+        return [True] * ndim
     name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
     if name not in ("view", "reshape", "unflatten"):
         return [True] * ndim
@@ -202,6 +209,8 @@ class GetitemProcessor(NodeProcessor):
             ctx.boundary(node, "indexing a tensor without layout")
             return
         items = [_resolve(ctx, i) for i in (list(idx) if isinstance(idx, tuple) else [idx])]
+        if self._leading_index(ctx, node, lay, items):
+            return
         if any(isinstance(i, fx.Node | list | torch.Tensor) or i is True or i is False
                for i in items):
             ctx.boundary(node, "advanced (tensor) indexing")
@@ -230,6 +239,21 @@ class GetitemProcessor(NodeProcessor):
                     res.append(ctx.atoms.new_desc(len(range(start, stop, step)), why))
             d += 1
         ctx.desc[node] = res
+
+    @staticmethod
+    def _leading_index(ctx: AnalysisContext, node: fx.Node, lay: list, items: list) -> bool:
+        """``table[idx]`` (one index tensor on dim 0): rows are gathered, other dims pass."""
+        head, rest = items[0], items[1:]
+        if not (isinstance(head, fx.Node) and isinstance(ctx.value(head), torch.Tensor)):
+            return False
+        if any(not (isinstance(r, slice) and r == slice(None)) for r in rest):
+            return False
+        ilay = ctx.layout(head)
+        if not isinstance(ilay, list) or ctx.value(head).dtype == torch.bool:
+            return False
+        ctx.atoms.freeze(lay[0], f"rows gathered by an index tensor at {node.name}")
+        ctx.desc[node] = [*ilay, *lay[1:]]
+        return True
 
     @staticmethod
     def _container(ctx: AnalysisContext, node: fx.Node, val: Any, lay: Any, idx: Any) -> None:

@@ -121,3 +121,100 @@ def test_shape_guards_freeze_only_the_dims_they_read(check_channels):
     assert g.searchable is not check_channels
     if check_channels:
         assert any("Python control flow" in r for r in g.reasons)
+
+
+class _EinsumAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Linear(6, 8)
+        self.k = nn.Linear(6, 8)
+        self.v = nn.Linear(6, 5)
+        self.o = nn.Linear(5, 6)
+
+    def forward(self, x):
+        att = torch.einsum("bqd,bkd->bqk", self.q(x), self.k(x)).softmax(-1)
+        return self.o(torch.einsum("bqk,bkd->bqd", att, self.v(x)))
+
+
+def test_einsum_ties_contracted_and_carried_dims():
+    model, x = _EinsumAttention().eval(), torch.randn(2, 3, 6)
+    res = analyze(model, x)
+    assert {(g.size, tuple(g.layers)) for g in res.searchable_groups} == {
+        (8, ("q", "k")), (5, ("v", "o"))}
+    check_prune_each(model, x, res)
+
+
+class _BiasTable(nn.Module):
+    """Relative-position-bias style lookup: table[index] keeps the heads dim."""
+
+    def __init__(self):
+        super().__init__()
+        self.qk = nn.Linear(6, 8)  # 2 heads x 4
+        self.table = nn.Parameter(torch.randn(7, 2))
+        self.register_buffer("index", torch.randint(0, 7, (3, 3)))
+        self.o = nn.Linear(8, 6)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q = self.qk(x).view(b, s, -1, 4).transpose(1, 2)  # (b, heads, s, 4)
+        bias = self.table[self.index.view(-1)].view(s, s, -1).permute(2, 0, 1)
+        att = (q @ q.transpose(-1, -2) + bias.unsqueeze(0)).softmax(-1)
+        return self.o((att @ q).transpose(1, 2).reshape(b, s, -1))
+
+
+def test_index_lookup_keeps_heads_searchable():
+    model, x = _BiasTable().eval(), torch.randn(2, 3, 6)
+    res = analyze(model, x)
+    heads = next(g for g in res.searchable_groups if g.size == 2)
+    assert ("table", 1) in {(m.tensor, m.dim) for m in heads.members}
+    assert not res.group_of("table", 0)[0].searchable
+    check_prune_each(model, x, res)
+
+
+def test_unflatten_module_sizes_are_literals():
+    model = nn.Sequential(nn.Linear(4, 6), nn.Unflatten(1, (2, 3)), nn.Flatten(1),
+                          nn.Linear(6, 2)).eval()
+    res = analyze(model, torch.randn(5, 4))
+    assert res.searchable_groups == []
+    groups = res.group_of("0.weight", 0)  # 6 = 2 x 3 factors, both fixed by the module
+    assert [g.size for g in groups] == [2, 3]
+    assert all(any("hard-coded size" in r for r in g.reasons) for g in groups)
+
+
+def test_padding_a_feature_dim_freezes_it():
+    class PadFeatures(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 6)
+            self.b = nn.Linear(8, 2)
+
+        def forward(self, x):  # (B, S, 6) -> (B, S, 8)
+            return self.b(nn.functional.pad(self.a(x), (1, 1)))
+
+    res = analyze(PadFeatures().eval(), torch.randn(2, 3, 4))
+    assert res.searchable_groups == []
+    assert any("spatial size set by pad" in r for r in res.group_of("a.weight", 0)[0].reasons)
+
+
+class _Chunked(nn.Module):
+    """Two chunk halves feed different layers: they must still stay the same size."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(4, 3)
+        self.c = nn.Linear(4, 3)
+
+    def forward(self, x):
+        left, right = self.a(x).chunk(2, dim=-1)
+        return self.b(left) + self.c(right)
+
+
+def test_chunk_pieces_are_tied_to_stay_equal():
+    model, x = _Chunked().eval(), torch.randn(5, 4)
+    res = analyze(model, x)
+    (g,) = [g for g in res.searchable_groups if "a" in g.layers]
+    assert g.size == 4
+    assert {(m.tensor, m.dim) for m in g.members} >= {("a.weight", 0), ("b.weight", 1),
+                                                       ("c.weight", 1)}
+    check_prune_each(model, x, res)
