@@ -23,9 +23,7 @@ def _resnet() -> torch.nn.Module:
 
 
 def _mobilenet() -> torch.nn.Module:
-    # tf_padding=True pads by input size in Python; the analyzer freezes what such guards touch
-    cfg = transformers.MobileNetV2Config(depth_multiplier=0.35, image_size=32, num_labels=10,
-                                         tf_padding=False)
+    cfg = transformers.MobileNetV2Config(depth_multiplier=0.35, image_size=32, num_labels=10)
     return transformers.MobileNetV2ForImageClassification(cfg)
 
 
