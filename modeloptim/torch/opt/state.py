@@ -60,6 +60,14 @@ class ModeloptStateManager:
         # Assign a new list (never mutate in place): deep copies of the model stay independent.
         object.__setattr__(self.model, _STATE_ATTR, [*self.records, record])
 
+    def pop(self) -> dict[str, Any]:
+        """Remove and return the most recent record (used to undo a failed mode)."""
+        records = self.records
+        if not records:
+            raise IndexError("no mode has been applied to this model")
+        object.__setattr__(self.model, _STATE_ATTR, records[:-1])
+        return records[-1]
+
     def clear(self) -> None:
         """Forget every record (the model itself is not changed)."""
         if hasattr(self.model, _STATE_ATTR):

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from modeloptim.torch.opt.state import ModeloptStateManager, apply_mode
+from modeloptim.torch.quantization import mode as _mode  # noqa: F401  (registers the modes)
 from modeloptim.torch.quantization.algorithms import AlgorithmSpec, calibration_algorithms
 from modeloptim.torch.quantization.algorithms.registry import AlgorithmConfig, ForwardLoop
 from modeloptim.torch.quantization.config.presets import get_preset
@@ -25,8 +27,6 @@ from modeloptim.torch.quantization.conversion import (
     is_quantized,
     named_quantizers,
     named_tensor_quantizers,
-    replace_quant_module,
-    set_quantizer_by_cfg,
     set_quantizer_enabled,
 )
 from modeloptim.torch.quantization.nn.modules.quant_module import QuantModule
@@ -133,7 +133,10 @@ def quantize(
             "model: already quantized; use mtq.calibrate to re-calibrate or "
             "set_quantizer_by_cfg to change quantizers"
         )
-    converted = replace_quant_module(model)
+    # The conversion is the "quantize" mode (recorded for mto.save/restore); the mode order is
+    # checked before anything changes.
+    apply_mode(model, [("quantize", cfg)])
+    converted = [n for n, m in model.named_modules() if isinstance(m, QuantModule)]
     try:
         if not converted:
             warnings.warn(
@@ -141,13 +144,13 @@ def quantize(
                 UserWarning,
                 stacklevel=2,
             )
-        set_quantizer_by_cfg(model, cfg.quant_cfg)
         _run(model, spec, cfg.algorithm, forward_loop)
     except BaseException:
         for name in reversed(converted):
             layer = model.get_submodule(name)
             if isinstance(layer, QuantModule):
                 layer.export()
+        ModeloptStateManager(model).pop()
         raise
     return model
 
@@ -185,8 +188,13 @@ def calibrate(
     _check_forward_loop(forward_loop)
     if not is_quantized(model):
         raise ValueError("model: not quantized; call mtq.quantize(model, config, forward_loop)")
-    with _restore_quantizers_on_error(model):
-        _run(model, spec, algo, forward_loop)
+    apply_mode(model, [("calibrate", {"algorithm": algo})])
+    try:
+        with _restore_quantizers_on_error(model):
+            _run(model, spec, algo, forward_loop)
+    except BaseException:
+        ModeloptStateManager(model).pop()
+        raise
     return model
 
 

@@ -83,7 +83,7 @@ def _quantize_layer(m: Any, h: torch.Tensor, cfg: GptqConfig) -> None:
 @calibration_algorithms.register("gptq", GptqConfig, needs_forward_loop=True)
 def gptq(model: nn.Module, forward_loop: ForwardLoop | None, config: Any) -> None:
     """GPTQ weight rounding after max calibration (see the module docstring)."""
-    from .max import max_calibrate
+    from .max import max_calibrate, run_forward_loop
 
     cfg = config if isinstance(config, GptqConfig) else GptqConfig()
     if forward_loop is None:
@@ -98,6 +98,10 @@ def gptq(model: nn.Module, forward_loop: ForwardLoop | None, config: Any) -> Non
     ]
     try:
         max_calibrate(model, forward_loop, None)
+        # max calibration skips the data pass when only weights need an amax (weight-only
+        # configs); the Hessians still need one.
+        if any(st.hessian is not None and st.hessian.count == 0 for st in stats):
+            run_forward_loop(model, forward_loop, "gptq hessians")
     finally:
         for h in handles:
             h.remove()
