@@ -1,6 +1,10 @@
-"""Modes, optimizer state and save/restore (``import modeloptim.torch.opt as mto``)."""
+"""Modes, optimizer state and save/restore (``import modeloptim.torch.opt as mto``).
+
+Also :class:`DynamicModule`, the in-place layer conversion used by quantization and pruning.
+"""
 
 from modeloptim.torch.opt.checkpoint import load_checkpoint, restore, save
+from modeloptim.torch.opt.dynamic import DynamicModule, dynamic_class, swap_class
 from modeloptim.torch.opt.mode import MODES, ModeDescriptor, ModeRegistry
 from modeloptim.torch.opt.state import (
     STATE_FORMAT_VERSION,
@@ -22,10 +26,12 @@ def enable_huggingface_checkpointing() -> None:
 __all__ = [
     "MODES",
     "STATE_FORMAT_VERSION",
+    "DynamicModule",
     "ModeDescriptor",
     "ModeRegistry",
     "ModeloptStateManager",
     "apply_mode",
+    "dynamic_class",
     "enable_huggingface_checkpointing",
     "is_converted",
     "load_checkpoint",
@@ -33,4 +39,5 @@ __all__ = [
     "restore",
     "restore_from_modelopt_state",
     "save",
+    "swap_class",
 ]

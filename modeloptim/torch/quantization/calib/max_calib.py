@@ -1,0 +1,57 @@
+"""``MaxCalibrator``: running absolute maximum per tensor, per channel or per block."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from .base import Calibrator, granularity_for
+
+__all__ = ["MaxCalibrator"]
+
+
+class MaxCalibrator(Calibrator):
+    """Keeps the running ``max(|x|)`` in the amax shape of the quantizer.
+
+    Args:
+        num_bits: bits of the quantizer (informational).
+        axis: keep these dims (per-channel amax, e.g. ``[out, 1]`` for ``axis=0``).
+        unsigned: unsigned quantization (informational).
+        block_sizes: per-block amax (``[num_blocks, 1]``), see :class:`Blocked`.
+    """
+
+    def __init__(
+        self,
+        num_bits: int | tuple[int, int] = 8,
+        axis: int | tuple[int, ...] | None = None,
+        unsigned: bool = False,
+        block_sizes: Mapping[int, int] | None = None,
+    ) -> None:
+        super().__init__(num_bits, axis, unsigned)
+        self._granularity = granularity_for(axis, block_sizes)
+        self._amax: torch.Tensor | None = None
+
+    def collect(self, x: torch.Tensor) -> None:
+        """Update the running max with batch ``x`` (NaN/Inf raise ``ValueError``)."""
+        x = self._check(x)
+        view, _ = self._granularity.to_view(x)
+        amax = self._granularity.reduce_amax(view)
+        if self._amax is None:
+            self._amax = amax
+            return
+        if amax.shape != self._amax.shape:
+            raise ValueError(
+                f"MaxCalibrator.collect: x of shape {tuple(x.shape)} gives amax shape "
+                f"{tuple(amax.shape)}, but earlier batches gave {tuple(self._amax.shape)}"
+            )
+        self._amax = torch.maximum(self._amax, amax)
+
+    def reset(self) -> None:  # noqa: D102
+        self._amax = None
+
+    def compute_amax(self, method: str | None = None) -> torch.Tensor | None:  # type: ignore[override]
+        """The running max (float32, amax shape), or ``None`` before any ``collect``."""
+        if method not in (None, "max"):
+            raise ValueError(f"method: MaxCalibrator only computes 'max', got {method!r}")
+        return self._amax

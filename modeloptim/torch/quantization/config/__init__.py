@@ -1,0 +1,5 @@
+"""Quantization configs (validated pydantic models)."""
+
+from .quantizer import QuantizerAttributeConfig
+
+__all__ = ["QuantizerAttributeConfig"]

@@ -1,0 +1,236 @@
+"""Turn a model's layers into quantized wrappers and apply ``quant_cfg`` rules to quantizers.
+
+Quantizer names are the dotted paths of the quantizer modules (``"fc1.weight_quantizer"``);
+patterns are ``fnmatch`` wildcards over them (see :mod:`.config.quantize` for the rules).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from torch import nn
+
+from modeloptim.torch.quantization.config.quantize import QuantizerCfgEntry
+from modeloptim.torch.quantization.config.quantizer import QuantizerAttributeConfig
+from modeloptim.torch.quantization.nn.modules import (  # noqa: F401  (register the wrappers)
+    quant_activations,
+    quant_batchnorm,
+    quant_conv,
+    quant_linear,
+    quant_multihead_attention,
+    quant_pooling,
+    quant_rnn,
+)
+from modeloptim.torch.quantization.nn.modules.quant_module import (
+    QuantizerLike,
+    QuantModule,
+    QuantModuleRegistry,
+)
+from modeloptim.torch.quantization.nn.modules.sequential_quantizer import SequentialQuantizer
+from modeloptim.torch.quantization.nn.modules.tensor_quantizer import TensorQuantizer
+
+__all__ = [
+    "Pattern",
+    "is_quantized",
+    "named_quantizers",
+    "named_tensor_quantizers",
+    "register_plugins",
+    "replace_quant_module",
+    "set_quantizer_attribute",
+    "set_quantizer_by_cfg",
+    "set_quantizer_enabled",
+]
+
+Pattern = str | Callable[[str], bool]
+"""A wildcard over quantizer names, or a predicate on the name."""
+
+AnyQuantizer = QuantizerLike
+
+
+def register_plugins() -> None:
+    """Register wrappers for third-party layers whose library is already imported.
+
+    Plugins are imported only when their library is in ``sys.modules`` (a model using it
+    exists), so importing modeloptim never imports transformers.
+    """
+    if "transformers" in sys.modules:
+        from modeloptim.torch.quantization.plugins import huggingface
+
+        huggingface.register_hf_attentions()
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether any submodule of ``model`` is a quantized wrapper."""
+    return any(isinstance(m, QuantModule) for m in model.modules())
+
+
+def replace_quant_module(model: nn.Module) -> list[str]:
+    """Convert, in place, every submodule whose exact type is registered.
+
+    Returns:
+        The names of the converted modules (``""`` for the root), in conversion order.
+    """
+    register_plugins()
+    converted: list[str] = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantModule) or type(module) not in QuantModuleRegistry:
+            continue
+        QuantModuleRegistry.convert(module)
+        converted.append(name)
+    for qname, quantizer, _ in named_quantizers(model):
+        for sub_name, q in _leaf_quantizers(qname, quantizer):
+            q.name = sub_name
+    return converted
+
+
+def _leaf_quantizers(name: str, quantizer: AnyQuantizer) -> list[tuple[str, TensorQuantizer]]:
+    if isinstance(quantizer, SequentialQuantizer):
+        members = [q for q in quantizer if isinstance(q, TensorQuantizer)]
+        return [(f"{name}.{i}", q) for i, q in enumerate(members)]
+    return [(name, quantizer)]
+
+
+def named_quantizers(model: nn.Module) -> Iterator[tuple[str, AnyQuantizer, nn.Module]]:
+    """Yield ``(name, quantizer, parent layer)`` for each quantizer attribute of a layer.
+
+    A ``SequentialQuantizer`` is yielded once (its members are not repeated).
+    """
+    for parent_name, parent in model.named_modules():
+        if isinstance(parent, AnyQuantizer):
+            continue
+        for attr, child in parent.named_children():
+            if isinstance(child, AnyQuantizer):
+                yield (f"{parent_name}.{attr}" if parent_name else attr), child, parent
+
+
+def named_tensor_quantizers(model: nn.Module) -> Iterator[tuple[str, TensorQuantizer]]:
+    """Yield every ``TensorQuantizer`` (members of sequential ones as ``name.i``)."""
+    for name, quantizer, _ in named_quantizers(model):
+        yield from _leaf_quantizers(name, quantizer)
+
+
+def _matches(pattern: Pattern, name: str) -> bool:
+    if callable(pattern):
+        return bool(pattern(name))
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _parent_class_name(parent: nn.Module) -> str | None:
+    cls = parent.original_cls if isinstance(parent, QuantModule) else type(parent)
+    return QuantModuleRegistry.get_name(cls)
+
+
+def _set_cfg(
+    parent: nn.Module,
+    name: str,
+    quantizer: AnyQuantizer,
+    cfg: QuantizerAttributeConfig | list[QuantizerAttributeConfig],
+) -> AnyQuantizer:
+    """Replace the attributes of ``quantizer`` (swapping single <-> sequential as needed)."""
+    attr = name.rsplit(".", 1)[-1]
+    if isinstance(cfg, list):
+        new: AnyQuantizer = SequentialQuantizer(*(TensorQuantizer(c.model_dump()) for c in cfg))
+    elif isinstance(quantizer, SequentialQuantizer):
+        new = TensorQuantizer(cfg.model_dump())
+    else:
+        quantizer.set_from_attribute_config(cfg.model_dump())
+        return quantizer
+    device = next((t.device for t in parent.parameters(recurse=False)), None)
+    if device is not None:
+        new.to(device)
+    setattr(parent, attr, new)
+    for sub_name, q in _leaf_quantizers(name, new):
+        q.name = sub_name
+    return new
+
+
+def _apply_entry(
+    model: nn.Module, entry: QuantizerCfgEntry, pattern: Pattern | None = None
+) -> int:
+    """Apply one rule to every matching quantizer; returns how many matched."""
+    if pattern is None:
+        pattern = "*" if entry.is_default else entry.quantizer_name
+    hits = 0
+    for name, quantizer, parent in list(named_quantizers(model)):
+        if not _matches(pattern, name):
+            continue
+        if entry.parent_class is not None and _parent_class_name(parent) != entry.parent_class:
+            continue
+        hits += 1
+        if entry.cfg is not None:
+            quantizer = _set_cfg(parent, name, quantizer, entry.cfg)
+        enable = entry.resolved_enable
+        if enable is True:
+            quantizer.enable()
+        elif enable is False:
+            quantizer.disable()
+    return hits
+
+
+def set_quantizer_by_cfg(
+    model: nn.Module, quant_cfg: list[QuantizerCfgEntry], *, warn_unmatched: bool = True
+) -> dict[str, int]:
+    """Apply validated ``quant_cfg`` rules to ``model``'s quantizers.
+
+    ``"default"`` entries go first, the others in order (later wins). An entry that configures
+    or enables quantizers but matches none triggers a ``UserWarning`` naming its pattern
+    (disable-only entries, like ``*router*``, are exclusions and stay silent).
+
+    Returns:
+        ``{pattern: number of quantizers matched}`` per entry.
+    """
+    ordered = [e for e in quant_cfg if e.is_default] + [e for e in quant_cfg if not e.is_default]
+    counts: dict[str, int] = {}
+    for entry in ordered:
+        hits = _apply_entry(model, entry)
+        counts[entry.quantizer_name] = counts.get(entry.quantizer_name, 0) + hits
+        if hits == 0 and warn_unmatched and entry.resolved_enable is not False:
+            where = f" under {entry.parent_class}" if entry.parent_class else ""
+            warnings.warn(
+                f"quant_cfg: pattern {entry.quantizer_name!r}{where} matches no quantizer "
+                "in the model",
+                UserWarning,
+                stacklevel=3,
+            )
+    return counts
+
+
+def set_quantizer_attribute(
+    model: nn.Module,
+    wildcard: Pattern,
+    attribute: QuantizerAttributeConfig | dict[str, Any] | list[Any],
+    parent_class: str | None = None,
+) -> int:
+    """Set (replace) the attributes of every quantizer matching ``wildcard``.
+
+    Returns:
+        The number of quantizers changed (a warning is issued when it is zero).
+    """
+    label = wildcard if isinstance(wildcard, str) else "<callable>"
+    entry = QuantizerCfgEntry.model_validate(
+        {"quantizer_name": label, "cfg": attribute, "parent_class": parent_class}
+    )
+    hits = _apply_entry(model, entry, wildcard)
+    if hits == 0:
+        warnings.warn(f"pattern {label!r} matches no quantizer in the model", stacklevel=2)
+    return hits
+
+
+def set_quantizer_enabled(model: nn.Module, wildcard: Pattern, enable: bool) -> int:
+    """Enable or disable every quantizer matching ``wildcard``; returns how many matched."""
+    if not (isinstance(wildcard, str) or callable(wildcard)):
+        raise TypeError(
+            f"wildcard: expected a pattern string or a callable, got {type(wildcard).__name__}"
+        )
+    label = wildcard if isinstance(wildcard, str) else "<callable>"
+    entry = QuantizerCfgEntry(quantizer_name=label, enable=enable)
+    hits = _apply_entry(model, entry, wildcard)
+    if hits == 0:
+        warnings.warn(
+            f"wildcard: pattern {label!r} matches no quantizer in the model", stacklevel=3
+        )
+    return hits

@@ -1,0 +1,5 @@
+"""Quantization ``nn`` modules (``TensorQuantizer``, ``SequentialQuantizer``, ...)."""
+
+from .modules import SequentialQuantizer, TensorQuantizer
+
+__all__ = ["SequentialQuantizer", "TensorQuantizer"]

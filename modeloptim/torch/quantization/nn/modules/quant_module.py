@@ -1,0 +1,213 @@
+"""Registry of quantized layer wrappers and their shared bases.
+
+``QuantModuleRegistry`` maps a layer class to a wrapper class and a registered name (the name
+``parent_class`` in a ``quant_cfg`` entry refers to). Conversion is in place through
+:class:`~modeloptim.torch.opt.dynamic.DynamicModule`: the layer's class becomes a generated
+subclass of ``(wrapper, original)``, parameters stay where they are.
+
+Users add their own layers the ModelOpt way::
+
+    mtq.QuantModuleRegistry.register({MyLinear: "MyLinear"})(QuantMyLinear)
+
+where ``QuantMyLinear`` either derives from one of the bases here (e.g.
+:class:`QuantLinearConvBase`) or, as in ModelOpt, from ``MyLinear`` itself with a ``_setup``
+method that creates its quantizers and a ``forward`` that calls them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from modeloptim.torch.opt.dynamic import DynamicModule
+from modeloptim.torch.quantization.config import QuantizerAttributeConfig
+from modeloptim.torch.quantization.nn.modules.sequential_quantizer import SequentialQuantizer
+from modeloptim.torch.quantization.nn.modules.tensor_quantizer import TensorQuantizer
+
+QuantizerLike = TensorQuantizer | SequentialQuantizer
+"""A module quantizer attribute: one TensorQuantizer or a chain of them."""
+
+__all__ = [
+    "QuantInputBase",
+    "QuantLinearConvBase",
+    "QuantModule",
+    "QuantModuleRegistry",
+    "QuantModuleRegistryCls",
+    "QuantizerLike",
+]
+
+#: ModelOpt's default quantizer settings: 8-bit per tensor inputs, per-row (axis 0) weights.
+DEFAULT_INPUT_CFG = QuantizerAttributeConfig(num_bits=8)
+DEFAULT_WEIGHT_CFG = QuantizerAttributeConfig(num_bits=8, axis=0)
+
+
+def _disabled(cfg: QuantizerAttributeConfig) -> TensorQuantizer:
+    q = TensorQuantizer(cfg)
+    q.disable()
+    return q
+
+
+class QuantModule(DynamicModule):
+    """Base of every quantized wrapper (a ``DynamicModule``).
+
+    Subclasses create their quantizers in ``_setup``; ``weight_names`` lists the parameters a
+    ``weight_quantizer`` fake-quantizes inside ``forward`` (reads of them outside ``forward``
+    return the stored float weight).
+    """
+
+    weight_names: ClassVar[tuple[str, ...]] = ()
+
+    def _setup(self, **kwargs: Any) -> None:
+        self.__dict__["_quantize_weights"] = False
+
+    def weight_quantizer_pairs(self) -> list[tuple[QuantizerLike, torch.Tensor]]:
+        """``(quantizer, stored weight)`` for each weight this layer quantizes."""
+        quantizer = self._modules.get("weight_quantizer")
+        if not isinstance(quantizer, QuantizerLike):
+            return []
+        pairs: list[tuple[QuantizerLike, torch.Tensor]] = []
+        for n in self.weight_names:
+            weight = self._parameters.get(n)
+            if weight is not None:
+                pairs.append((quantizer, weight))
+        return pairs
+
+    @contextmanager
+    def quantize_weight(self) -> Iterator[None]:
+        """Within this context, reading a weight returns its fake-quantized value."""
+        previous = self.__dict__.get("_quantize_weights", False)
+        self.__dict__["_quantize_weights"] = True
+        try:
+            yield
+        finally:
+            self.__dict__["_quantize_weights"] = previous
+
+    def _register_weight_quantization(self) -> None:
+        for name in self.weight_names:
+            if self._parameters.get(name) is not None:
+                self._register_dynamic_attribute(name, _quantized_weight)
+
+
+def _quantized_weight(module: nn.Module, weight: Any) -> Any:
+    if module.__dict__.get("_quantize_weights", False):
+        return module._modules["weight_quantizer"](weight)  # type: ignore[misc]
+    return weight
+
+
+class QuantInputBase(QuantModule):
+    """Wrapper with ``input_quantizer`` (on the first input) and ``output_quantizer``.
+
+    The output quantizer is created disabled, as in ModelOpt.
+    """
+
+    default_input_cfg: ClassVar[QuantizerAttributeConfig] = DEFAULT_INPUT_CFG
+
+    def _setup(self, **kwargs: Any) -> None:
+        super()._setup(**kwargs)
+        self.input_quantizer = TensorQuantizer(self.default_input_cfg)
+        self.output_quantizer = _disabled(self.default_input_cfg)
+
+    def forward(self, input: Any, *args: Any, **kwargs: Any) -> Any:
+        """Quantize the input, run the original layer, quantize the output."""
+        out = super().forward(self.input_quantizer(input), *args, **kwargs)
+        return self.output_quantizer(out)
+
+
+class QuantLinearConvBase(QuantInputBase):
+    """Linear/conv-like wrapper: adds ``weight_quantizer`` applied to ``weight`` in forward."""
+
+    weight_names: ClassVar[tuple[str, ...]] = ("weight",)
+    default_weight_cfg: ClassVar[QuantizerAttributeConfig] = DEFAULT_WEIGHT_CFG
+
+    def _setup(self, **kwargs: Any) -> None:
+        super()._setup(**kwargs)
+        self.weight_quantizer = TensorQuantizer(self.default_weight_cfg)
+        self._register_weight_quantization()
+
+    def forward(self, input: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run the wrapped layer with its weight fake-quantized."""
+        with self.quantize_weight():
+            return super().forward(input, *args, **kwargs)
+
+
+class QuantModuleRegistryCls:
+    """Layer class -> (wrapper class, registered name); exact-type lookup."""
+
+    def __init__(self) -> None:
+        self._wrappers: dict[type[nn.Module], type[QuantModule]] = {}
+        self._names: dict[type[nn.Module], str] = {}
+
+    def register(
+        self, cls_to_name: dict[type[nn.Module], str]
+    ) -> Callable[[type], type]:
+        """Decorator registering a wrapper for each layer class in ``cls_to_name``.
+
+        Args:
+            cls_to_name: ``{layer class: name}``, e.g. ``{nn.Linear: "nn.Linear"}``.
+
+        Returns:
+            A decorator taking the wrapper class and returning it unchanged.
+        """
+        if not isinstance(cls_to_name, dict) or not cls_to_name:
+            raise TypeError("cls_to_name: expected a non-empty dict {layer class: name}")
+        for cls, name in cls_to_name.items():
+            if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+                raise TypeError(f"cls_to_name: key {cls!r} is not an nn.Module subclass")
+            if not isinstance(name, str):
+                raise TypeError(f"cls_to_name: name for {cls.__name__} must be a str")
+
+        def deco(wrapper: type) -> type:
+            adapted = _as_quant_module(wrapper)
+            for cls, name in cls_to_name.items():
+                self._wrappers[cls] = adapted
+                self._names[cls] = name
+            return wrapper
+
+        return deco
+
+    def unregister(self, cls: type[nn.Module]) -> None:
+        """Remove the wrapper registered for ``cls`` (no error if none)."""
+        self._wrappers.pop(cls, None)
+        self._names.pop(cls, None)
+
+    def __contains__(self, cls: object) -> bool:
+        return cls in self._wrappers
+
+    def get(self, cls: type[nn.Module]) -> type[QuantModule] | None:
+        """Wrapper registered for exactly ``cls``, or None."""
+        return self._wrappers.get(cls)
+
+    def get_name(self, cls: type[nn.Module]) -> str | None:
+        """Registered name of ``cls`` (``"nn.Linear"``...), or None."""
+        return self._names.get(cls)
+
+    def convert(self, module: nn.Module) -> QuantModule:
+        """Convert ``module`` in place with its registered wrapper.
+
+        Raises:
+            KeyError: ``type(module)`` is not registered.
+        """
+        wrapper = self._wrappers.get(type(module))
+        if wrapper is None:
+            raise KeyError(f"module: no quantized wrapper registered for {type(module).__name__}")
+        return wrapper.convert(module)
+
+
+def _as_quant_module(wrapper: type) -> type[QuantModule]:
+    """Return ``wrapper`` as a :class:`QuantModule` subclass.
+
+    ModelOpt-style wrappers derive from the layer class itself (with ``_setup``); they get
+    ``QuantModule`` mixed in *after* them so their ``_setup``/``forward`` run first.
+    """
+    if issubclass(wrapper, QuantModule):
+        return wrapper
+    if not issubclass(wrapper, nn.Module):
+        raise TypeError(f"wrapper: {wrapper!r} is not an nn.Module subclass")
+    return type(wrapper.__name__, (wrapper, QuantModule), {"__module__": wrapper.__module__})
+
+
+QuantModuleRegistry = QuantModuleRegistryCls()

@@ -1,0 +1,65 @@
+"""Autograd for fake quantization: straight-through estimator (STE) with clipping.
+
+Forward is the format's fake quantization. Backward:
+
+- grad to ``x``: ``grad_out`` where ``|x| <= amax`` (amax broadcast through the format's
+  granularity, blocks included), zero outside. Formats without a calibrated amax (dynamic
+  or MX) pass the gradient through unchanged, since every element lies within its own
+  dynamic range.
+- grad to ``amax`` (learnable amax): the clipped-STE gradient
+  ``sum(grad_out * sign(x))`` over the elements with ``|x| > amax``, reduced to amax's shape.
+  This is the gradient of ``clamp(x, -amax, amax)`` with respect to its bounds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .formats.base import QuantFormat
+
+__all__ = ["FakeQuantSTE", "fake_quant_ste"]
+
+
+class FakeQuantSTE(torch.autograd.Function):
+    """``(x, amax, format) -> format.fake_quant(x, amax)`` with a clipped STE backward."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, amax: torch.Tensor | None, fmt: QuantFormat
+    ) -> torch.Tensor:
+        """Fake-quantize ``x`` (any shape) with ``amax`` in the format's amax shape."""
+        ctx.fmt = fmt
+        ctx.has_amax = amax is not None
+        ctx.save_for_backward(x, amax if amax is not None else torch.empty(0))
+        return fmt.fake_quant(x, amax)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        """Masked gradient to ``x``; clipped-STE gradient to ``amax`` when it needs one."""
+        x, amax = ctx.saved_tensors
+        g = ctx.fmt.amax_granularity
+        if not ctx.has_amax or g is None:
+            return grad_out, None, None
+        x_view, restore = g.to_view(x)
+        a = g.amax_for_view(amax, x_view)
+        outside = x_view.abs() > a
+        g_view, _ = g.to_view(grad_out)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = restore(g_view.masked_fill(outside, 0))
+        grad_amax = None
+        if ctx.needs_input_grad[1]:
+            contrib = torch.where(outside, g_view.float() * torch.sign(x_view.float()), 0.0)
+            grad_amax = g.reduce_sum(contrib, amax).to(amax.dtype)
+        return grad_x, grad_amax, None
+
+
+def fake_quant_ste(x: torch.Tensor, amax: torch.Tensor | None, fmt: QuantFormat) -> torch.Tensor:
+    """Differentiable fake quantization (see module docstring for the gradients)."""
+    if not torch.is_grad_enabled() or not (
+        x.requires_grad or (amax is not None and amax.requires_grad)
+    ):
+        return fmt.fake_quant(x, amax)
+    return FakeQuantSTE.apply(x, amax, fmt)
