@@ -29,6 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from modeloptim.torch.export.ct_layout import (
+    ct_kv_tensors,
+    ct_layer_tensors,
+    ct_quant_config,
+    layer_scheme,
+)
 from modeloptim.torch.export.fused import find_shared_input_groups, harmonize_groups
 from modeloptim.torch.export.layers import (
     LayerExport,
@@ -166,6 +172,36 @@ def _modelopt_layout(
     return LayoutOutput(tensors, config_qc, {"hf_quant_config.json": hf_quant_config}, info)
 
 
+@LAYOUTS.register(ExportLayout.COMPRESSED_TENSORS.value)
+def _compressed_tensors_layout(
+    layers: list[LayerExport],
+    packed: dict[str, QTensor],
+    excluded: list[str],
+    kv: list[tuple[str, Any, Any]],
+) -> LayoutOutput:
+    tensors: dict[str, torch.Tensor] = {}
+    info: dict[str, Any] = {}
+    for spec in layers:
+        layer_scheme(spec)  # validates (smoothing, supported pair) before any work
+    for spec in layers:
+        t = ct_layer_tensors(spec, packed[spec.name])
+        tensors.update({f"{spec.name}.{k}": v for k, v in t.items()})
+        info[spec.name] = packed[spec.name].extra_state()
+    for name, k, v in kv:
+        tensors.update(ct_kv_tensors(name, k, v))
+    config_qc = ct_quant_config(layers, excluded, bool(kv), _ct_version())
+    return LayoutOutput(tensors, config_qc, {}, info)
+
+
+def _ct_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("compressed-tensors")
+    except Exception:  # the package is optional: any version string is informational
+        return "0.0.0"
+
+
 def _is_quantizer_key(key: str) -> bool:
     return any(part.endswith("_quantizer") for part in key.split("."))
 
@@ -292,6 +328,8 @@ def export_hf_checkpoint(
             layers, excluded = collect_layers(model)
             packed = {s.name: _packed_weight(s) for s in layers}
     result = LAYOUTS.get(lay.value)(layers, packed, excluded, kv)
+    for info in result.layer_info.values():  # dequantize to the exported float dtype
+        info["dtype"] = str(out_dtype).removeprefix("torch.")
     tensors = _base_tensors(model, set(packed), out_dtype)
     overlap = set(tensors) & set(result.tensors)
     if overlap:

@@ -23,6 +23,7 @@ from modeloptim.torch.quantization.formats import (
     PerChannel,
     QuantFormat,
 )
+from modeloptim.torch.quantization.compress import CompressedWeight
 from modeloptim.torch.quantization.nn import TensorQuantizer
 from modeloptim.torch.quantization.nn.modules.quant_module import QuantModule
 
@@ -155,7 +156,13 @@ def layer_export(name: str, module: nn.Module) -> LayerExport | None:
     if not isinstance(module, QuantModule):
         return None
     wq = module._modules.get("weight_quantizer")
-    stages = [q for q in leaf_quantizers(wq) if q.is_enabled]
+    leaves = leaf_quantizers(wq)
+    stored = module._modules.get("weight")
+    if isinstance(stored, CompressedWeight):  # its packed stage is disabled: it is in the codes
+        first = stored.packed_stage
+        stages = [leaves[first], *(q for q in leaves[first + 1 :] if q.is_enabled)]
+    else:
+        stages = [q for q in leaves if q.is_enabled]
     if not stages:
         return None
     iq = module._modules.get("input_quantizer")

@@ -37,6 +37,11 @@ class CompressedWeight(nn.Module):
         self._extra: dict[str, Any] = {}
         self.set_qtensor(qtensor)
 
+    @property
+    def packed_stage(self) -> int:
+        """Index of the weight-quantizer stage this packed weight applies (0 unless W4A8...)."""
+        return int(self._extra.get("packed_stage", 0))
+
     def set_qtensor(self, qtensor: QTensor) -> None:
         """Replace the stored tensors with those of ``qtensor``."""
         for name in list(self._buffers):
@@ -94,8 +99,14 @@ def compress_layer(module: QuantModule, qtensor: QTensor, used: list[Any]) -> No
             f"qtensor: shape {tuple(qtensor.shape)} does not match the layer's weight "
             f"{tuple(module._parameters['weight'].shape)}"  # type: ignore[union-attr]
         )
+    from modeloptim.torch.export.packers import leaf_quantizers
+
+    leaves = leaf_quantizers(module._modules.get("weight_quantizer"))
+    stage = next((i for i, q in enumerate(leaves) if used and q is used[0]), 0)
     del module._parameters["weight"]
-    module._modules["weight"] = CompressedWeight(qtensor)
+    cw = CompressedWeight(qtensor)
+    cw._extra["packed_stage"] = stage
+    module._modules["weight"] = cw
     for q in used:
         q.disable()
     getattr(module, _CALLBACKS)["weight"] = _read_compressed
