@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from modeloptim.torch.export.packers import UnsupportedFormatError, leaf_quantizers
+from modeloptim.torch.quantization.compress import CompressedWeight
 from modeloptim.torch.quantization.formats import (
     Blocked,
     FP8Format,
@@ -23,7 +24,6 @@ from modeloptim.torch.quantization.formats import (
     PerChannel,
     QuantFormat,
 )
-from modeloptim.torch.quantization.compress import CompressedWeight
 from modeloptim.torch.quantization.nn import TensorQuantizer
 from modeloptim.torch.quantization.nn.modules.quant_module import QuantModule
 
