@@ -16,3 +16,8 @@ __all__ = [
     "TensorQuantizer",
     "resolve_format",
 ]
+
+# export (real quantized weights); ONNX export lives in .export_onnx (imports onnx lazily)
+from .compress import compress
+
+__all__ += ["compress"]
