@@ -1,7 +1,7 @@
 """Algorithm ``"max"``: amax from the calibrators of every enabled static quantizer.
 
 Steps (as in ModelOpt): weights are calibrated from the stored weights directly; then the
-forward loop runs the model in full precision (quantization off) while the activation
+forward loop runs the model in full precision (every quantizer paused) while the activation
 quantizers collect statistics; finally each quantizer loads its amax (max, or the histogram
 method its calibrator was configured with) and quantization is switched back on.
 """
@@ -32,13 +32,11 @@ class MaxCalibConfig(AlgorithmConfig):
     method: Literal["max"] = "max"
 
 
-def _calibrated(model: nn.Module) -> list[TensorQuantizer]:
+def _enabled(model: nn.Module) -> list[TensorQuantizer]:
     # Imported here: the config module imports this registry, and conversion imports config.
     from modeloptim.torch.quantization.conversion import named_tensor_quantizers
 
-    return [
-        q for _, q in named_tensor_quantizers(model) if q.is_enabled and q._calibrator is not None
-    ]
+    return [q for _, q in named_tensor_quantizers(model) if q.is_enabled]
 
 
 def run_forward_loop(model: nn.Module, forward_loop: ForwardLoop, desc: str) -> None:
@@ -76,11 +74,14 @@ def max_calibrate(
     """
     from modeloptim.torch.quantization.model_quant import weight_quantizer_ids
 
-    quantizers = _calibrated(model)
+    enabled = _enabled(model)
+    quantizers = [q for q in enabled if q._calibrator is not None]
     weight_quantizers = weight_quantizer_ids(model)
+    # The loop runs in full precision: dynamic quantizers (no calibrator) are paused too.
+    for q in enabled:
+        q.disable_quant()
     for q in quantizers:
         q.reset_amax()
-        q.disable_quant()
         q.enable_calib()
     try:
         _calibrate_weights(model)
@@ -92,6 +93,6 @@ def max_calibrate(
         for q in quantizers:
             q.load_calib_amax(strict=False)
     finally:
-        for q in quantizers:
+        for q in enabled:
             q.disable_calib()
             q.enable_quant()

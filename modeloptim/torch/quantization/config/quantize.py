@@ -72,8 +72,8 @@ class QuantizerCfgEntry(BaseModel):
         if isinstance(v, list | tuple):
             if not v:
                 raise ValueError("cfg: empty list; give one attribute dict per quantizer")
-            return [_attribute_config(a, f"cfg[{i}]") for i, a in enumerate(v)]
-        return _attribute_config(v, "cfg")
+            return [_attribute_config(a, f"item {i}: ") for i, a in enumerate(v)]
+        return _attribute_config(v, "")
 
     @property
     def is_default(self) -> bool:
@@ -96,11 +96,11 @@ def _attribute_config(value: Any, where: str) -> QuantizerAttributeConfig:
     if isinstance(value, QuantizerAttributeConfig):
         return value
     if not isinstance(value, dict):
-        raise ValueError(f"{where}: expected a dict of quantizer attributes, got {value!r}")
+        raise ValueError(f"{where}expected a dict of quantizer attributes, got {value!r}")
     try:
         return QuantizerAttributeConfig(**value)
     except ValidationError as err:
-        raise ValueError(format_validation_error(where, err)) from None
+        raise ValueError(where + format_validation_error("", err).removeprefix(": ")) from None
 
 
 def _is_class_scope(key: str, value: Any) -> bool:
