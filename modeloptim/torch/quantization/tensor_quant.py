@@ -18,6 +18,8 @@ from typing import Any
 import torch
 
 from .formats.base import QuantFormat
+from .formats.granularity import Blocked
+from .kernel_registry import CUDA_KERNELS
 
 __all__ = ["FakeQuantSTE", "fake_quant_ste"]
 
@@ -44,6 +46,12 @@ class FakeQuantSTE(torch.autograd.Function):
             return grad_out, None, None
         x_view, restore = g.to_view(x)
         a = g.amax_for_view(amax, x_view)
+        if x.is_cuda and not ctx.needs_input_grad[1] and not isinstance(g, Blocked):
+            # Fused mask kernel (Triton) when registered: one read of x and grad_out.
+            kernel = CUDA_KERNELS.get("ste_backward")
+            grad = None if kernel is None else kernel(x, grad_out, a)
+            if grad is not None:
+                return grad, None, None
         outside = x_view.abs() > a
         g_view, _ = g.to_view(grad_out)
         grad_x = None

@@ -15,7 +15,7 @@ __all__ = ["Calibrator", "check_finite", "granularity_for"]
 
 
 def granularity_for(
-    axis: int | tuple[int, ...] | None, block_sizes: Mapping[int, int] | None
+    axis: int | tuple[int, ...] | None, block_sizes: Mapping[int, int | None] | None
 ) -> Granularity:
     """Granularity of the amax a calibrator collects (per tensor / channel / block)."""
     if axis is not None and block_sizes:

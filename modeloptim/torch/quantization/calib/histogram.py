@@ -85,6 +85,7 @@ class HistogramCalibrator(Calibrator):
     def reset(self) -> None:  # noqa: D102
         self._hist: np.ndarray | None = None
         self._range = 0.0
+        self._device = torch.device("cpu")
 
     @property
     def hist(self) -> np.ndarray:
@@ -101,6 +102,7 @@ class HistogramCalibrator(Calibrator):
     def collect(self, x: torch.Tensor) -> None:
         """Add ``|x|`` of one batch to the histogram (NaN/Inf raise ``ValueError``)."""
         a = self._check(x).abs().float().reshape(-1)
+        self._device = a.device  # amax is returned where the data lives
         if self._skip_zeros:
             a = a[a != 0]
         if a.numel() == 0:
@@ -137,4 +139,4 @@ class HistogramCalibrator(Calibrator):
             raise ValueError(f"method: expected one of {sorted(HISTOGRAM_METHODS)}, got {method!r}")
         if self._hist is None:
             return None
-        return torch.tensor(fn(self, **kwargs), dtype=torch.float32)
+        return torch.tensor(fn(self, **kwargs), dtype=torch.float32, device=self._device)

@@ -26,7 +26,7 @@ class MaxCalibrator(Calibrator):
         num_bits: int | tuple[int, int] = 8,
         axis: int | tuple[int, ...] | None = None,
         unsigned: bool = False,
-        block_sizes: Mapping[int, int] | None = None,
+        block_sizes: Mapping[int, int | None] | None = None,
     ) -> None:
         super().__init__(num_bits, axis, unsigned)
         self._granularity = granularity_for(axis, block_sizes)
@@ -35,6 +35,8 @@ class MaxCalibrator(Calibrator):
     def collect(self, x: torch.Tensor) -> None:
         """Update the running max with batch ``x`` (NaN/Inf raise ``ValueError``)."""
         x = self._check(x)
+        if x.numel() == 0:
+            return  # an empty batch carries no statistics
         view, _ = self._granularity.to_view(x)
         amax = self._granularity.reduce_amax(view)
         if self._amax is None:

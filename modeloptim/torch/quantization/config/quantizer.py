@@ -43,6 +43,8 @@ class QuantizerAttributeConfig(BaseModel):
         trt_high_precision_dtype: accepted for compatibility (informational).
         pre_quant_scale: accepted for compatibility; only ``None`` (set the tensor on the
             quantizer instead).
+        rotate: ModelOpt's Hadamard rotation flag; accepted as ``False`` only.
+        bias: ModelOpt's asymmetric-bias settings; accepted as ``None`` only.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -59,6 +61,8 @@ class QuantizerAttributeConfig(BaseModel):
     calibrator: CalibratorName | dict[str, Any] = "max"
     trt_high_precision_dtype: Literal["Half", "BFloat16", "Float"] = "Float"
     pre_quant_scale: None = None
+    rotate: Literal[False] = False
+    bias: None = None
 
     @field_validator("num_bits", mode="before")
     @classmethod
@@ -78,6 +82,19 @@ class QuantizerAttributeConfig(BaseModel):
             v = tuple(v)
         if isinstance(v, tuple) and not v:
             raise ValueError("axis: empty tuple; use None for per-tensor")
+        return v
+
+    @field_validator("block_sizes", mode="before")
+    @classmethod
+    def _normalize_block_keys(cls, v: Any) -> Any:
+        # JSON round trips turn int dim keys into strings ("-1"); store them as ints again.
+        if isinstance(v, dict):
+            out: dict[Any, Any] = {}
+            for k, val in v.items():
+                if isinstance(k, str) and k.lstrip("-").isdigit():
+                    k = int(k)
+                out[k] = tuple(val) if k == "scale_bits" and isinstance(val, list) else val
+            return out
         return v
 
     @field_validator("calibrator", mode="before")

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from ..kernel_registry import CUDA_KERNELS
-from .granularity import Granularity, PerTensor, Restore
+from .granularity import Granularity, Restore
 
-__all__ = ["TINY_AMAX", "QuantFormat", "QuantizedCodes", "check_input"]
+__all__ = ["TINY_AMAX", "QuantFormat", "QuantizedCodes", "check_input", "true_div"]
 
 #: amax at or below this quantizes to zero (DESIGN §2).
 TINY_AMAX = 2.0**-24
@@ -39,6 +39,23 @@ def check_input(x: Any, name: str = "x") -> torch.Tensor:
             f"{name}: expected a float32/float16/bfloat16/float64 tensor, got dtype {x.dtype}"
         )
     return x
+
+
+def true_div(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
+    """IEEE float32 division ``a / b`` (correctly rounded) on every device.
+
+    Plain ``float / tensor`` is ``reciprocal(tensor) * float`` in PyTorch, and CUDA divides
+    by a Python scalar as a multiplication by its reciprocal; both can be one ulp off the
+    true quotient, which would break bit-exactness with the pinned numerics and the GPU
+    kernels. Scalars are therefore made tensors on the other operand's device first.
+    """
+    ref = a if isinstance(a, torch.Tensor) else b
+    assert isinstance(ref, torch.Tensor)
+    if not isinstance(a, torch.Tensor):
+        a = torch.tensor(a, dtype=torch.float32, device=ref.device)
+    if not isinstance(b, torch.Tensor):
+        b = torch.tensor(b, dtype=torch.float32, device=ref.device)
+    return torch.div(a, b)
 
 
 @dataclass
@@ -65,6 +82,13 @@ class QuantizedCodes:
     def dequantize(self) -> torch.Tensor:
         """Decode to a tensor of the original shape/dtype, equal to the fake-quantized input."""
         return self.format.dequantize(self)
+
+    def __repr__(self) -> str:
+        scales = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in self.scales.items())
+        return (
+            f"QuantizedCodes({self.format.describe()}, shape={tuple(self.shape)}, "
+            f"codes={tuple(self.codes.shape)} {self.codes.dtype}, scales={{{scales}}})"
+        )
 
 
 class QuantFormat(ABC):
@@ -131,6 +155,8 @@ class QuantFormat(ABC):
                 ``None``) for dynamic formats.
         """
         check_input(x)
+        if x.numel() == 0:
+            return x.clone()  # nothing to quantize (and no amax to derive)
         view, restore = self.granularity.to_view(x)
         amax_v = self._view_amax(view, amax)
         out = self._try_kernel(view, amax_v)
@@ -198,8 +224,3 @@ class QuantFormat(ABC):
         self, codes: torch.Tensor, scales: dict[str, torch.Tensor]
     ) -> torch.Tensor:
         """Float32 values from codes and scales."""
-
-
-def is_per_tensor(g: Granularity) -> bool:
-    """True for a :class:`PerTensor` granularity."""
-    return isinstance(g, PerTensor)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .base import TINY_AMAX, QuantFormat
+from .base import TINY_AMAX, QuantFormat, true_div
 from .granularity import Blocked, Granularity, PerTensor
 
 __all__ = ["FP8_SPECS", "FP8Format"]
@@ -50,11 +50,11 @@ class FP8Format(QuantFormat):
     @property
     def scale_bits(self) -> float:  # noqa: D102
         g = self.granularity
-        return 32.0 / g.block_numel if isinstance(g, Blocked) else 0.0
+        return 32.0 / g.block_numel if isinstance(g, Blocked) and g.block_numel else 0.0
 
     def _scale(self, amax_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tiny = amax_v <= TINY_AMAX
-        scale = torch.where(tiny, torch.ones_like(amax_v), self.max_value / amax_v)
+        scale = torch.where(tiny, torch.ones_like(amax_v), true_div(self.max_value, amax_v))
         return scale, tiny
 
     def _codes(self, v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ class FP8Format(QuantFormat):
     def _fake_quant_view(self, v: torch.Tensor, amax_v: torch.Tensor | None) -> torch.Tensor:
         assert amax_v is not None
         scale, tiny = self._scale(amax_v)
-        out = self._codes(v, scale).float().mul_(1.0 / scale)
+        out = self._codes(v, scale).float().mul_(true_div(1.0, scale))
         return out.masked_fill_(tiny, 0.0) if tiny.any() else out
 
     def _quantize_view(
@@ -77,7 +77,7 @@ class FP8Format(QuantFormat):
     def _dequantize_view(
         self, codes: torch.Tensor, scales: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        return codes.float() * (1.0 / scales["scale"])
+        return codes.float() * true_div(1.0, scales["scale"])
 
     def _kernel_call(
         self, view: torch.Tensor, amax_v: torch.Tensor | None

@@ -137,21 +137,32 @@ class PerChannel(Granularity):
 
 
 class Blocked(Granularity):
-    """One amax per block; ``block_sizes`` maps dims (negative allowed) to block lengths."""
+    """One amax per block; ``block_sizes`` maps dims (negative allowed) to block lengths.
 
-    def __init__(self, block_sizes: Mapping[int, int], dynamic: bool = False) -> None:
+    A length of ``None`` spans the whole dim (ModelOpt's ``{-1: None}``: one scale per
+    token/row).
+    """
+
+    def __init__(self, block_sizes: Mapping[int, int | None], dynamic: bool = False) -> None:
         if not block_sizes:
             raise ValueError("block_sizes: expected at least one {dim: size} entry")
         for d, b in block_sizes.items():
             if not isinstance(d, int) or isinstance(d, bool):
                 raise ValueError(f"block_sizes: dim keys must be ints, got {d!r}")
-            if not isinstance(b, int) or isinstance(b, bool) or b <= 0:
-                raise ValueError(f"block_sizes: size for dim {d} must be a positive int, got {b!r}")
+            if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b <= 0):
+                raise ValueError(
+                    f"block_sizes: size for dim {d} must be a positive int or None, got {b!r}"
+                )
         self.block_sizes = dict(sorted(block_sizes.items()))
         self.dynamic = dynamic
-        self.block_numel = math.prod(self.block_sizes.values())
+        sizes = list(self.block_sizes.values())
+        #: elements per block (``None`` when a block spans a whole dim of unknown size)
+        self.block_numel: int | None = (
+            None if None in sizes else math.prod(b for b in sizes if b is not None)
+        )
 
-    def _norm(self, ndim: int) -> dict[int, int]:
+    def _norm(self, shape: tuple[int, ...] | torch.Size) -> dict[int, int]:
+        ndim = len(shape)
         out: dict[int, int] = {}
         for d, b in self.block_sizes.items():
             if not -ndim <= d < ndim:
@@ -160,17 +171,18 @@ class Blocked(Granularity):
                 )
             if d % ndim in out:
                 raise ValueError(f"block_sizes: dim {d} given twice")
-            out[d % ndim] = b
+            out[d % ndim] = shape[d % ndim] if b is None else b
         return out
 
     def num_blocks(self, shape: torch.Size | tuple[int, ...]) -> int:
         """Number of blocks an input of ``shape`` has (after padding)."""
-        dims = self._norm(len(shape))
+        dims = self._norm(tuple(shape))
         return math.prod(-(-s // dims[d]) if d in dims else s for d, s in enumerate(shape))
 
     def to_view(self, x: torch.Tensor) -> tuple[torch.Tensor, Restore]:  # noqa: D102
-        dims = self._norm(x.ndim)
         shape = tuple(x.shape)
+        dims = self._norm(shape)
+        numel = math.prod(dims.values())
         pads = [(-shape[d]) % b for d, b in dims.items()]
         last = x.ndim - 1
         if list(dims) == [last] and pads == [0]:
@@ -195,7 +207,7 @@ class Blocked(Granularity):
         perm = outer + inner
         inv = [perm.index(i) for i in range(len(perm))]
         permuted_shape = [split[i] for i in perm]
-        view = padded.reshape(split).permute(perm).reshape(-1, self.block_numel)
+        view = padded.reshape(split).permute(perm).reshape(-1, numel)
         crop = tuple(slice(0, s) for s in shape)
 
         def restore(t: torch.Tensor) -> torch.Tensor:
@@ -216,8 +228,13 @@ class Blocked(Granularity):
         return amax.reshape(-1, 1).float()
 
     def describe(self) -> str:  # noqa: D102
-        if list(self.block_sizes) == [-1]:
-            label = f"block{self.block_sizes[-1]}"
+        def size(b: int | None) -> str:
+            return "all" if b is None else str(b)
+
+        if self.block_sizes == {-1: None}:
+            label = "per-token"
+        elif list(self.block_sizes) == [-1]:
+            label = f"block{size(self.block_sizes[-1])}"
         else:
-            label = "block" + "x".join(f"{b}@{d}" for d, b in self.block_sizes.items())
+            label = "block" + "x".join(f"{size(b)}@{d}" for d, b in self.block_sizes.items())
         return label + (" dynamic" if self.dynamic else "")

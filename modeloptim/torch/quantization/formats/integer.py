@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .base import TINY_AMAX, QuantFormat
+from .base import TINY_AMAX, QuantFormat, true_div
 from .granularity import Blocked, Granularity, PerTensor
 
 __all__ = ["IntegerFormat"]
@@ -66,11 +66,11 @@ class IntegerFormat(QuantFormat):
     def scale_bits(self) -> float:  # noqa: D102
         # Block scales are exported as float16 (AWQ/TensorRT-LLM layout).
         g = self.granularity
-        return 16.0 / g.block_numel if isinstance(g, Blocked) else 0.0
+        return 16.0 / g.block_numel if isinstance(g, Blocked) and g.block_numel else 0.0
 
     def _scale(self, amax_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tiny = amax_v <= TINY_AMAX
-        scale = torch.where(tiny, torch.ones_like(amax_v), self.bound / amax_v)
+        scale = torch.where(tiny, torch.ones_like(amax_v), true_div(self.bound, amax_v))
         return scale, tiny
 
     def _fake_quant_view(self, v: torch.Tensor, amax_v: torch.Tensor | None) -> torch.Tensor:

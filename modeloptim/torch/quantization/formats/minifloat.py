@@ -2,11 +2,14 @@
 
 Values are rounded to the nearest grid value; a tie goes to the value whose code is even
 (round half to even on the mantissa), and magnitudes above the largest value saturate.
-Rounding is a binary search of ``|v|`` over the midpoints between neighbouring grid values
-(``torch.bucketize``); a midpoint that must round *up* (its upper neighbour has the even code)
-is replaced by the next float32 below it, so that ``bucketize(right=False)`` sends exact ties
-the right way. The bucket index is the magnitude code, so the same search yields codes for
-real quantization: ``code = sign << (e + m) | magnitude_index``.
+
+Rounding is arithmetic: with ``e = max(floor(log2 |v|), emin)`` (exact, from ``frexp``) the
+grid spacing around ``|v|`` is ``step = 2**(e - mbits)``, so ``round_half_even(|v| / step) *
+step`` (exact: ``step`` is a power of two) is the nearest grid value, ties to even; then
+clamp to the largest value and restore the sign. At the top of a binade the rounded value
+may be ``2**(e+1)``, which is the next binade's first (even) grid value, as it should be.
+Codes for real quantization are the rank of the rounded magnitude on the grid (a binary
+search over the midpoints), ``code = sign << (e + m) | magnitude_index``.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class MiniFloat:
     @property
     def max_value(self) -> float:
         """Largest finite magnitude (e.g. 6 for E2M1)."""
-        return self.magnitudes()[-1]
+        return (2 - 2.0**-self.mbits) * 2.0 ** (2**self.ebits - 1 - self.bias)
 
     def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._cache:
@@ -79,12 +82,17 @@ class MiniFloat:
     def magnitude_codes(self, v: torch.Tensor) -> torch.Tensor:
         """Index of the rounded ``|v|`` on the grid (int64, same shape as ``v``)."""
         _, bounds = self._tables(v.device)
-        return torch.bucketize(v.abs(), bounds)
+        # The rounded magnitude sits exactly on a grid point, far from every midpoint.
+        return torch.bucketize(self.round(v).abs(), bounds)
 
     def round(self, v: torch.Tensor) -> torch.Tensor:
         """Round float32 ``v`` onto the grid (half to even, saturating), keeping the sign."""
-        mags, _ = self._tables(v.device)
-        return torch.copysign(mags[self.magnitude_codes(v)], v)
+        a = v.abs()
+        _, k = torch.frexp(a)  # a = m * 2**k with m in [0.5, 1): floor(log2 a) = k - 1
+        e = (k - 1).clamp_(min=1 - self.bias)
+        step = torch.exp2((e - self.mbits).float())
+        q = torch.round(a / step).mul_(step).clamp_(max=self.max_value)
+        return torch.copysign(q, v)
 
     def encode(self, v: torch.Tensor) -> torch.Tensor:
         """uint8 codes of ``v`` (sign in bit ``e + m``), unpacked one per byte."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .base import QuantFormat
+from .base import QuantFormat, true_div
 from .granularity import Blocked, Granularity
 from .minifloat import MINIFLOATS
 
@@ -51,7 +51,9 @@ class MXFormat(QuantFormat):
         block_sizes: blocks sharing one scale (default ``{-1: 32}``).
     """
 
-    def __init__(self, elem: str = "e4m3", block_sizes: Mapping[int, int] | None = None) -> None:
+    def __init__(
+        self, elem: str = "e4m3", block_sizes: Mapping[int, int | None] | None = None
+    ) -> None:
         if elem not in MX_ELEMENTS:
             raise ValueError(f"elem: expected one of {sorted(MX_ELEMENTS)}, got {elem!r}")
         self.elem = elem
@@ -62,7 +64,7 @@ class MXFormat(QuantFormat):
     def scale_bits(self) -> float:  # noqa: D102
         g = self.granularity
         assert isinstance(g, Blocked)
-        return 8.0 / g.block_numel
+        return 8.0 / g.block_numel if g.block_numel else 0.0
 
     @property
     def amax_granularity(self) -> Granularity | None:  # noqa: D102
@@ -77,7 +79,7 @@ class MXFormat(QuantFormat):
     def exponent(self, v: torch.Tensor) -> torch.Tensor:
         """Shared E8M0 exponent (int32, ``[N, 1]``) of each row of the float32 view ``v``."""
         block_amax = v.abs().amax(dim=-1, keepdim=True)
-        m, k = torch.frexp(block_amax / self.max_value)
+        m, k = torch.frexp(true_div(block_amax, self.max_value))
         e = torch.where(m == 0.5, k - 1, k)
         e = torch.where(block_amax == 0, torch.full_like(e, -127), e)
         return e.clamp_(-127, 127)

@@ -12,6 +12,10 @@ Numerics (DESIGN §2), float32:
 ``global_amax`` is the calibrated per-tensor amax (static, the default) or the input's own
 absolute maximum (``dynamic_global=True``, ModelOpt's ``type="dynamic"``). Where
 ``global_amax <= 2**-24`` the output is 0 (scale_2 treated as 1 so nothing overflows).
+
+Static blocks (``block_sizes["type"] == "static"``, ``static_blocks=True``): ``block_amax``
+is the calibrated per-block amax (shape ``[num_blocks, 1]``) instead of the block's own
+maximum, and ``global_amax`` is the largest of them.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .base import TINY_AMAX, QuantFormat
+from .base import TINY_AMAX, QuantFormat, true_div
 from .granularity import Blocked, Granularity, PerTensor
 from .minifloat import MINIFLOATS
 
@@ -38,6 +42,8 @@ class NVFP4Format(QuantFormat):
     Args:
         block_sizes: blocks sharing one E4M3 scale (default ``{-1: 16}``).
         dynamic_global: compute the global amax from each input instead of calibrating it.
+        static_blocks: calibrated per-block amax (``[num_blocks, 1]``) instead of dynamic
+            block scales; the global amax is their maximum.
     """
 
     name = "nvfp4"
@@ -45,23 +51,28 @@ class NVFP4Format(QuantFormat):
     max_value = 6.0
 
     def __init__(
-        self, block_sizes: Mapping[int, int] | None = None, dynamic_global: bool = False
+        self,
+        block_sizes: Mapping[int, int | None] | None = None,
+        dynamic_global: bool = False,
+        static_blocks: bool = False,
     ) -> None:
-        self.granularity = Blocked(dict(block_sizes or {-1: 16}), dynamic=True)
+        if dynamic_global and static_blocks:
+            raise ValueError("type: dynamic nvfp4 cannot use static (calibrated) block scales")
+        self.granularity = Blocked(dict(block_sizes or {-1: 16}), dynamic=not static_blocks)
         self.dynamic_global = dynamic_global
+        self.static_blocks = static_blocks
 
     @property
     def scale_bits(self) -> float:  # noqa: D102
         g = self.granularity
         assert isinstance(g, Blocked)
-        return 8.0 / g.block_numel
+        return 8.0 / g.block_numel if g.block_numel else 0.0
 
     @property
     def amax_granularity(self) -> Granularity | None:  # noqa: D102
+        if self.static_blocks:
+            return self.granularity
         return None if self.dynamic_global else PerTensor()
-
-    def compute_amax(self, x: torch.Tensor) -> torch.Tensor | None:  # noqa: D102
-        return None if self.dynamic_global else x.abs().amax().float()
 
     def describe(self) -> str:  # noqa: D102
         g = self.granularity
@@ -70,6 +81,8 @@ class NVFP4Format(QuantFormat):
         )
 
     def _view_amax(self, view: torch.Tensor, amax: torch.Tensor | None) -> torch.Tensor | None:
+        if self.static_blocks:
+            return super()._view_amax(view, amax)  # [num_blocks, 1]
         if self.dynamic_global:
             return view.abs().amax().float()
         if amax is None:
@@ -80,10 +93,15 @@ class NVFP4Format(QuantFormat):
             raise ValueError(f"amax: nvfp4 takes one global amax, got shape {tuple(amax.shape)}")
         return amax.reshape(()).float()
 
-    def _scales(self, v: torch.Tensor, global_amax: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _scales(self, v: torch.Tensor, amax_v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.static_blocks:
+            block_amax, global_amax = amax_v, amax_v.max()
+        else:
+            block_amax, global_amax = v.abs().amax(dim=-1, keepdim=True), amax_v
         tiny = global_amax <= TINY_AMAX
-        scale_2 = torch.where(tiny, torch.ones_like(global_amax), global_amax / (6.0 * _FP8_MAX))
-        block_amax = v.abs().amax(dim=-1, keepdim=True)
+        scale_2 = torch.where(
+            tiny, torch.ones_like(global_amax), true_div(global_amax, 6.0 * _FP8_MAX)
+        )
         s = block_amax / (6.0 * scale_2)
         s = torch.where(s == 0, torch.ones_like(s), s)
         s8 = s.clamp_(_SCALE_MIN, _FP8_MAX).to(torch.float8_e4m3fn)
@@ -117,6 +135,6 @@ class NVFP4Format(QuantFormat):
     ) -> tuple[str, tuple[Any, ...]] | None:
         g = self.granularity
         assert isinstance(g, Blocked)
-        if g.block_sizes != {-1: 16} or amax_v is None:
+        if g.block_sizes != {-1: 16} or amax_v is None or self.static_blocks:
             return None
         return "nvfp4", (view, amax_v)

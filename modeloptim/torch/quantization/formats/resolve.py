@@ -53,7 +53,7 @@ class FormatSpec:
 
     num_bits: int | tuple[int, int]
     axis: int | tuple[int, ...] | None = None
-    block_dims: tuple[tuple[int, int], ...] = ()
+    block_dims: tuple[tuple[int, int | None], ...] = ()
     block_dynamic: bool = False
     scale_bits: tuple[int, int] | None = None
     unsigned: bool = False
@@ -148,10 +148,10 @@ def parse_num_bits(num_bits: Any) -> int | tuple[int, int]:
 
 def _parse_block_sizes(
     block_sizes: Mapping[Any, Any] | None,
-) -> tuple[tuple[tuple[int, int], ...], bool, tuple[int, int] | None]:
+) -> tuple[tuple[tuple[int, int | None], ...], bool, tuple[int, int] | None]:
     if not block_sizes:
         return (), False, None
-    dims: list[tuple[int, int]] = []
+    dims: list[tuple[int, int | None]] = []
     for k, v in block_sizes.items():
         if isinstance(k, str) and k not in _BLOCK_STR_KEYS:
             try:
@@ -161,8 +161,10 @@ def _parse_block_sizes(
                     f"block_sizes: unknown key {k!r}; expected int dims or {_BLOCK_STR_KEYS}"
                 ) from None
         if isinstance(k, int) and not isinstance(k, bool):
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"block_sizes: size for dim {k} must be a positive int, got {v!r}")
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+                raise ValueError(
+                    f"block_sizes: size for dim {k} must be a positive int or None, got {v!r}"
+                )
             dims.append((k, v))
     btype = block_sizes.get("type", "static")
     if btype not in ("static", "dynamic"):
@@ -230,7 +232,7 @@ def resolve_format(cfg: Any) -> QuantFormat:
     return FORMAT_RULES.build(spec)
 
 
-def _block_dict(spec: FormatSpec) -> dict[int, int] | None:
+def _block_dict(spec: FormatSpec) -> dict[int, int | None] | None:
     return dict(spec.block_dims) or None
 
 
@@ -258,8 +260,15 @@ def _build_fp8(spec: FormatSpec) -> QuantFormat:
 
 @FORMAT_RULES.register((2, 1), (4, 3))
 def _build_nvfp4(spec: FormatSpec) -> QuantFormat:
-    _require_dynamic_blocks(spec, "nvfp4")
-    return NVFP4Format(_block_dict(spec), dynamic_global=spec.dynamic)
+    if not spec.block_dims:
+        raise ValueError(
+            f"block_sizes: nvfp4 needs block scales, e.g. {NAMED_FORMATS['nvfp4']['block_sizes']!r}"
+        )
+    if spec.axis is not None:
+        raise ValueError("axis: nvfp4 is block-scaled; axis must be None")
+    return NVFP4Format(
+        _block_dict(spec), dynamic_global=spec.dynamic, static_blocks=not spec.block_dynamic
+    )
 
 
 def _mx_builder(elem: str, name: str) -> Builder:

@@ -45,6 +45,11 @@ def _fmt_values(t: torch.Tensor) -> str:
 class TensorQuantizer(nn.Module):
     """Quantize a tensor with a configurable format, amax and calibrator.
 
+    ``amax`` shapes: per tensor ``[]``; per channel the input's rank with the ``axis`` dims
+    kept and 1 elsewhere (weight ``[out, in]``, ``axis=0`` -> ``[out, 1]``); static blocks
+    ``[num_blocks, 1]``; NVFP4 the global (per-tensor) amax ``[]``; MX and dynamic formats
+    none.
+
     Args:
         quant_attribute_cfg: attributes (config object or dict); defaults to INT8 per tensor.
         amax: optional initial amax (float or tensor in the format's amax shape).
@@ -208,6 +213,16 @@ class TensorQuantizer(nn.Module):
         if attr == "_amax" and bool((t < 0).any()):
             raise ValueError(f"amax: must be non-negative, got min {t.min().item():.4g}")
         old = self._buffers.get(attr, self._parameters.get(attr))
+        if (
+            old is not None
+            and old.shape == t.shape
+            and isinstance(old, nn.Parameter) == learnable
+            and old is not value
+        ):
+            # Same slot: copy in place so optimizers, hooks and devices keep their tensor.
+            with torch.no_grad():
+                old.copy_(t)
+            return
         self._buffers.pop(attr, None)
         self._parameters.pop(attr, None)
         self.__dict__.pop(attr, None)
@@ -331,9 +346,19 @@ class TensorQuantizer(nn.Module):
         if self._disabled:
             return x
         if self._pre_quant_scale is not None:
-            x = x * self._pre_quant_scale.to(device=x.device, dtype=x.dtype)
+            pqs = self._pre_quant_scale.to(device=x.device, dtype=x.dtype)
+            try:
+                x = x * pqs
+            except RuntimeError:
+                raise ValueError(
+                    f"{self._label()}: pre_quant_scale of shape {tuple(pqs.shape)} does not "
+                    f"broadcast to the input of shape {tuple(x.shape)}"
+                ) from None
         if self._if_calib and self._calibrator is not None:
-            self._calibrator.collect(x)
+            try:
+                self._calibrator.collect(x)
+            except ValueError as e:
+                raise ValueError(f"{self._label()}: {e}") from e
         if not self._if_quant:
             return x
         fmt = self._format

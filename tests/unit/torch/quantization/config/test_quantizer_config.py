@@ -76,8 +76,12 @@ def test_modelopt_attributes_resolve(attrs, cls, name):
         ({"num_bits": "int3x"}, "num_bits"),
         ({"num_bits": (2, 1)}, "num_bits"),  # FP4 needs block scales
         (
-            {"num_bits": (2, 1), "block_sizes": {-1: 16, "type": "static", "scale_bits": (4, 3)}},
-            "block_sizes",
+            {
+                "num_bits": (2, 1),
+                "type": "dynamic",
+                "block_sizes": {-1: 16, "type": "static", "scale_bits": (4, 3)},
+            },
+            "type: dynamic nvfp4",
         ),
         ({"num_bits": (4, 3), "axis": 0, "block_sizes": {-1: 128}}, "axis and block_sizes"),
         ({"num_bits": 4, "block_sizes": {-1: 0}}, "block_sizes"),
@@ -89,6 +93,8 @@ def test_modelopt_attributes_resolve(attrs, cls, name):
         ({"calibrator": {"method": "histogram", "bins": 3}}, "calibrator"),
         ({"num_bits": (4, 3), "unsigned": True}, "unsigned"),
         ({"pre_quant_scale": 2.0}, "pre_quant_scale"),
+        ({"rotate": True}, "rotate"),
+        ({"bias": {"type": "static"}}, "bias"),
     ],
 )
 def test_bad_configs_name_the_field(attrs, needle):
@@ -101,6 +107,8 @@ def test_calibrator_dict_and_informational_fields():
         calibrator={"method": "histogram", "num_bins": 512},
         trt_high_precision_dtype="Half",
         pre_quant_scale=None,
+        rotate=False,
+        bias=None,
     )
     assert cfg.calibrator_method == "histogram"
     assert cfg.calibrator_options == {"num_bins": 512}

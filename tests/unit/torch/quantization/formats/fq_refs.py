@@ -15,6 +15,13 @@ import torch
 TINY = 2.0**-24
 
 
+def div(a, b):
+    """IEEE float32 division (``float / tensor`` in torch is reciprocal-multiply)."""
+    a = torch.as_tensor(a, dtype=torch.float32)
+    b = torch.as_tensor(b, dtype=torch.float32)
+    return torch.div(a, b)
+
+
 def make_inputs(shape, dtype, seed=0, kind="mixed"):
     """Random tensor with outliers, exact zeros and a wide per-row dynamic range."""
     g = torch.Generator().manual_seed(seed)
@@ -47,7 +54,7 @@ def ref_int(x32, amax, bits, unsigned=False, narrow=True):
     lo, hi, bound = int_bounds(bits, unsigned, narrow)
     amax = amax.float()
     tiny = amax <= TINY
-    scale = torch.where(tiny, torch.ones_like(amax), bound / amax)
+    scale = torch.where(tiny, torch.ones_like(amax), div(bound, amax))
     out = torch.clamp(torch.round(x32 * scale), lo, hi) / scale
     return torch.where(tiny, torch.zeros_like(out), out)
 
@@ -68,9 +75,9 @@ def ref_fp8(x32, amax, ebits):
     dt, fmax = FP8[ebits]
     amax = amax.float()
     tiny = amax <= TINY
-    scale = torch.where(tiny, torch.ones_like(amax), fmax / amax)
+    scale = torch.where(tiny, torch.ones_like(amax), div(fmax, amax))
     y = torch.clamp(x32 * scale, -fmax, fmax).to(dt).float()
-    out = y * (1.0 / scale)
+    out = y * div(1.0, scale)
     return torch.where(tiny, torch.zeros_like(out), out)
 
 
@@ -153,7 +160,7 @@ def ref_nvfp4_block(xb, scale_2):
 def ref_nvfp4(x32, global_amax, block=16):
     if global_amax.item() <= TINY:
         return torch.zeros_like(x32)
-    scale_2 = global_amax.float() / (6.0 * 448.0)
+    scale_2 = div(global_amax.float(), 6.0 * 448.0)
     return blockwise(x32, {-1: block}, lambda b: ref_nvfp4_block(b, scale_2))
 
 

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from fq_refs import DTYPES, SHAPES, blockwise, make_inputs, ref_fp8, ref_fp8_f64
@@ -59,3 +60,25 @@ def test_per_channel_and_2d_blocks():
 def test_bad_exponent_bits():
     with pytest.raises(ValueError, match="num_bits"):
         FP8Format(3)
+
+
+def test_fp8_scale_division_numpy_reference():
+    amax = np.array([[4.9019341468811035], [6.324062824249268], [1.689589500427246]], np.float32)
+    x = np.random.default_rng(1).normal(size=(3, 2048)).astype(np.float32) * amax
+    scale = np.float32(448) / amax
+    y = torch.from_numpy(np.clip(x * scale, -448, 448)).to(torch.float8_e4m3fn).float().numpy()
+    ref = y * (np.float32(1) / scale)
+    out = FP8Format(4, PerChannel(0)).fake_quant(torch.from_numpy(x), torch.from_numpy(amax))
+    assert np.array_equal(out.numpy(), ref)
+
+
+def test_per_token_dynamic_block_none_spans_the_row():
+    # ModelOpt's FP8_PER_CHANNEL_PER_TOKEN_CFG input: {"type": "dynamic", "block_sizes": {-1: None}}
+    from modeloptim.torch.quantization.formats import resolve_format
+
+    fmt = resolve_format({"num_bits": (4, 3), "type": "dynamic", "block_sizes": {-1: None}})
+    x = make_inputs((3, 5, 70), torch.bfloat16)
+    ref = ref_fp8(x.float(), x.float().abs().amax(-1, keepdim=True), 4).to(torch.bfloat16)
+    assert torch.equal(fmt.fake_quant(x), ref)
+    assert fmt.is_dynamic
+    assert fmt.granularity.describe() == "per-token dynamic"

@@ -8,7 +8,7 @@ from modeloptim.torch.quantization.nn import TensorQuantizer
 
 
 def _ref_int8(x, amax):
-    scale = 127.0 / amax
+    scale = torch.div(torch.tensor(127.0), amax)  # IEEE division, as DESIGN pins it
     return torch.clamp(torch.round(x * scale), -127, 127) / scale
 
 
@@ -79,6 +79,9 @@ def test_pre_quant_scale_and_real_quant():
     assert codes.codes.dtype == torch.int8
     assert torch.equal(codes.dequantize(), _ref_int8(xs, torch.tensor(2.0)))
     q.fake_quant = True
+    q.pre_quant_scale = torch.ones(5)
+    with pytest.raises(ValueError, match=r"pre_quant_scale of shape \(5,\) does not broadcast"):
+        q(x)
 
 
 def test_dynamic_formats_need_no_amax():
@@ -156,9 +159,78 @@ def test_reset_and_export_amax():
         TensorQuantizer().load_calib_amax()
 
 
-def test_calib_rejects_nan():
+def test_calib_rejects_nan_naming_the_quantizer():
+    q = TensorQuantizer()
+    q.name = "fc1.input_quantizer"
+    q.enable_calib()
+    q.disable_quant()
+    with pytest.raises(ValueError, match=r"'fc1\.input_quantizer'.*NaN or Inf"):
+        q(torch.tensor([1.0, float("nan")]))
+    assert q.amax is None
+
+
+def test_forward_does_not_modify_input():
+    for attrs in (
+        {"num_bits": 8},
+        {"num_bits": "nvfp4"},
+        {"num_bits": "mxfp4"},
+        {"num_bits": (4, 3)},
+        {"num_bits": 4, "block_sizes": {-1: 16}},
+    ):
+        x = torch.randn(4, 64)
+        x0 = x.clone()
+        q = TensorQuantizer(attrs, amax=None)
+        q.enable_calib()
+        q(x)
+        assert torch.equal(x, x0), attrs
+
+
+def test_json_style_block_sizes_keys_become_ints():
+    q = TensorQuantizer({"num_bits": 4, "block_sizes": {"-1": 32, "type": "dynamic"}})
+    assert q.block_sizes == {-1: 32, "type": "dynamic"}
+
+
+def test_setting_amax_of_same_shape_keeps_the_tensor_object():
+    q = TensorQuantizer({"num_bits": 8, "learn_amax": True}, amax=1.0)
+    param = q.amax
+    opt = torch.optim.SGD(q.parameters(), lr=0.1)
+    q.amax = 2.0
+    assert q.amax is param
+    assert float(param.detach()) == 2.0
+    assert opt.param_groups[0]["params"][0] is param
+    q.amax = torch.tensor([1.0, 2.0])  # new shape: a new tensor
+    assert q.amax.shape == (2,)
+    assert isinstance(q.amax, nn.Parameter)
+
+
+def test_empty_batches_pass_through():
+    for attrs in ({"num_bits": 8, "type": "dynamic"}, {"num_bits": "mxfp4"}, {"num_bits": 8}):
+        q = TensorQuantizer(attrs, amax=None if attrs.get("num_bits") != 8 else 1.0)
+        q.enable_calib()
+        out = q(torch.empty(0, 32))
+        assert out.shape == (0, 32)
     q = TensorQuantizer()
     q.enable_calib()
     q.disable_quant()
-    with pytest.raises(ValueError, match="NaN or Inf"):
-        q(torch.tensor([1.0, float("nan")]))
+    q(torch.empty(0, 8))
+    q(torch.ones(2, 8) * 3)
+    q.load_calib_amax()
+    assert float(q.amax) == 3.0
+
+
+def test_static_nvfp4_calibrates_per_block_amax():
+    q = TensorQuantizer(
+        {"num_bits": (2, 1), "block_sizes": {-1: 16, "type": "static", "scale_bits": (4, 3)}}
+    )
+    w = torch.randn(8, 64)
+    q.enable_calib()
+    q.disable_quant()
+    q(w)
+    q.load_calib_amax()
+    q.disable_calib()
+    q.enable_quant()
+    assert torch.equal(q.amax, w.reshape(-1, 16).abs().amax(-1, keepdim=True))
+    # with the exact block amax, static equals dynamic blocks with global amax = max
+    dyn = TensorQuantizer({"num_bits": "nvfp4"}, amax=w.abs().amax())
+    assert torch.equal(q(w), dyn(w))
+    assert "nvfp4 block16 amax=" in repr(q)
