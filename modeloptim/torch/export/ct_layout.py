@@ -37,6 +37,7 @@ from modeloptim.torch.export.layers import LayerExport, format_kind
 from modeloptim.torch.export.packers import UnsupportedFormatError
 from modeloptim.torch.quantization.nn import TensorQuantizer
 from modeloptim.torch.quantization.qtensor import QTensor, pack_nibbles
+from modeloptim.torch.quantization.qtensor.base import true_div
 
 __all__ = ["CT_SCHEMES", "ct_kv_tensors", "ct_layer_tensors", "ct_quant_config", "layer_scheme"]
 
@@ -129,7 +130,7 @@ def _input_tensors(q: TensorQuantizer | None) -> dict[str, torch.Tensor]:
     kind = format_kind(q.format)
     amax = q.amax.float().reshape(1)
     if kind == "nvfp4":
-        return {"input_global_scale": (6.0 * _FP8_MAX) / amax}
+        return {"input_global_scale": true_div(6.0 * _FP8_MAX, amax)}
     if kind in ("fp8", "int8"):
         return {"input_scale": amax / q.maxbound}
     return {}
@@ -140,21 +141,21 @@ def ct_layer_tensors(spec: LayerExport, qt: QTensor) -> dict[str, torch.Tensor]:
     name = qt.format_name
     out: dict[str, torch.Tensor]
     if name in ("fp8_e4m3", "int8"):
-        ws = (1.0 / qt.scales["scale"]).float()
+        ws = true_div(1.0, qt.scales["scale"]).float()
         ws = ws.reshape(1) if ws.numel() == 1 else ws.reshape(-1, 1)
         out = {"weight": qt.data, "weight_scale": ws}
     elif name == "int4_block":
         codes = qt.codes()  # type: ignore[attr-defined]
         out = {
             "weight_packed": _pack_int32_4bit(codes),
-            "weight_scale": (1.0 / qt.scales["scale"]).float().contiguous(),
+            "weight_scale": true_div(1.0, qt.scales["scale"]).float().contiguous(),
             "weight_shape": torch.tensor(list(qt.shape), dtype=torch.int64),
         }
     elif name == "nvfp4":
         out = {
             "weight_packed": qt.data,
             "weight_scale": qt.scales["block_scale"].contiguous(),
-            "weight_global_scale": (1.0 / qt.scales["scale_2"].float()).reshape(1),
+            "weight_global_scale": true_div(1.0, qt.scales["scale_2"].float()).reshape(1),
         }
     else:
         raise UnsupportedFormatError(f"layer {spec.name!r}: {name} has no compressed-tensors form")

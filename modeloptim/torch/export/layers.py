@@ -49,6 +49,8 @@ def format_kind(fmt: QuantFormat) -> str:
     if isinstance(fmt, MXFormat):
         return {"e4m3": "mxfp8", "e2m1": "mxfp4"}.get(fmt.elem, f"other:{fmt.describe()}")
     if isinstance(fmt, FP8Format) and fmt.exponent_bits == 4:
+        if isinstance(g, Blocked) and g.block_numel is None:  # {-1: None}: per token/row
+            return "fp8_dyn" if g.dynamic else f"other:{fmt.describe()}"
         if isinstance(g, Blocked):
             return "fp8_block"
         if g.dynamic:
@@ -138,7 +140,7 @@ class LayerExport:
 def _group_size(fmt: QuantFormat) -> int | None:
     g = fmt.granularity
     if isinstance(g, Blocked) and list(g.block_sizes) == [-1]:
-        return int(g.block_sizes[-1])
+        return g.block_sizes[-1]
     return None
 
 

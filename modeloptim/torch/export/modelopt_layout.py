@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from modeloptim.torch.quantization.qtensor import QTENSOR_TYPES, QTensor
+from modeloptim.torch.quantization.qtensor.base import true_div
 
 __all__ = ["WEIGHT_CODECS", "WeightCodec", "decode_weight", "encode_weight"]
 
@@ -69,7 +70,7 @@ def _build(extra: dict[str, Any], data: torch.Tensor, scales: dict[str, torch.Te
 
 def _inverse_encode(qt: QTensor) -> dict[str, torch.Tensor]:
     scale = qt.scales["scale"]
-    ws = 1.0 / scale
+    ws = true_div(1.0, scale)
     if ws.numel() == 1:
         ws = ws.reshape(())
     elif ws.ndim == 2 and ws.shape[1] == 1 and qt.meta.get("block") is None:
@@ -79,7 +80,9 @@ def _inverse_encode(qt: QTensor) -> dict[str, torch.Tensor]:
 
 def _inverse_decode(t: dict[str, torch.Tensor], extra: dict[str, Any]) -> QTensor:
     shape = tuple(extra["scale_shapes"]["scale"])
-    return _build(extra, t["weight"], {"scale": (1.0 / t["weight_scale"].float()).reshape(shape)})
+    return _build(
+        extra, t["weight"], {"scale": true_div(1.0, t["weight_scale"].float()).reshape(shape)}
+    )
 
 
 for _name in ("int8", "int4_block", "fp8_e4m3"):

@@ -77,10 +77,8 @@ WEIGHT_PACKERS = PackerRegistry()
 
 def _last_dim_block(fmt: QuantFormat) -> int | None:
     g = fmt.granularity
-    if isinstance(g, Blocked):
-        if list(g.block_sizes) != [-1]:
-            return None
-        return g.block_sizes[-1]
+    if isinstance(g, Blocked) and list(g.block_sizes) == [-1]:
+        return g.block_sizes[-1]  # None: one block per row (per-token), not packable
     return None
 
 
@@ -111,10 +109,12 @@ def _pack_fp8(fmt: Any, w: torch.Tensor, amax: torch.Tensor | None) -> QTensor:
     g = fmt.granularity
     if isinstance(g, Blocked):
         dims = g.block_sizes
-        if list(dims) == [-1]:
-            block: int | tuple[int, int] = dims[-1]
-        elif set(dims) == {-2, -1} and w.ndim == 2:
-            block = (dims[-2], dims[-1])
+        rows, cols = dims.get(-2), dims.get(-1)
+        block: int | tuple[int, int]
+        if list(dims) == [-1] and cols is not None:
+            block = cols
+        elif set(dims) == {-2, -1} and w.ndim == 2 and rows is not None and cols is not None:
+            block = (rows, cols)
         else:
             raise _unsupported(fmt, "blocks must be along the last dim or 2-D tiles")
         return FP8QTensor.quantize(w, None if g.dynamic else amax, block_size=block)

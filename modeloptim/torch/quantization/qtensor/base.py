@@ -28,6 +28,7 @@ __all__ = [
     "QTensorRegistry",
     "check_float",
     "last_dim_blocks",
+    "true_div",
 ]
 
 #: amax at or below this quantizes to zero (DESIGN §2).
@@ -36,6 +37,28 @@ TINY_AMAX = 2.0**-24
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 T = TypeVar("T", bound="type[QTensor]")
+
+
+def true_div(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
+    """Correctly rounded float32 ``a / b``.
+
+    ``float / tensor`` is computed by PyTorch as ``reciprocal(tensor) * float`` (and CUDA
+    divides by Python scalars through a reciprocal), which can be one ulp off; both operands
+    are made tensors so that ``torch.div`` performs a true IEEE division.
+    """
+    ref = a if isinstance(a, torch.Tensor) else b
+    assert isinstance(ref, torch.Tensor), "true_div needs at least one tensor"
+    ta = (
+        a
+        if isinstance(a, torch.Tensor)
+        else torch.tensor(a, dtype=torch.float32, device=ref.device)
+    )
+    tb = (
+        b
+        if isinstance(b, torch.Tensor)
+        else torch.tensor(b, dtype=torch.float32, device=ref.device)
+    )
+    return torch.div(ta, tb)
 
 
 def check_float(x: Any, name: str = "x") -> torch.Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import QTENSOR_TYPES, TINY_AMAX, QTensor, check_float
+from .base import QTENSOR_TYPES, TINY_AMAX, QTensor, check_float, true_div
 
 __all__ = ["FP8_MAX", "FP8QTensor"]
 
@@ -27,7 +27,7 @@ def _fp8_scale(amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if bool((amax < 0).any()) or bool(torch.isnan(amax).any()):
         raise ValueError("amax: expected non-negative, non-NaN values")
     tiny = amax <= TINY_AMAX
-    return torch.where(tiny, torch.ones_like(amax), FP8_MAX / amax), tiny
+    return torch.where(tiny, torch.ones_like(amax), true_div(FP8_MAX, amax)), tiny
 
 
 def _tiles(x: torch.Tensor, br: int, bc: int) -> torch.Tensor:
@@ -104,14 +104,14 @@ class FP8QTensor(QTensor):
         scale = self.scales["scale"]
         block = self.meta.get("block")
         if block is None:
-            return self.data.float() * (1.0 / scale)
+            return self.data.float() * true_div(1.0, scale)
         br, bc = block
         x2 = self.data.float().reshape(-1, self.shape[-1])
         t = _tiles(x2, br, bc)
-        out = t * (1.0 / scale.reshape(t.shape[0], 1, t.shape[2], 1))
+        out = t * true_div(1.0, scale.reshape(t.shape[0], 1, t.shape[2], 1))
         out = out.reshape(t.shape[0] * br, t.shape[2] * bc)[: x2.shape[0], : x2.shape[1]]
         return out.reshape(self.shape)
 
     def weight_scale(self) -> torch.Tensor:
         """Multiplicative dequantization scale ``amax / 448`` (serving-engine convention)."""
-        return 1.0 / self.scales["scale"]
+        return true_div(1.0, self.scales["scale"])

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .base import QTENSOR_TYPES, TINY_AMAX, QTensor, check_float, last_dim_blocks
+from .base import QTENSOR_TYPES, TINY_AMAX, QTensor, check_float, last_dim_blocks, true_div
 from .packing import pack_nibbles, unpack_nibbles
 
 __all__ = ["INT4BlockQTensor", "INT8QTensor", "int_scale"]
@@ -24,7 +24,7 @@ def int_scale(amax: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Ten
     if bool((amax < 0).any()) or bool(torch.isnan(amax).any()):
         raise ValueError("amax: expected non-negative, non-NaN values")
     tiny = amax <= TINY_AMAX
-    return torch.where(tiny, torch.ones_like(amax), bound / amax), tiny
+    return torch.where(tiny, torch.ones_like(amax), true_div(bound, amax)), tiny
 
 
 def _check_amax(amax: Any, name: str = "amax") -> torch.Tensor:
@@ -71,7 +71,7 @@ class INT8QTensor(QTensor):
 
     def weight_scale(self) -> torch.Tensor:
         """Multiplicative dequantization scale ``amax / 127`` (serving-engine convention)."""
-        return 1.0 / self.scales["scale"]
+        return true_div(1.0, self.scales["scale"])
 
 
 @QTENSOR_TYPES.register("int4_block")
@@ -130,4 +130,4 @@ class INT4BlockQTensor(QTensor):
 
     def weight_scale(self) -> torch.Tensor:
         """Multiplicative per-block scale ``block_amax / 7``, ``[..., num_blocks]``."""
-        return 1.0 / self.scales["scale"]
+        return true_div(1.0, self.scales["scale"])

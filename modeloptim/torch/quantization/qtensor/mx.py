@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import QTENSOR_TYPES, QTensor, check_float, last_dim_blocks
+from .base import QTENSOR_TYPES, QTensor, check_float, last_dim_blocks, true_div
 from .e2m1 import E2M1_MAX, decode_e2m1, encode_e2m1
 from .packing import pack_nibbles, unpack_nibbles
 
@@ -28,7 +28,7 @@ _E4M3_MAX = 448.0
 
 def shared_exponent(block_amax: torch.Tensor, elem_max: float) -> torch.Tensor:
     """Smallest ``e`` (int32) with ``block_amax / elem_max <= 2**e``, clamped to [-127, 127]."""
-    r = block_amax.float() / elem_max
+    r = true_div(block_amax.float(), elem_max)
     e = torch.ceil(torch.log2(r.clamp_min(2.0**-149))).clamp_(-127, 127).to(torch.int32)
     # log2 is not correctly rounded: step down while 2**(e-1) still covers r, up while 2**e
     # does not.

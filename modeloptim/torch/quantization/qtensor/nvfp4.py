@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import QTENSOR_TYPES, TINY_AMAX, QTensor, check_float, last_dim_blocks
+from .base import QTENSOR_TYPES, TINY_AMAX, QTensor, check_float, last_dim_blocks, true_div
 from .e2m1 import decode_e2m1, encode_e2m1
 from .packing import pack_nibbles, unpack_nibbles
 
@@ -56,7 +56,7 @@ class NVFP4QTensor(QTensor):
         if bool(g < 0) or bool(torch.isnan(g)):
             raise ValueError("global_amax: expected a non-negative, non-NaN value")
         tiny = bool(g <= TINY_AMAX)
-        scale_2 = torch.ones_like(g) if tiny else g / (_E2M1_MAX * _FP8_MAX)
+        scale_2 = torch.ones_like(g) if tiny else true_div(g, _E2M1_MAX * _FP8_MAX)
         s = xb.abs().amax(dim=-1, keepdim=True) / (_E2M1_MAX * scale_2)
         s = torch.where(s == 0, torch.ones_like(s), s).clamp_(_SCALE_MIN, _FP8_MAX)
         s8 = s.to(torch.float8_e4m3fn)

@@ -134,7 +134,7 @@ def test_transformer_runs_in_onnxruntime(cfg):
 
 def test_int4_blocked_weights_opset21(tmp_path):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 8))
+    model = nn.Sequential(nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
     quantize(model, copy.deepcopy(presets.INT4_BLOCKWISE_WEIGHT_ONLY_CFG), None)
     x = torch.randn(3, 256)
     proto = export_onnx(model, (x,))
@@ -159,7 +159,7 @@ def test_int4_blocked_weights_opset21(tmp_path):
 )
 def test_nvfp4_mx_custom_domain(tmp_path, cfg, op):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
     x = torch.randn(3, 64)
     quantize(model, copy.deepcopy(cfg), lambda m: m(x))
     with torch.no_grad():

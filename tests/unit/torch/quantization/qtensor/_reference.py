@@ -1,4 +1,8 @@
-"""Independent float32 fake-quant references written from DESIGN §2 (op order included)."""
+"""Independent float32 fake-quant references written from DESIGN §2 (op order included).
+
+Divisions are correctly rounded (tensor / tensor): PyTorch computes ``float / tensor`` as a
+reciprocal times the float, which can be one ulp off.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ def int_fq(x, amax, bound):
     x = x.float()
     amax = amax.float()
     tiny = amax <= 2**-24
-    scale = torch.where(tiny, torch.ones_like(amax), bound / amax)
-    out = torch.round(x * scale).clamp(-bound, bound) / scale
+    scale = torch.where(tiny, torch.ones_like(amax), torch.div(torch.tensor(bound), amax))
+    out = torch.div(torch.round(x * scale).clamp(-bound, bound), scale)
     return torch.where(tiny, torch.zeros_like(out), out)
 
 
@@ -31,9 +35,9 @@ def fp8_fq(x, amax):
     x = x.float()
     amax = amax.float()
     tiny = amax <= 2**-24
-    scale = torch.where(tiny, torch.ones_like(amax), 448.0 / amax)
+    scale = torch.where(tiny, torch.ones_like(amax), torch.div(torch.tensor(448.0), amax))
     y = (x * scale).clamp(-448, 448).to(torch.float8_e4m3fn).float()
-    out = y * (1.0 / scale)
+    out = y * torch.div(torch.tensor(1.0), scale)
     return torch.where(tiny, torch.zeros_like(out), out)
 
 
@@ -53,7 +57,7 @@ def e2m1_round(y):
 
 def nvfp4_fq(x, gamax):
     xb, n = blocks(x, 16)
-    scale_2 = gamax.float() / (6.0 * 448.0)
+    scale_2 = torch.div(gamax.float(), torch.tensor(6.0 * 448.0))
     s = xb.abs().amax(-1, keepdim=True) / (6.0 * scale_2)
     s = torch.where(s == 0, torch.ones_like(s), s).clamp(2**-9, 448)
     d = s.to(torch.float8_e4m3fn).float() * scale_2
@@ -63,7 +67,9 @@ def nvfp4_fq(x, gamax):
 def mx_fq(x, elem_max, cast):
     xb, n = blocks(x, 32)
     bamax = xb.abs().amax(-1, keepdim=True)
-    r = (bamax / elem_max).double()  # float32 quotient, as DESIGN/core compute it
+    r = torch.div(
+        bamax, torch.tensor(float(elem_max))
+    ).double()  # float32 quotient, as DESIGN/core compute it
     ks = torch.arange(-127, 128, dtype=torch.float64)
     first = torch.where((2.0**ks) >= r, ks, torch.full_like(ks, 1e9)).amin(-1, keepdim=True)
     e = torch.where(bamax == 0, torch.full_like(first, -127.0), first.clamp(max=127))
