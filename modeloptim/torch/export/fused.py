@@ -67,12 +67,18 @@ def find_shared_input_groups(model: nn.Module, run: Callable[[nn.Module], Any]) 
     for name, module in model.named_modules():
         if _is_candidate(module):
             handles.append(module.register_forward_pre_hook(hook(name)))
+    # Quantization does not change which tensor a layer reads: skip its cost in this pass.
+    quantizers = [m for m in model.modules() if isinstance(m, TensorQuantizer) and m.is_enabled]
+    for q in quantizers:
+        q.disable()
     try:
         with torch.no_grad():
             run(model)
     finally:
         for h in handles:
             h.remove()
+        for q in quantizers:
+            q.enable()
         keep.clear()
     # a layer called on several tensors (shared weights) joins the first group only
     seen: set[str] = set()
