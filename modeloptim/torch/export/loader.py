@@ -58,19 +58,27 @@ def _intkeys(obj: Any) -> Any:
 
 
 def _restore_quantizers(model: nn.Module, desc: dict[str, Any]) -> None:
-    from modeloptim.torch.quantization.config.quantize import QuantizeConfig
-    from modeloptim.torch.quantization.conversion import replace_quant_module, set_quantizer_by_cfg
+    from modeloptim.torch.quantization.conversion import (
+        replace_quant_module,
+        set_quantizer_attribute,
+    )
 
     replace_quant_module(model)
-    entries = [
-        {"quantizer_name": name, "cfg": _intkeys(d["cfg"]), "enable": True}
-        for name, d in desc.items()
-    ]
-    cfg = QuantizeConfig.parse({"quant_cfg": entries, "algorithm": None})
-    set_quantizer_by_cfg(model, cfg.quant_cfg, warn_unmatched=False)
+    by_cfg: dict[str, set[str]] = {}
     for name, d in desc.items():
-        for q, on in zip(leaf_quantizers(model.get_submodule(name)), d["enable"], strict=True):
-            if not on:
+        by_cfg.setdefault(json.dumps(d["cfg"], sort_keys=True), set()).add(name)
+    for cfg_json, names in by_cfg.items():  # one pass per distinct config, not per quantizer
+        hits = set_quantizer_attribute(model, names.__contains__, _intkeys(json.loads(cfg_json)))
+        if hits != len(names):
+            raise ValueError(
+                f"path: {len(names)} quantizers in {QUANTIZERS_FILE} but {hits} in the model"
+            )
+    for name, d in desc.items():
+        leaves = leaf_quantizers(model.get_submodule(name))
+        for q, on in zip(leaves, d["enable"], strict=True):
+            if on:
+                q.enable()
+            else:
                 q.disable()
 
 
