@@ -62,9 +62,40 @@ from modeloptim.torch.quantization.nn import SequentialQuantizer
 from modeloptim.torch.quantization.qtensor import QTensor
 from modeloptim.utils.io import atomic_dir
 
-__all__ = ["LAYOUTS", "QUANTIZERS_FILE", "ExportLayout", "ExportReport", "export_hf_checkpoint"]
+__all__ = [
+    "EXACT_FILE",
+    "LAYOUTS",
+    "QUANTIZERS_FILE",
+    "ExportLayout",
+    "ExportReport",
+    "export_hf_checkpoint",
+]
 
 QUANTIZERS_FILE = "modeloptim_quantizers.json"
+#: exact float32 quantizer values for our loader (engines read the safetensors' scales, which
+#: are rounded inversions of these): INT/FP8 weight multipliers and activation/KV amaxes.
+EXACT_FILE = "modeloptim_scales.pth"
+
+
+def _exact_values(
+    layers: list[LayerExport], packed: dict[str, QTensor], kv: list[tuple[str, Any, Any]]
+) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for spec in layers:
+        qt = packed[spec.name]
+        if "scale" in qt.scales and qt.scales["scale"].is_floating_point():
+            out[f"{spec.name}.weight_multiplier"] = qt.scales["scale"].detach().cpu()
+        if len(spec.weight_stages) > 1 and spec.weight_stages[1].amax is not None:
+            out[f"{spec.name}.weight_stage2_amax"] = spec.weight_stages[1].amax.detach().cpu()
+        if spec.input_quantizer is not None and spec.input_quantizer.amax is not None:
+            out[f"{spec.name}.input_amax"] = spec.input_quantizer.amax.detach().cpu()
+    for name, k, v in kv:
+        for key, q in (("k_amax", k), ("v_amax", v)):
+            if q.amax is not None:
+                out[f"{name}.{key}"] = q.amax.detach().cpu()
+    return out
+
+
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -357,7 +388,8 @@ def export_hf_checkpoint(
         for fname, obj in result.extra_files.items():
             write_json(tmp / fname, obj)
         write_json(tmp / QUANTIZERS_FILE, quantizers)
-        files += ["config.json", *result.extra_files, QUANTIZERS_FILE]
+        torch.save(_exact_values(layers, packed, kv), tmp / EXACT_FILE)
+        files += ["config.json", *result.extra_files, QUANTIZERS_FILE, EXACT_FILE]
         files += copy_side_files(model, tmp, tokenizer)
     n_q = sum(p.shape.numel() for p in packed.values())
     q_bytes = sum(p.nbytes for p in packed.values())

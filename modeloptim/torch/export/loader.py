@@ -5,8 +5,10 @@ layers get their quantizers back from ``modeloptim_quantizers.json``, and each q
 layer receives its packed weight as a :class:`~modeloptim.torch.quantization.compress.
 CompressedWeight` decoded from the checkpoint tensors (the weight quantizer stage it encodes
 is disabled). Activation and KV amaxes come from ``input_scale`` / ``k_scale`` / ``v_scale``
-(``amax = scale * maxbound``), smoothing factors from ``pre_quant_scale``. The result computes
-what the exported fake-quantized model computed (see the round-trip tests for tolerances).
+(``amax = scale * maxbound``), smoothing factors from ``pre_quant_scale``. Those checkpoint
+scales are rounded inversions of our float32 values, and deep W8A8 models amplify one-ulp
+differences (an FP8 activation code flips); so the export also writes ``modeloptim_scales.pth``
+with the exact values, which this loader prefers. With it the reload is bit-exact.
 
 Only the ModelOpt layout is read here; compressed-tensors checkpoints are read by the
 ``compressed-tensors`` package (e.g. through ``transformers``).
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modeloptim.torch.export.hf import QUANTIZERS_FILE
+from modeloptim.torch.export.hf import EXACT_FILE, QUANTIZERS_FILE
 from modeloptim.torch.export.modelopt_layout import decode_weight
 from modeloptim.torch.export.packers import leaf_quantizers
 from modeloptim.torch.quantization.compress import compress_layer
@@ -128,6 +130,12 @@ def load_hf_checkpoint(
     model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     _restore_quantizers(model, desc["quantizers"])
     tensors = load_safetensors_folder(folder)
+    exact_file = folder / EXACT_FILE
+    exact: dict[str, torch.Tensor] = (
+        torch.load(exact_file, map_location="cpu", weights_only=True)
+        if exact_file.is_file()
+        else {}
+    )
     used: set[str] = set()
     for name, extra in desc["layers"].items():
         module = model.get_submodule(name)
@@ -141,12 +149,21 @@ def load_hf_checkpoint(
         ]
         if not stages:
             raise ValueError(f"path: layer {name!r} is packed but its weight quantizer is off")
-        if "weight_scale_2" in local and len(stages) > 1:
+        if f"{name}.weight_stage2_amax" in exact and len(stages) > 1:
+            stages[1].amax = exact[f"{name}.weight_stage2_amax"]
+        elif "weight_scale_2" in local and len(stages) > 1:
             _set_activation_amax(stages[1], local["weight_scale_2"])
-        compress_layer(module, decode_weight(local, extra), stages[:1])  # type: ignore[arg-type]
+        qt = decode_weight(local, extra)
+        if f"{name}.weight_multiplier" in exact:  # exact, not the checkpoint's rounded inverse
+            qt.scales["scale"] = exact[f"{name}.weight_multiplier"].reshape(
+                qt.scales["scale"].shape
+            )
+        compress_layer(module, qt, stages[:1])  # type: ignore[arg-type]
         iq = module._modules.get("input_quantizer")
         if isinstance(iq, TensorQuantizer):
-            if "input_scale" in local:
+            if f"{name}.input_amax" in exact:
+                iq.amax = exact[f"{name}.input_amax"]
+            elif "input_scale" in local:
                 _set_activation_amax(iq, local["input_scale"])
             if "pre_quant_scale" in local:
                 iq.pre_quant_scale = local["pre_quant_scale"]
@@ -156,8 +173,13 @@ def load_hf_checkpoint(
             (".v_proj.v_scale", "v_bmm_quantizer"),
         ):
             if key.endswith(suffix):
-                attn = model.get_submodule(key.removesuffix(suffix))
-                _set_activation_amax(attn._modules[attr], t)  # type: ignore[arg-type]
+                attn_name = key.removesuffix(suffix)
+                q = model.get_submodule(attn_name)._modules[attr]
+                exact_key = f"{attn_name}.{attr[0]}_amax"
+                if exact_key in exact:
+                    q.amax = exact[exact_key]  # type: ignore[union-attr]
+                else:
+                    _set_activation_amax(q, t)  # type: ignore[arg-type]
                 used.add(key)
     rest = {k: v for k, v in tensors.items() if k not in used}
     result = model.load_state_dict(rest, strict=False)

@@ -15,7 +15,7 @@ from ._tiny import logits, preset, quantized, tiny_llama
 pytestmark = pytest.mark.hf
 
 # preset -> (quant_algo, storage bits per weight of an [out, in] layer, logits tolerance after
-# reload).
+# a reload from the checkpoint's scales alone; with modeloptim_scales.pth the reload is exact).
 # INT/FP8 weight scales are stored inverted (amax/bound), so reload may differ by one float32
 # rounding of a scale; NVFP4/MX scales are stored exactly.
 FORMATS = {
@@ -47,6 +47,10 @@ def test_roundtrip_and_file_size(tmp_path, name):
     model = quantized(tiny_llama(), preset(name))
     report = export_hf_checkpoint(model, tmp_path / "ckpt")
     ref = logits(model)
+    loaded = load_hf_checkpoint(tmp_path / "ckpt")
+    torch.testing.assert_close(logits(loaded), ref, rtol=0, atol=0)  # exact scales file
+    # from the engine-facing scales alone (rounded inversions of ours)
+    (tmp_path / "ckpt" / "modeloptim_scales.pth").unlink()
     loaded = load_hf_checkpoint(tmp_path / "ckpt")
     torch.testing.assert_close(logits(loaded), ref, rtol=0, atol=tol)
     assert report.quant_algo == algo
