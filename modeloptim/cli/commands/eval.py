@@ -77,6 +77,7 @@ def _apply_saved_quantization(model: Any, fmt: str, state_file: Path) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run ``modeloptim eval``; prints the report, returns the exit code."""
+    import modeloptim.torch.quantization as mtq
     from modeloptim.torch.utils.default_model import load_model
     from modeloptim.torch.utils.perplexity import perplexity
 
@@ -91,8 +92,8 @@ def run_eval(args: argparse.Namespace) -> int:
         _, eval_text = load_texts(args.text)
         n_eval = max(1, args.eval_tokens // args.seq_len)
         evalw = windows(tokenizer, eval_text, args.seq_len, n_eval, "evaluation text")
-    with timer.stage("eval"):
-        ppl = perplexity(model, evalw)
+    with timer.stage("eval"), mtq.cache_quantized_weights(model):
+        ppl = perplexity(model, evalw, progress=True)
     memory = weight_memory(model)
     seconds = {**timer.seconds, "total": round(sum(timer.seconds.values()), 3)}
     report: dict[str, Any] = {

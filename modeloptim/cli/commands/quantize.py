@@ -108,7 +108,7 @@ def register(subparsers: Any) -> None:
         "--calib-size",
         type=_positive_int,
         default=8,
-        help="calibration windows of --seq-len tokens (default 4)",
+        help="calibration windows of --seq-len tokens (default 8)",
     )
     p.add_argument(
         "--output",
@@ -174,8 +174,16 @@ def _check_args(args: argparse.Namespace) -> Any:
 
     if args.text is not None and not args.text.is_file():
         raise CliError(f"--text: file {str(args.text)!r} does not exist")
-    if args.output is not None and args.output.exists() and not args.output.is_dir():
-        raise CliError(f"--output: {str(args.output)!r} exists and is not a directory")
+    out = args.output
+    if out is not None and out.exists():
+        if not out.is_dir():
+            raise CliError(f"--output: {str(out)!r} exists and is not a directory")
+        if any(out.iterdir()) and not (out / "quant_config.json").is_file():
+            # The folder is replaced as a whole: never delete unrelated files.
+            raise CliError(
+                f"--output: {str(out)!r} is a non-empty folder not written by quantize; "
+                "choose a new or empty folder"
+            )
     config = mtq.QuantizeConfig.parse(mtq.get_preset(FORMATS[args.format]))
     mtq.calibration_algorithms.get(config.algorithm.method)  # NotImplementedError: one line
     return config
@@ -204,7 +212,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         evalw = windows(tokenizer, eval_text, args.seq_len, n_eval, "evaluation text")
     memory_before = weight_memory(model)
     with timer.stage("eval_before"):
-        ppl_before = perplexity(model, evalw)
+        ppl_before = perplexity(model, evalw, progress=True)
 
     def forward_loop(m: Any) -> None:
         for row in calib:
@@ -212,16 +220,17 @@ def run_quantize(args: argparse.Namespace) -> int:
 
     with timer.stage("quantize"):
         mtq.quantize(model, config, forward_loop)
-    with timer.stage("eval_after"):
-        ppl_after = perplexity(model, evalw)
+    with timer.stage("eval_after"), mtq.cache_quantized_weights(model):
+        ppl_after = perplexity(model, evalw, progress=True)
     rows = mtq.print_quant_summary(model, print_table=False)
     layers = sorted({r["module"] for r in rows if r["enabled"]})
     if args.output is not None:
-        with timer.stage("save"):
-            args.output.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), args.output / "model_state.pt")
+        from modeloptim.utils.io import atomic_dir
+
+        with timer.stage("save"), atomic_dir(args.output) as tmp:  # all or nothing
+            torch.save(model.state_dict(), tmp / "model_state.pt")
             meta = {"model": args.model, "format": args.format, "preset": FORMATS[args.format]}
-            (args.output / "quant_config.json").write_text(json.dumps(meta, indent=2))
+            (tmp / "quant_config.json").write_text(json.dumps(meta, indent=2))
     report = {
         "model": args.model or "smollm2 (built-in SmolLM2-135M-Instruct)",
         "format": args.format,

@@ -46,9 +46,20 @@ def dynamic_class(wrapper_cls: type[DynamicModule], original_cls: type[nn.Module
         _GENERATED[key] = type(
             name,
             (wrapper_cls, original_cls),
-            {"_original_cls": original_cls, "__module__": wrapper_cls.__module__},
+            {
+                "_original_cls": original_cls,
+                "_wrapper_cls": wrapper_cls,
+                "__module__": wrapper_cls.__module__,
+            },
         )
     return _GENERATED[key]
+
+
+def _new_dynamic(wrapper_cls: type[DynamicModule], original_cls: type[nn.Module]) -> nn.Module:
+    """Unpickling helper: an empty instance of the generated class (state set by pickle)."""
+    cls = dynamic_class(wrapper_cls, original_cls)
+    module: nn.Module = object.__new__(cls)
+    return module
 
 
 def swap_class(module: nn.Module, new_cls: type) -> nn.Module:
@@ -89,6 +100,7 @@ class DynamicModule(nn.Module):
     """
 
     _original_cls: ClassVar[type[nn.Module]]
+    _wrapper_cls: ClassVar[type[DynamicModule]]
 
     @classmethod
     def convert(cls: type[T], module: nn.Module, **setup_kwargs: Any) -> T:
@@ -153,6 +165,11 @@ class DynamicModule(nn.Module):
         if callbacks and name in callbacks:
             return callbacks[name](self, value)
         return value
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        # Generated classes cannot be found by name when unpickling: rebuild them from the
+        # (importable) wrapper and original classes instead.
+        return (_new_dynamic, (self._wrapper_cls, self._original_cls), self.__getstate__())
 
     def export(self) -> nn.Module:
         """Turn this layer back into a plain module of its original class (in place).

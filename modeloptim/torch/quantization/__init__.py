@@ -35,13 +35,14 @@ from .model_quant import (
     print_quant_summary,
     quantize,
 )
-from .nn import QuantModuleRegistry
+from .nn import QuantModuleRegistry, cache_quantized_weights
 
 __all__ += [
     "PRESETS",
     "QuantModuleRegistry",
     "QuantizeConfig",
     "QuantizerCfgEntry",
+    "cache_quantized_weights",
     "calibrate",
     "calibration_algorithms",
     "disable_quantizer",
@@ -56,6 +57,11 @@ __all__ += [
     "set_quantizer_by_cfg",
     *PRESETS,
 ]
+
+# --- calibration algorithms and per-layer format search (algos) ---
+from .auto_quantize import auto_quantize  # noqa: E402
+
+__all__ += ["auto_quantize"]
 
 # export (real quantized weights); ONNX export lives in .export_onnx (imports onnx lazily)
 from .compress import compress  # noqa: E402  (after the qapi block: needs its modules)

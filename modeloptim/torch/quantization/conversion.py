@@ -137,7 +137,10 @@ def _set_cfg(
     elif isinstance(quantizer, SequentialQuantizer):
         new = TensorQuantizer(cfg.model_dump())
     else:
+        before = quantizer.format.describe()
         quantizer.set_from_attribute_config(cfg.model_dump())
+        if quantizer.format.describe() != before:
+            quantizer.reset_amax()  # an amax of the old layout would be silently wrong
         return quantizer
     device = next((t.device for t in parent.parameters(recurse=False)), None)
     if device is not None:
@@ -148,9 +151,7 @@ def _set_cfg(
     return new
 
 
-def _apply_entry(
-    model: nn.Module, entry: QuantizerCfgEntry, pattern: Pattern | None = None
-) -> int:
+def _apply_entry(model: nn.Module, entry: QuantizerCfgEntry, pattern: Pattern | None = None) -> int:
     """Apply one rule to every matching quantizer; returns how many matched."""
     if pattern is None:
         pattern = "*" if entry.is_default else entry.quantizer_name

@@ -18,10 +18,12 @@ from typing import Any
 import torch
 
 from .formats.base import QuantFormat
-from .formats.granularity import Blocked
+from .formats.fp8 import FP8Format
+from .formats.granularity import Blocked, PerChannel, PerTensor
+from .formats.integer import IntegerFormat
 from .kernel_registry import CUDA_KERNELS
 
-__all__ = ["FakeQuantSTE", "fake_quant_ste"]
+__all__ = ["FakeQuantSTE", "fake_quant_ste", "fake_tensor_quant", "scaled_e4m3"]
 
 
 class FakeQuantSTE(torch.autograd.Function):
@@ -71,3 +73,55 @@ def fake_quant_ste(x: torch.Tensor, amax: torch.Tensor | None, fmt: QuantFormat)
     ):
         return fmt.fake_quant(x, amax)
     return FakeQuantSTE.apply(x, amax, fmt)
+
+
+def _amax_granularity(inputs: torch.Tensor, amax: torch.Tensor) -> PerTensor | PerChannel:
+    if amax.numel() == 1:
+        return PerTensor()
+    if amax.ndim != inputs.ndim:
+        raise ValueError(
+            f"amax: shape {tuple(amax.shape)} must be a scalar or keep the input's "
+            f"{inputs.ndim} dims (size 1 on reduced dims)"
+        )
+    return PerChannel(tuple(d for d in range(amax.ndim) if amax.shape[d] != 1) or (0,))
+
+
+def fake_tensor_quant(
+    inputs: torch.Tensor,
+    amax: torch.Tensor,
+    num_bits: int = 8,
+    unsigned: bool = False,
+    narrow_range: bool = True,
+) -> torch.Tensor:
+    """Functional INT fake quantization with STE (ModelOpt's ``fake_tensor_quant`` shape).
+
+    Args:
+        inputs: float tensor of any shape.
+        amax: scalar, or keepdim-shaped per-channel amax (e.g. ``[out, 1]`` for ``[out, in]``).
+        num_bits: 2..8.
+        unsigned: unsigned range.
+        narrow_range: symmetric signed range (DESIGN default).
+    """
+    amax = torch.as_tensor(amax, dtype=torch.float32, device=inputs.device)
+    fmt = IntegerFormat(num_bits, unsigned, narrow_range, _amax_granularity(inputs, amax))
+    return fake_quant_ste(inputs, amax, fmt)
+
+
+def scaled_e4m3(
+    inputs: torch.Tensor,
+    amax: torch.Tensor,
+    E: int = 4,  # noqa: N803 - ModelOpt keyword names
+    M: int = 3,  # noqa: N803
+) -> torch.Tensor:
+    """Functional FP8 fake quantization with STE (ModelOpt's ``scaled_e4m3`` shape).
+
+    Args:
+        inputs: float tensor of any shape.
+        amax: scalar or keepdim-shaped per-channel amax.
+        E: exponent bits (4 -> E4M3, 5 -> E5M2).
+        M: mantissa bits (3 or 2, must match ``E``).
+    """
+    if (E, M) not in ((4, 3), (5, 2)):
+        raise ValueError(f"E, M: FP8 supports (4, 3) and (5, 2), got ({E}, {M})")
+    amax = torch.as_tensor(amax, dtype=torch.float32, device=inputs.device)
+    return fake_quant_ste(inputs, amax, FP8Format(E, _amax_granularity(inputs, amax)))

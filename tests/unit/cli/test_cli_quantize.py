@@ -97,10 +97,10 @@ def test_eval_float_model(loader, text_file, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["quantize", "--format", "int4_awq"], "'awq_lite' is not implemented yet"),
         (["quantize", "--text", "/nonexistent/file.txt"], "--text"),
         (["quantize", "--output", __file__], "--output"),
         (["eval", "--quantized", "/nonexistent"], "--quantized"),
+        (["quantize", "--output", str(__import__("pathlib").Path(__file__).parent)], "non-empty"),
     ],
 )
 def test_bad_input_exits_with_one_line_before_loading(loader, capsys, argv, message):

@@ -8,6 +8,7 @@ method its calibrator was configured with) and quantization is switched back on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -23,7 +24,7 @@ from modeloptim.torch.quantization.algorithms.registry import (
 if TYPE_CHECKING:
     from modeloptim.torch.quantization.nn.modules.tensor_quantizer import TensorQuantizer
 
-__all__ = ["MaxCalibConfig", "max_calibrate", "run_forward_loop"]
+__all__ = ["MaxCalibConfig", "calibrate_with", "max_calibrate", "run_forward_loop"]
 
 
 class MaxCalibConfig(AlgorithmConfig):
@@ -60,6 +61,46 @@ def _calibrate_weights(model: nn.Module) -> None:
             quantizer(weight)
 
 
+def calibrate_with(
+    model: nn.Module,
+    forward_loop: ForwardLoop | None,
+    desc: str,
+    load_amax: Callable[[TensorQuantizer], None],
+) -> None:
+    """Shared calibration flow: collect from weights and the loop, then ``load_amax(q)``.
+
+    Every enabled quantizer is paused during collection (the loop runs in full precision);
+    weights are collected from the stored weights, activations from ``forward_loop``.
+    """
+    from modeloptim.torch.quantization.model_quant import weight_quantizer_ids
+
+    enabled = _enabled(model)
+    quantizers = [q for q in enabled if q._calibrator is not None]
+    weight_quantizers = weight_quantizer_ids(model)
+    for q in enabled:
+        q.disable_quant()
+    for q in quantizers:
+        q.reset_amax()
+        q.enable_calib()
+    try:
+        _calibrate_weights(model)
+        for q in quantizers:
+            if id(q) in weight_quantizers:
+                q.disable_calib()  # collected from the weights already; skip in the loop
+        if forward_loop is not None:
+            run_forward_loop(model, forward_loop, desc)
+        # Data-parallel calibration: combine the ranks' statistics (no-op without a group).
+        from modeloptim.torch.quantization.algorithms.distributed import sync_quantizer_stats
+
+        sync_quantizer_stats(model)
+        for q in quantizers:
+            load_amax(q)
+    finally:
+        for q in enabled:
+            q.disable_calib()
+            q.enable_quant()
+
+
 @calibration_algorithms.register("max", MaxCalibConfig)
 def max_calibrate(
     model: nn.Module, forward_loop: ForwardLoop | None, config: object = None
@@ -72,27 +113,6 @@ def max_calibrate(
             only (activation quantizers that need an amax then keep none).
         config: :class:`MaxCalibConfig` (unused).
     """
-    from modeloptim.torch.quantization.model_quant import weight_quantizer_ids
-
-    enabled = _enabled(model)
-    quantizers = [q for q in enabled if q._calibrator is not None]
-    weight_quantizers = weight_quantizer_ids(model)
-    # The loop runs in full precision: dynamic quantizers (no calibrator) are paused too.
-    for q in enabled:
-        q.disable_quant()
-    for q in quantizers:
-        q.reset_amax()
-        q.enable_calib()
-    try:
-        _calibrate_weights(model)
-        for q in quantizers:
-            if id(q) in weight_quantizers:
-                q.disable_calib()  # collected from the weights already; skip in the loop
-        if forward_loop is not None:
-            run_forward_loop(model, forward_loop, "calibrate (max)")
-        for q in quantizers:
-            q.load_calib_amax(strict=False)
-    finally:
-        for q in enabled:
-            q.disable_calib()
-            q.enable_quant()
+    calibrate_with(
+        model, forward_loop, "calibrate (max)", lambda q: q.load_calib_amax(strict=False)
+    )

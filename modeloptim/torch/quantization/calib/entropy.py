@@ -3,11 +3,12 @@
 For each candidate threshold bin ``i`` (``start_bin, start_bin + stride, ...``):
 
 1. ``P`` = the first ``i`` bins, with every count beyond ``i`` added to bin ``i - 1``
-   (clipping);
-2. ``Q`` = ``P`` merged into ``nbins = 2**(num_bits - 1 + unsigned)`` equal groups of bins
-   (the quantization levels), each group's mass spread evenly over the group's bins that
-   are non-zero in ``P`` (empty bins stay empty);
-3. divergence ``KL(P || Q)`` of the normalized distributions.
+   (the distribution after clipping at ``edges[i]``);
+2. ``Q`` = the first ``i`` bins (without the clipped tail) merged into
+   ``nbins = 2**(num_bits - 1 + unsigned)`` equal groups of bins (the quantization levels),
+   each group's mass spread evenly over the group's non-empty bins (empty bins stay empty);
+3. divergence ``KL(P || Q)`` of the normalized distributions (``inf`` where ``Q`` has no
+   mass under ``P``, so such thresholds are never chosen).
 
 The threshold with the smallest divergence gives ``amax = edges[i]``.
 """
@@ -75,7 +76,7 @@ def entropy_amax(
         p[i - 1] += tail[i]
         if p.sum() <= 0:
             continue
-        kl = kl_divergence(p, _quantized_distribution(p, nbins))
+        kl = kl_divergence(p, _quantized_distribution(hist[:i], nbins))
         if kl < best_kl:
             best_i, best_kl = i, kl
     return float(edges[best_i])

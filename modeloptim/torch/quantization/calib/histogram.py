@@ -113,8 +113,10 @@ class HistogramCalibrator(Calibrator):
             self._range = xmax
         elif xmax > self._range:
             self._rebin(xmax)
-        counts = torch.histc(a, bins=self._num_bins, min=0.0, max=self._range)
-        self._hist += counts.double().cpu().numpy()
+        # histc counts in the input dtype (float32): chunks keep every count exact.
+        for chunk in a.split(1 << 24):
+            counts = torch.histc(chunk, bins=self._num_bins, min=0.0, max=self._range)
+            self._hist += counts.double().cpu().numpy()
 
     def _rebin(self, new_range: float) -> None:
         assert self._hist is not None

@@ -23,7 +23,18 @@ from ..formats.resolve import NAMED_FORMATS, parse_num_bits, resolve_format
 __all__ = ["CalibratorName", "QuantizerAttributeConfig"]
 
 CalibratorName = Literal["max", "histogram"]
-_CALIB_DICT_KEYS = {"method", "type", "num_bins", "skip_zeros"}
+_CALIB_DICT_KEYS = {
+    "method",
+    "type",
+    "num_bins",
+    "skip_zeros",
+    "amax_method",
+    "percentile",
+    "start_bin",
+    "stride",
+}
+#: how a histogram calibrator turns its histogram into amax (``amax_method`` key)
+_HIST_AMAX_METHODS = ("percentile", "entropy", "mse")
 
 
 class QuantizerAttributeConfig(BaseModel):
@@ -39,7 +50,10 @@ class QuantizerAttributeConfig(BaseModel):
         fake_quant: fake quantization (True) or real codes (False).
         learn_amax: amax becomes a trainable parameter (clipped-STE gradient).
         type: ``"static"`` (calibrated amax) or ``"dynamic"`` (amax from each input).
-        calibrator: ``"max"`` or ``"histogram"``, or a dict ``{"method": ..., options}``.
+        calibrator: ``"max"`` or ``"histogram"``, or a dict ``{"method": ..., options}``;
+            for histograms ``amax_method`` (``"percentile"``, ``"entropy"``, ``"mse"``) and
+            its options (``percentile``, ``start_bin``, ``stride``) choose how amax is
+            computed per quantizer.
         trt_high_precision_dtype: accepted for compatibility (informational).
         pre_quant_scale: accepted for compatibility; only ``None`` (set the tensor on the
             quantizer instead).
@@ -108,6 +122,12 @@ class QuantizerAttributeConfig(BaseModel):
             method = v.get("method", v.get("type", "max"))
             if method not in ("max", "histogram"):
                 raise ValueError(f"calibrator: method must be 'max' or 'histogram', got {method!r}")
+            amax_method = v.get("amax_method", "percentile")
+            if amax_method not in _HIST_AMAX_METHODS:
+                raise ValueError(
+                    f"calibrator: amax_method must be one of {list(_HIST_AMAX_METHODS)}, "
+                    f"got {amax_method!r}"
+                )
         elif v not in ("max", "histogram"):
             raise ValueError(f"calibrator: expected 'max' or 'histogram', got {v!r}")
         return v
@@ -129,6 +149,17 @@ class QuantizerAttributeConfig(BaseModel):
         if isinstance(c, dict):
             return str(c.get("method", c.get("type", "max")))
         return c
+
+    @property
+    def calibrator_amax_kwargs(self) -> dict[str, Any]:
+        """``compute_amax`` arguments of a histogram calibrator (``{}``: its defaults)."""
+        c = self.calibrator
+        if not isinstance(c, dict):
+            return {}
+        out: dict[str, Any] = {k: c[k] for k in ("percentile", "start_bin", "stride") if k in c}
+        if "amax_method" in c:
+            out["method"] = c["amax_method"]
+        return out
 
     @property
     def calibrator_options(self) -> dict[str, Any]:

@@ -86,7 +86,7 @@ class PerTensor(Granularity):
             raise ValueError(
                 f"amax: per-tensor quantization expects one value, got shape {tuple(amax.shape)}"
             )
-        return amax.reshape(()).float()
+        return amax.reshape(()).to(device=view.device, dtype=torch.float32)
 
     def describe(self) -> str:  # noqa: D102
         return "per-tensor" + (" dynamic" if self.dynamic else "")
@@ -129,7 +129,7 @@ class PerChannel(Granularity):
                 f"amax: shape {tuple(amax.shape)} does not match per-channel axis {self.axis} "
                 f"of an input of shape {tuple(view.shape)} (expected {tuple(shape)})"
             )
-        return amax.reshape(shape).float()
+        return amax.reshape(shape).to(device=view.device, dtype=torch.float32)
 
     def describe(self) -> str:  # noqa: D102
         ax = self.axis[0] if len(self.axis) == 1 else self.axis
@@ -225,7 +225,7 @@ class Blocked(Granularity):
                 f"amax: {amax.numel()} values do not match the {view.shape[0]} blocks of "
                 f"block_sizes {self.block_sizes}"
             )
-        return amax.reshape(-1, 1).float()
+        return amax.reshape(-1, 1).to(device=view.device, dtype=torch.float32)
 
     def describe(self) -> str:  # noqa: D102
         def size(b: int | None) -> str:

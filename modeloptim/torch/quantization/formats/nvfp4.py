@@ -91,7 +91,7 @@ class NVFP4Format(QuantFormat):
             amax = torch.as_tensor(amax, dtype=torch.float32, device=view.device)
         if amax.numel() != 1:
             raise ValueError(f"amax: nvfp4 takes one global amax, got shape {tuple(amax.shape)}")
-        return amax.reshape(()).float()
+        return amax.reshape(()).to(device=view.device, dtype=torch.float32)
 
     def _scales(self, v: torch.Tensor, amax_v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.static_blocks:

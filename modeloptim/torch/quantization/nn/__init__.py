@@ -14,6 +14,7 @@ from .modules.quant_module import (
     QuantLinearConvBase,
     QuantModule,
     QuantModuleRegistry,
+    cache_quantized_weights,
 )
 from .modules.quant_multihead_attention import QuantMultiheadAttention
 from .modules.quant_pooling import QuantPool
@@ -33,4 +34,5 @@ __all__ += [
     "QuantMultiheadAttention",
     "QuantPool",
     "QuantRNNBase",
+    "cache_quantized_weights",
 ]

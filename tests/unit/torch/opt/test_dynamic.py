@@ -9,6 +9,10 @@ from torch import nn
 from modeloptim.torch.opt.dynamic import DynamicModule, dynamic_class, swap_class
 
 
+def _halve(module: nn.Module, w: torch.Tensor) -> torch.Tensor:
+    return w * 0.5
+
+
 class _Scaled(DynamicModule):
     """Test wrapper: doubles the output and exposes a halved weight during forward."""
 
@@ -16,7 +20,7 @@ class _Scaled(DynamicModule):
         self.register_buffer("factor", torch.tensor(factor))
         self.extra = nn.Identity()
         self.flag = True
-        self._register_dynamic_attribute("weight", lambda mod, w: w * 0.5)
+        self._register_dynamic_attribute("weight", _halve)  # module level: picklable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x) * self.factor
@@ -105,3 +109,16 @@ def test_dynamic_attribute_requires_stored_name():
     with pytest.raises(AttributeError, match="nope"):
         _Bad.convert(lin)
     assert type(lin) is nn.Linear
+
+
+def test_pickle_roundtrip_rebuilds_generated_class():
+    import pickle
+
+    lin = _linear()
+    _Scaled.convert(lin, factor=3.0)
+    clone = pickle.loads(pickle.dumps(lin))
+    assert type(clone) is type(lin)
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(clone(x), lin(x))
+    clone.export()
+    assert type(clone) is nn.Linear

@@ -156,3 +156,17 @@ def test_set_quantizer_attribute_and_callable_pattern():
     assert q.is_enabled
     with pytest.raises(TypeError, match="wildcard"):
         mtq.enable_quantizer(model, 3)  # type: ignore[arg-type]
+
+
+def test_changing_layout_drops_stale_amax_but_toggles_keep_it():
+    model = _converted()
+    _apply(model, [{"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}}])
+    q = model.up_proj.weight_quantizer
+    q.amax = torch.ones(16, 1)
+    mtq.disable_quantizer(model, "up_proj.weight_quantizer")
+    mtq.enable_quantizer(model, "up_proj.weight_quantizer")
+    assert q.amax is not None
+    _apply(model, [{"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8, "axis": 0}}])
+    assert q.amax is not None  # same layout: calibrated amax stays valid
+    _apply(model, [{"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": 8}}])
+    assert q.amax is None  # per-channel amax would be wrong for per-tensor

@@ -84,3 +84,25 @@ def test_numeric_gradient_of_amax_on_smooth_region():
     amax = torch.tensor(a0, requires_grad=True)
     fake_quant_ste(x0.float().requires_grad_(True), amax, IntegerFormat(8)).backward(gout.float())
     assert amax.grad.item() == pytest.approx(float(numeric), abs=1e-5)
+
+
+def test_functional_modelopt_style_helpers():
+    from modeloptim.torch.quantization.tensor_quant import fake_tensor_quant, scaled_e4m3
+
+    x = torch.randn(6, 40)
+    amax = x.abs().amax(1, keepdim=True)
+    assert torch.equal(
+        fake_tensor_quant(x, amax, 4),
+        IntegerFormat(4, granularity=PerChannel(0)).fake_quant(x, amax),
+    )
+    assert torch.equal(
+        scaled_e4m3(x, torch.tensor(2.0)), FP8Format(4).fake_quant(x, torch.tensor(2.0))
+    )
+    assert torch.equal(scaled_e4m3(x, 3.0, E=5, M=2), FP8Format(5).fake_quant(x, torch.tensor(3.0)))
+    xg = x.clone().requires_grad_(True)
+    fake_tensor_quant(xg, torch.tensor(1.0)).sum().backward()
+    assert torch.equal(xg.grad, (x.abs() <= 1.0).float())
+    with pytest.raises(ValueError, match="E, M"):
+        scaled_e4m3(x, 1.0, E=4, M=2)
+    with pytest.raises(ValueError, match="amax"):
+        fake_tensor_quant(x, torch.ones(40))

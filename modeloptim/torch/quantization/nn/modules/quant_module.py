@@ -38,6 +38,7 @@ __all__ = [
     "QuantModuleRegistry",
     "QuantModuleRegistryCls",
     "QuantizerLike",
+    "cache_quantized_weights",
 ]
 
 #: ModelOpt's default quantizer settings: 8-bit per tensor inputs, per-row (axis 0) weights.
@@ -70,7 +71,8 @@ class QuantModule(DynamicModule):
         if not isinstance(quantizer, QuantizerLike):
             return []
         pairs: list[tuple[QuantizerLike, torch.Tensor]] = []
-        for n in self.weight_names:
+        # ModelOpt-style wrappers call weight_quantizer(self.weight) themselves: "weight".
+        for n in self.weight_names or ("weight",):
             weight = self._parameters.get(n)
             if weight is not None:
                 pairs.append((quantizer, weight))
@@ -92,10 +94,74 @@ class QuantModule(DynamicModule):
                 self._register_dynamic_attribute(name, _quantized_weight)
 
 
+_CACHE = "_quantized_weight_cache"
+
+
+def _signature(quantizer: nn.Module) -> tuple[Any, ...] | None:
+    """Everything a quantizer's output depends on besides its input (None: do not cache).
+
+    Objects are kept (not their ids) so that they stay alive and cannot be recycled.
+    """
+    if isinstance(quantizer, SequentialQuantizer):
+        parts = tuple(_signature(q) for q in quantizer)
+        return None if any(p is None for p in parts) else parts
+    if not isinstance(quantizer, TensorQuantizer) or quantizer._if_calib:
+        return None
+    tensors = tuple(
+        (t, t._version) if t is not None else None
+        for t in (quantizer.amax, quantizer.pre_quant_scale)
+    )
+    return (
+        quantizer.format,
+        quantizer.is_enabled,
+        quantizer._if_quant,
+        quantizer.fake_quant,
+        tensors,
+    )
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return a is b
+    return bool(a is b or a == b)
+
+
 def _quantized_weight(module: nn.Module, weight: Any) -> Any:
-    if module.__dict__.get("_quantize_weights", False):
-        return module._modules["weight_quantizer"](weight)  # type: ignore[misc]
-    return weight
+    if not module.__dict__.get("_quantize_weights", False):
+        return weight
+    quantizer: nn.Module = module._modules["weight_quantizer"]  # type: ignore[assignment]
+    cache = module.__dict__.get(_CACHE)
+    if cache is None or torch.is_grad_enabled():
+        return quantizer(weight)
+    key = (weight, weight._version, _signature(quantizer))
+    if key[2] is None:
+        return quantizer(weight)
+    hit = cache.get(id(weight))
+    if hit is not None and _same(hit[0], key):
+        return hit[1]
+    out = quantizer(weight)
+    cache[id(weight)] = (key, out)
+    return out
+
+
+@contextmanager
+def cache_quantized_weights(model: nn.Module) -> Iterator[nn.Module]:
+    """Within this context, inference (no grad) quantizes each weight once and reuses it.
+
+    The cached copy is recomputed when the weight is modified in place, or when its
+    quantizer's format, switches, amax or pre_quant_scale change; calibration and training
+    (grad enabled) bypass the cache. Costs one extra copy of the quantized weights.
+    """
+    layers = [m for m in model.modules() if isinstance(m, QuantModule)]
+    for layer in layers:
+        layer.__dict__[_CACHE] = {}
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.__dict__.pop(_CACHE, None)
 
 
 class QuantInputBase(QuantModule):
@@ -141,9 +207,7 @@ class QuantModuleRegistryCls:
         self._wrappers: dict[type[nn.Module], type[QuantModule]] = {}
         self._names: dict[type[nn.Module], str] = {}
 
-    def register(
-        self, cls_to_name: dict[type[nn.Module], str]
-    ) -> Callable[[type], type]:
+    def register(self, cls_to_name: dict[type[nn.Module], str]) -> Callable[[type], type]:
         """Decorator registering a wrapper for each layer class in ``cls_to_name``.
 
         Args:

@@ -53,6 +53,14 @@ class TensorQuantizer(nn.Module):
     Args:
         quant_attribute_cfg: attributes (config object or dict); defaults to INT8 per tensor.
         amax: optional initial amax (float or tensor in the format's amax shape).
+
+    Example::
+
+        q = TensorQuantizer({"num_bits": 8, "axis": 0})   # per-output-channel INT8
+        q.enable_calib(); q.disable_quant()
+        q(weight)                                          # collect max |w| per row
+        q.load_calib_amax(); q.disable_calib(); q.enable_quant()
+        w_fq = q(weight)                                   # [out, in], weight's dtype
     """
 
     _amax: torch.Tensor | None
@@ -282,6 +290,22 @@ class TensorQuantizer(nn.Module):
                 )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
 
+    def _apply(self, fn: Any, recurse: bool = True) -> TensorQuantizer:
+        # model.half()/.to(bfloat16) must move amax and pre_quant_scale but keep them
+        # float32: a bf16 amax would change every scale (8-bit mantissa).
+        held: dict[str, torch.Tensor] = {}
+        for name in ("_amax", "_pre_quant_scale"):
+            t = self._buffers.pop(name, None)
+            if t is not None:
+                held[name] = t
+        super()._apply(fn, recurse)
+        for name, t in held.items():
+            moved = fn(t)
+            if moved.dtype != t.dtype:
+                moved = t.to(device=moved.device)
+            self._buffers[name] = moved
+        return self
+
     # ------------------------------------------------------------------ switches
     def enable(self) -> None:
         """Turn the quantizer on."""
@@ -325,6 +349,8 @@ class TensorQuantizer(nn.Module):
                 )
             return
         if method is None:
+            # Per-quantizer histogram choice from the config (calibrator amax_method).
+            kwargs = {**self._cfg.calibrator_amax_kwargs, **kwargs}
             amax = self._calibrator.compute_amax(**kwargs)
         else:
             amax = self._calibrator.compute_amax(method, **kwargs)

@@ -40,21 +40,22 @@ def _brute_entropy(hist, edges, num_bits, start, stride):
     nq = 2 ** (num_bits - 1)
     best, best_i = math.inf, None
     for i in range(start, len(hist) + 1, stride):
-        p = list(hist[:i])
+        base = list(hist[:i])
+        p = list(base)
         p[-1] += float(hist[i:].sum())
         q = [0.0] * i
         for lev in range(nq):
             members = [j for j in range(i) if (j * nq) // i == lev]
-            nz = [j for j in members if p[j] > 0]
+            nz = [j for j in members if base[j] > 0]
             if nz:
-                share = sum(p[j] for j in members) / len(nz)
+                share = sum(base[j] for j in members) / len(nz)
                 for j in nz:
                     q[j] = share
         ps, qs = sum(p), sum(q)
         kl = 0.0
         for pj, qj in zip(p, q, strict=True):
             if pj > 0:
-                kl += pj / ps * math.log((pj / ps) / (qj / qs))
+                kl += math.inf if qj == 0 else pj / ps * math.log((pj / ps) / (qj / qs))
         if kl < best:
             best, best_i = kl, i
     return float(edges[best_i])

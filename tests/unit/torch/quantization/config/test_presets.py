@@ -21,17 +21,19 @@ def test_design_presets_exist_as_module_attributes(name):
     assert isinstance(mtq.PRESETS[name]["quant_cfg"], list)
 
 
-@pytest.mark.parametrize("name", sorted(set(mtq.PRESETS) - {"FP8_PER_CHANNEL_PER_TOKEN_CFG"}))
+@pytest.mark.parametrize("name", sorted(mtq.PRESETS))
 def test_presets_parse(name):
     cfg = mtq.QuantizeConfig.parse(mtq.PRESETS[name])
     assert cfg.algorithm.method in mtq.calibration_algorithms.known
 
 
-def test_per_token_preset_waits_for_core_block_none_support():
-    # ModelOpt writes per-token dynamic FP8 as block_sizes {-1: None}; the core format parser
-    # does not accept None sizes yet, so this preset is rejected with a clear message.
-    with pytest.raises(ValueError, match="block_sizes: size for dim -1"):
-        mtq.QuantizeConfig.parse(mtq.FP8_PER_CHANNEL_PER_TOKEN_CFG)
+def test_per_token_preset_is_dynamic_per_row():
+    # ModelOpt writes per-token dynamic FP8 as block_sizes {-1: None} (one block = whole row).
+    cfg = mtq.QuantizeConfig.parse(mtq.FP8_PER_CHANNEL_PER_TOKEN_CFG).quant_cfg
+    act = next(e for e in cfg if e.quantizer_name == "*input_quantizer").cfg
+    assert act.block_sizes == {-1: None, "type": "dynamic"}
+    w = next(e for e in cfg if e.quantizer_name == "*weight_quantizer").cfg
+    assert (w.num_bits, w.axis) == ((4, 3), 0)
 
 
 def _cfg(name: str, pattern: str):

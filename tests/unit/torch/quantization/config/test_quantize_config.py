@@ -36,10 +36,10 @@ def test_algorithm_forms():
     assert mtq.QuantizeConfig.parse({"quant_cfg": []}).algorithm.method == "max"
     assert mtq.QuantizeConfig.parse({"quant_cfg": [], "algorithm": None}).algorithm.method == "none"
     planned = mtq.QuantizeConfig.parse(
-        {"quant_cfg": [], "algorithm": {"method": "awq_lite", "alpha_step": 0.1}}
+        {"quant_cfg": [], "algorithm": {"method": "svdquant", "lowrank": 32}}
     ).algorithm
     assert isinstance(planned, PlannedAlgorithmConfig)
-    assert planned.model_dump() == {"method": "awq_lite", "alpha_step": 0.1}
+    assert planned.model_dump() == {"method": "svdquant", "lowrank": 32}
 
 
 @pytest.mark.parametrize(

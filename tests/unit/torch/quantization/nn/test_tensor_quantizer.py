@@ -234,3 +234,42 @@ def test_static_nvfp4_calibrates_per_block_amax():
     dyn = TensorQuantizer({"num_bits": "nvfp4"}, amax=w.abs().amax())
     assert torch.equal(q(w), dyn(w))
     assert "nvfp4 block16 amax=" in repr(q)
+
+
+def test_model_dtype_casts_keep_amax_float32():
+    amax = torch.tensor([[1.2345678], [3.3333333]])
+    model = nn.Sequential(nn.Linear(4, 2))
+    model.q = TensorQuantizer({"num_bits": 8, "axis": 0}, amax=amax)
+    model.q.pre_quant_scale = torch.tensor([1.0001, 2.0, 3.0, 4.0])
+    model.to(torch.bfloat16)
+    assert model[0].weight.dtype == torch.bfloat16
+    assert model.q.amax.dtype == torch.float32
+    assert torch.equal(model.q.amax, amax)
+    assert model.q.pre_quant_scale.dtype == torch.float32
+    model.half()
+    assert torch.equal(model.q.amax, amax)
+    assert model.state_dict()["q._amax"].dtype == torch.float32
+
+
+def test_deepcopy_and_pickle_roundtrip():
+    import copy
+    import io
+
+    x = torch.randn(4, 64)
+    for attrs, amax in (
+        ({"num_bits": 8, "axis": 0}, torch.rand(4, 1) + 1),
+        ({"num_bits": "nvfp4"}, torch.tensor(3.0)),
+        ({"num_bits": "mxfp4"}, None),
+        ({"num_bits": 8, "calibrator": "histogram"}, torch.tensor(2.0)),
+    ):
+        q = TensorQuantizer(attrs, amax=amax)
+        q.enable_calib()
+        q(x)
+        c = copy.deepcopy(q)
+        buf = io.BytesIO()
+        torch.save(q, buf)
+        buf.seek(0)
+        p = torch.load(buf, weights_only=False)
+        for other in (c, p):
+            assert torch.equal(other(x), q(x))
+            assert repr(other) == repr(q)

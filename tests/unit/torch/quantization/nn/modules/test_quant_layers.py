@@ -13,7 +13,7 @@ from modeloptim.torch.quantization.nn import QuantModuleRegistry
 
 
 def _int8(x: torch.Tensor, amax: torch.Tensor | float) -> torch.Tensor:
-    scale = 127.0 / torch.as_tensor(amax, dtype=torch.float32)
+    scale = torch.div(torch.tensor(127.0), torch.as_tensor(amax, dtype=torch.float32))
     return torch.clamp(torch.round(x * scale), -127, 127) / scale
 
 

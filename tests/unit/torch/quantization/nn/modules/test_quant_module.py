@@ -17,7 +17,7 @@ from modeloptim.torch.quantization.nn import (
 
 
 def _int8(x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
-    scale = 127.0 / amax
+    scale = torch.div(torch.tensor(127.0), amax)  # IEEE division
     return torch.clamp(torch.round(x * scale), -127, 127) / scale
 
 
@@ -82,6 +82,8 @@ def test_custom_registered_layer_is_quantized(registered, wrapper):
     x = torch.randn(4, 12)
     ref = (_int8(x, x_cal.abs().amax()).double() @ _int8(w, w_amax).double().T).float()
     torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-6)
+    # weight found for calibration/folding in both styles
+    assert [w for _, w in layer.weight_quantizer_pairs()] == [layer._parameters["weight"]]
     # export gives back the user's plain class with the same weight
     layer.export()
     assert type(layer) is MyLinear
@@ -110,3 +112,35 @@ def test_weight_reads_outside_forward_are_float():
     lin.input_quantizer.disable()
     x = torch.randn(2, 5)
     torch.testing.assert_close(lin(x), F.linear(x, qw, lin.bias))
+
+
+def test_cache_quantized_weights_reuses_and_invalidates():
+    import modeloptim.torch.quantization as mtq
+
+    model = nn.Sequential(nn.Linear(6, 5))
+    mtq.quantize(model, mtq.INT8_WEIGHT_ONLY_CFG)
+    calls = []
+    model[0].weight_quantizer.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.randn(3, 6)
+    plain = model(x)
+    calls.clear()
+    with torch.no_grad(), mtq.cache_quantized_weights(model):
+        torch.testing.assert_close(model(x), plain, rtol=0, atol=0)
+        model(x)
+        assert len(calls) == 1  # second forward reused the quantized weight
+        model[0].weight.mul_(2.0)  # in-place change -> recomputed
+        w = model[0]._parameters["weight"]
+        amax = model[0].weight_quantizer.amax.clone()
+        torch.testing.assert_close(model(x), F.linear(x, _int8(w, amax), model[0].bias))
+        assert len(calls) == 2
+        model[0].weight_quantizer.amax = amax * 4  # new amax -> recomputed
+        torch.testing.assert_close(model(x), F.linear(x, _int8(w, amax * 4), model[0].bias))
+        assert len(calls) == 3
+        model[0].weight_quantizer.disable()
+        torch.testing.assert_close(model(x), F.linear(x, w, model[0].bias))
+    with torch.enable_grad():
+        model[0].weight_quantizer.enable()
+        model(x)
+        model(x)
+    assert len(calls) == 6  # outside the context (and with grad) nothing is cached
+    assert "_quantized_weight_cache" not in model[0].__dict__

@@ -1,0 +1,69 @@
+"""``modeloptim trace``: dependency report of a model's tied channels."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Any
+
+EXAMPLE = """examples:
+  modeloptim trace --model resnet                 # built-in zoo model (random weights)
+  modeloptim trace --model smollm2-config --json  # SmolLM2-135M architecture
+  modeloptim trace --model mypkg.models:make_net --input-shape 1,3,32,32
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``trace`` subcommand."""
+    p = sub.add_parser("trace", help="report which channels/heads/hidden sizes are tied",
+                       description="Trace a model with torch.fx and report its dependency "
+                       "groups: what can be pruned together, and why the rest is frozen.",
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True,
+                   help="zoo name (resnet, llama-tiny, smollm2-config, ...) or module:attr of a "
+                   "factory returning a model or (model, example_input)")
+    p.add_argument("--input-shape", default=None,
+                   help="comma-separated shape of a random float input (factories only)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run)
+
+
+def _load(spec: str, input_shape: str | None) -> tuple[Any, Any]:
+    from modeloptim.torch.trace import zoo
+
+    if ":" not in spec:
+        return zoo.build(spec)
+    mod_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"--model: cannot import {spec!r} ({err})") from err
+    out = factory() if callable(factory) else factory
+    if isinstance(out, tuple) and len(out) == 2:
+        return out
+    if input_shape is None:
+        raise ValueError(f"--model: {spec} returned only a model; pass --input-shape")
+    import torch
+
+    try:
+        shape = [int(s) for s in input_shape.split(",")]
+    except ValueError as err:
+        raise ValueError(f"--input-shape: expected comma-separated ints, got {input_shape!r}") \
+            from err
+    return out, torch.randn(*shape)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the model, analyze it, print the report."""
+    from modeloptim.torch.trace.report import trace_report
+
+    print(f"building {args.model} ...", file=sys.stderr, flush=True)
+    model, example = _load(args.model, args.input_shape)
+    report = trace_report(model, example, progress=True)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(report.to_text())
+    return 0

@@ -1,0 +1,350 @@
+# ruff: noqa: N803, N806  (Triton kernels: constexpr parameters are upper case by convention)
+"""Triton kernels of the GEMM backends (imported lazily: this module needs Triton).
+
+* ``w4_gemv_kernel``: decode-time ``y[m] = W x[m]`` for packed 4-bit weights (INT4 with
+  per-group scales, or NVFP4 E2M1 with FP8 per-16 scales and a global scale). Memory bound:
+  it streams the packed weight once (half a byte per weight), unpacks in registers and
+  accumulates in float32; one program owns ``BLOCK_N`` output rows over all of K.
+* ``w4_gemm_kernel``: the same weights for larger M: dequantizes a ``[BLOCK_N, BLOCK_K]``
+  tile in registers to the activation dtype and uses tensor-core dots (even and odd K
+  columns as two dots, so no interleave is needed).
+* ``w4_dequant_kernel``: packed weight -> dense 16-bit weight in one pass, for prefill-size M
+  where cuBLAS on the dense weight beats the fused tile kernel.
+* ``quant_rows_kernel``: dynamic FP8 E4M3 or INT8 activation quantization, per row (amax of
+  the row) or per tensor (given amax), writing the codes and the float32 dequant scale.
+* ``scale_epilogue_kernel``: int32 GEMM accumulator times row and column scales, one pass.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..triton._common import clamp_nan, max_nan, rne, round_elem, store_as
+
+
+@triton.jit
+def _e2m1_value(c):
+    """float32 value of 4-bit E2M1 codes (int32 0..15), from the bits in 5 operations.
+
+    Placing exponent and mantissa bits at float32 bits 23..24 and 22 gives
+    ``2**(e-127) * (1 + m/2)`` (or the subnormal ``m/2 * 2**-126`` for e = 0); times
+    ``2**126`` that is exactly the E2M1 value. The sign bit moves to bit 31.
+    """
+    bits = ((c & 7) << 22) | ((c & 8) << 28)
+    return bits.to(tl.float32, bitcast=True) * 8.507059173023462e37  # 2**126
+
+
+@triton.jit
+def _e4m3_value(b):
+    """float32 value of float8_e4m3fn bytes (int32 0..255; NaN codes are not expected).
+
+    Exponent and mantissa bits go to float32 bits 23..26 and 20..22; times ``2**120`` that is
+    ``2**(e-7) * (1 + m/8)``, and for e = 0 the subnormal ``m * 2**-9``.
+    """
+    bits = ((b & 127) << 20) | ((b & 128) << 24)
+    return bits.to(tl.float32, bitcast=True) * 1.329227995784916e36  # 2**120
+
+
+@triton.jit
+def _int4_value(nib):
+    """float32 value of two's-complement nibbles (int32 0..15) without an int->float convert.
+
+    ``nib ^ 8`` is the offset-8 code; OR-ing it into the mantissa of ``2**23`` and
+    subtracting ``2**23 + 8`` gives the signed value exactly.
+    """
+    return (nib ^ 0x4B000008).to(tl.float32, bitcast=True) - 8388616.0
+
+
+@triton.jit
+def _unpack(p, WFMT: tl.constexpr):
+    """Packed bytes (int32) -> (even, odd) element values as float32."""
+    lo = p & 15
+    hi = (p >> 4) & 15
+    if WFMT == 0:
+        return _int4_value(lo), _int4_value(hi)
+    else:
+        return _e2m1_value(lo), _e2m1_value(hi)
+
+
+@triton.jit
+def _split_pair(xp, XBF16: tl.constexpr):
+    """int32 words holding two 16-bit floats -> (low half, high half) as float32."""
+    if XBF16:
+        lo = (xp << 16).to(tl.float32, bitcast=True)
+        hi = (xp & -65536).to(tl.float32, bitcast=True)
+    else:
+        lo = (xp & 65535).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        hi = ((xp >> 16) & 65535).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return lo, hi
+
+
+@triton.jit
+def _load_scales(s_ptr, offs, mask, WFMT: tl.constexpr):
+    if WFMT == 0:
+        return tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        return _e4m3_value(tl.load(s_ptr + offs, mask=mask, other=0).to(tl.int32))
+
+
+@triton.jit
+def _group_scale(s_ptr, n, kk, mask, NG, GROUP: tl.constexpr, WFMT: tl.constexpr):
+    """Scale of each element column ``kk`` (even K index) of rows ``n``: ``[BLOCK_N, BK/2]``."""
+    return _load_scales(s_ptr, n[:, None] * NG + (kk // GROUP)[None, :], mask, WFMT)
+
+
+@triton.jit
+def w4_gemv_kernel(
+    x_ptr,
+    w_ptr,
+    s_ptr,
+    gs_ptr,
+    b_ptr,
+    y_ptr,
+    N,
+    K,
+    stride_xm,
+    stride_ym,
+    GROUP: tl.constexpr,
+    WFMT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    XBF16: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    m = tl.program_id(1)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = n < N
+    j = tl.arange(0, BLOCK_K // 2)
+    half_k = K // 2
+    NG = K // GROUP
+    w_row = w_ptr + n.to(tl.int64)[:, None] * half_k
+    zero_rows = tl.zeros([BLOCK_N, 1], dtype=tl.int32)
+    # accumulate element-wise and reduce once at the end: no cross-thread sums in the loop
+    if BLOCK_K <= GROUP:
+        acc = tl.zeros([BLOCK_N, BLOCK_K // 2], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_N, BLOCK_K // GROUP], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        jj = k0 // 2 + j
+        mask_j = jj < half_k
+        mask = mask_n[:, None] & mask_j[None, :]
+        p = tl.load(w_row + jj[None, :], mask=mask, other=0).to(tl.int32)
+        # x viewed as int32 pairs (x[2j], x[2j+1]); a 2-D pointer gives it the weight tile's
+        # register layout, so no shared-memory layout conversion happens inside the loop
+        xp = tl.load(x_ptr + m * stride_xm + (jj[None, :] + zero_rows), mask=mask, other=0)
+        xe, xo = _split_pair(xp, XBF16)
+        lo, hi = _unpack(p, WFMT)
+        prod = lo * xe + hi * xo
+        if BLOCK_K <= GROUP:
+            # the whole step lies in one scale group: one scale per row
+            s = _load_scales(s_ptr, n * NG + k0 // GROUP, mask_n, WFMT)
+            acc += prod * s[:, None]
+        else:
+            part = tl.sum(tl.reshape(prod, [BLOCK_N, BLOCK_K // GROUP, GROUP // 2]), axis=2)
+            g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+            s_mask = mask_n[:, None] & (g < NG)[None, :]
+            acc += part * _load_scales(s_ptr, n[:, None] * NG + g[None, :], s_mask, WFMT)
+    out = tl.sum(acc, axis=1)
+    if WFMT == 1:
+        out = out * tl.load(gs_ptr).to(tl.float32)
+    if HAS_BIAS:
+        out += tl.load(b_ptr + n, mask=mask_n, other=0.0).to(tl.float32)
+    tl.store(y_ptr + m * stride_ym + n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
+
+
+@triton.jit
+def w4_gemm_kernel(
+    x_ptr,
+    w_ptr,
+    s_ptr,
+    gs_ptr,
+    b_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_ym,
+    GROUP: tl.constexpr,
+    WFMT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = rm < M
+    mask_n = n < N
+    j = tl.arange(0, BLOCK_K // 2)
+    half_k = K // 2
+    NG = K // GROUP
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    x_row = x_ptr + rm.to(tl.int64)[:, None] * stride_xm
+    w_row = w_ptr + n.to(tl.int64)[:, None] * half_k
+    for k0 in range(0, K, BLOCK_K):
+        jj = k0 // 2 + j
+        mask_j = jj < half_k
+        xm = mask_m[:, None] & mask_j[None, :]
+        xe = tl.load(x_row + 2 * jj[None, :], mask=xm, other=0.0)
+        xo = tl.load(x_row + 2 * jj[None, :] + 1, mask=xm, other=0.0)
+        wm = mask_n[:, None] & mask_j[None, :]
+        p = tl.load(w_row + jj[None, :], mask=wm, other=0).to(tl.int32)
+        lo, hi = _unpack(p, WFMT)
+        s = _group_scale(s_ptr, n, 2 * jj, wm, NG, GROUP, WFMT)
+        wlo = (lo * s).to(xe.dtype)
+        whi = (hi * s).to(xe.dtype)
+        if IEEE:
+            acc += tl.dot(xe, tl.trans(wlo), input_precision="ieee")
+            acc += tl.dot(xo, tl.trans(whi), input_precision="ieee")
+        else:
+            acc += tl.dot(xe, tl.trans(wlo))
+            acc += tl.dot(xo, tl.trans(whi))
+    if WFMT == 1:
+        acc = acc * tl.load(gs_ptr).to(tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * stride_ym + n[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _e4m3_bits(v):
+    """float8_e4m3fn byte (int32) of a float32 already on the E4M3 grid, |v| <= 448."""
+    bits = v.to(tl.uint32, bitcast=True)
+    sign = ((bits >> 24) & 128).to(tl.int32)
+    a = tl.abs(v)
+    e = ((a.to(tl.uint32, bitcast=True) >> 23) & 255).to(tl.int32) - 127
+    man = ((a.to(tl.uint32, bitcast=True) >> 20) & 7).to(tl.int32)
+    code = tl.where(e >= -6, ((e + 7) << 3) | man, (a * 512.0).to(tl.int32))
+    code = tl.where(a != a, 127, code)
+    return code | sign
+
+
+@triton.jit
+def quant_rows_kernel(
+    x_ptr,
+    q_ptr,
+    amax_ptr,
+    inv_ptr,
+    K,
+    stride_xm,
+    PER_ROW: tl.constexpr,
+    OUT_INT8: tl.constexpr,
+    TINY: tl.constexpr,
+    NATIVE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Dynamic activation quantization: E4M3 bytes or INT8 codes, and the dequant scale."""
+    row = tl.program_id(0)
+    x_row = x_ptr + row.to(tl.int64) * stride_xm
+    q_row = q_ptr + row.to(tl.int64) * K
+    cols = tl.arange(0, BLOCK)
+    if PER_ROW:
+        run = tl.zeros([BLOCK], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK):
+            xv = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
+            run = max_nan(run, tl.abs(xv))
+        amax = tl.reduce(run, 0, max_nan)
+    else:
+        amax = tl.load(amax_ptr).to(tl.float32)
+    amax = tl.maximum(amax, TINY)
+    bound = 127.0 if OUT_INT8 else 448.0
+    scale = tl.math.div_rn(bound + tl.zeros_like(amax), amax)
+    if PER_ROW:
+        tl.store(inv_ptr + row, tl.math.div_rn(1.0 + tl.zeros_like(scale), scale))
+    for k0 in range(0, K, BLOCK):
+        m = k0 + cols < K
+        xv = tl.load(x_row + k0 + cols, mask=m, other=0.0).to(tl.float32)
+        if OUT_INT8:
+            code = rne(clamp_nan(xv * scale, -127.0, 127.0)).to(tl.int32)
+        else:
+            v = round_elem(clamp_nan(xv * scale, -448.0, 448.0), -6, 3, NATIVE)
+            code = _e4m3_bits(v)
+        tl.store(q_row + k0 + cols, code.to(tl.uint8), mask=m)
+
+
+@triton.jit
+def scale_epilogue_kernel(
+    acc_ptr,
+    sa_ptr,
+    sw_ptr,
+    b_ptr,
+    y_ptr,
+    M,
+    N,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """``y = acc * sa[:, None] * sw[None, :] (+ bias)`` for an int32 GEMM accumulator."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mm, mn = rm < M, rn < N
+    offs = rm.to(tl.int64)[:, None] * N + rn[None, :]
+    mask = mm[:, None] & mn[None, :]
+    acc = tl.load(acc_ptr + offs, mask=mask, other=0).to(tl.float32)
+    sa = tl.load(sa_ptr + rm, mask=mm, other=0.0)
+    sw = tl.load(sw_ptr + rn, mask=mn, other=0.0)
+    y = acc * sa[:, None] * sw[None, :]
+    if HAS_BIAS:
+        y += tl.load(b_ptr + rn, mask=mn, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def w4_dequant_kernel(
+    w_ptr,
+    s_ptr,
+    gs_ptr,
+    out_ptr,
+    N,
+    K,
+    GROUP: tl.constexpr,
+    WFMT: tl.constexpr,
+    BF16: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """Packed 4-bit weight ``[N, K/2]`` -> dense ``[N, K]`` (codes times their scales).
+
+    Same arithmetic as ``QuantizedWeight.dequantize``: INT4 ``q * scale``, NVFP4
+    ``e2m1 * (block_scale * global_scale)`` in float32, then one rounding to the output dtype.
+    Scales are loaded once per (row, group), not per element, and the even/odd halves are
+    interleaved in registers so the output is written with contiguous vector stores.
+    """
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid_k = tl.program_id(1)
+    jj = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    half_k = K // 2
+    NG = K // GROUP
+    mask_n = n < N
+    mask = mask_n[:, None] & (jj < half_k)[None, :]
+    p = tl.load(w_ptr + n.to(tl.int64)[:, None] * half_k + jj[None, :], mask=mask, other=0)
+    lo, hi = _unpack(p.to(tl.int32), WFMT)
+    if BLOCK_K <= GROUP:
+        s = _load_scales(s_ptr, n * NG + (pid_k * BLOCK_K) // GROUP, mask_n, WFMT)
+        if WFMT == 1:
+            s = s * tl.load(gs_ptr).to(tl.float32)
+        lo = lo * s[:, None]
+        hi = hi * s[:, None]
+    else:
+        g = pid_k * (BLOCK_K // GROUP) + tl.arange(0, BLOCK_K // GROUP)
+        s_mask = mask_n[:, None] & (g < NG)[None, :]
+        s = _load_scales(s_ptr, n[:, None] * NG + g[None, :], s_mask, WFMT)
+        if WFMT == 1:
+            s = s * tl.load(gs_ptr).to(tl.float32)
+        s3 = s[:, :, None]
+        lo3 = tl.reshape(lo, [BLOCK_N, BLOCK_K // GROUP, GROUP // 2]) * s3
+        hi3 = tl.reshape(hi, [BLOCK_N, BLOCK_K // GROUP, GROUP // 2]) * s3
+        lo = tl.reshape(lo3, [BLOCK_N, BLOCK_K // 2])
+        hi = tl.reshape(hi3, [BLOCK_N, BLOCK_K // 2])
+    vals = tl.interleave(lo, hi)  # [BLOCK_N, BLOCK_K]: element 2j from lo, 2j + 1 from hi
+    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    out_mask = mask_n[:, None] & (k < K)[None, :]
+    store_as(out_ptr + n.to(tl.int64)[:, None] * K + k[None, :], vals, out_mask, BF16)

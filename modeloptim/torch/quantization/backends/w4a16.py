@@ -1,0 +1,171 @@
+"""W4A16 GEMM/GEMV in Triton: INT4 (per-group scales) or NVFP4 weights, 16-bit activations.
+
+The weight is never materialized in 16 bits: kernels read the packed bytes (two 4-bit codes
+per byte, even K index in the low nibble), decode in registers and accumulate in float32.
+Decode shapes (``M <= GEMV_MAX_M``, 16-bit activations) use the GEMV kernel; larger M and
+float32 activations use the tiled tensor-core kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._device import triton_usable
+from .registry import GEMM_BACKENDS
+from .weights import QuantizedWeight, WeightFormat
+
+#: Largest M served by the GEMV kernel (one program column per activation row).
+GEMV_MAX_M = 8
+#: GEMV tile (output rows per program, K per step), warps and pipeline stages: the fastest of
+#: a 36-config sweep on an H100 (benchmarks/gpu/NOTES.md): 26.6 us for 8192 x 8192 INT4.
+GEMV_BLOCK_N = 4
+GEMV_BLOCK_K = 2048
+GEMV_WARPS = 4
+GEMV_STAGES = 1
+#: For GEMV_MAX_M < M <= FUSED_GEMM_MAX_M the fused tile kernel (dequantize in registers,
+#: tensor-core dots) runs; above it a one-pass Triton dequantization to a dense 16-bit weight
+#: and cuBLAS. On an H100 (8192 x 8192 INT4) the fused kernel took 334 us at M=16 vs 622 us for
+#: dequantize + cuBLAS, and 2213 us vs 628 us at M=256 (benchmarks/gpu/NOTES.md).
+FUSED_GEMM_MAX_M = 32
+#: Force the fused kernel for every M > GEMV_MAX_M (tests and benchmarks).
+FUSED_GEMM = False
+#: GEMM tile.
+GEMM_BLOCK = (64, 64, 64)
+GEMM_WARPS = 4
+
+
+def _w4_available(x: torch.Tensor, w: QuantizedWeight) -> bool:
+    g = w.group_size
+    pow2_group = g >= 2 and g & (g - 1) == 0  # Triton tiles have power-of-two extents
+    dtype_ok = x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    return triton_usable(x) and dtype_ok and pow2_group
+
+
+@GEMM_BACKENDS.register(
+    "w4a16_triton", (WeightFormat.INT4, WeightFormat.NVFP4), priority=20, available=_w4_available
+)
+def w4a16_linear(
+    x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``x [M, K] @ dequant(W).T (+ bias)`` reading W packed; ``[M, N]`` in ``x.dtype``."""
+    from ._kernels import w4_gemm_kernel, w4_gemv_kernel
+
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    m, k = x.shape
+    n = weight.shape[0]
+    wfmt = 0 if weight.format == WeightFormat.INT4 else 1
+    scales = weight.scale if wfmt == 0 else weight.scale.view(torch.uint8)
+    gscale = weight.global_scale if weight.global_scale is not None else scales
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    b = bias if bias is not None else y
+    if m <= GEMV_MAX_M and x.dtype != torch.float32 and x.is_contiguous():
+        # x as int32 words holding (x[2j], x[2j+1]): loads in the weight tile's layout
+        xw = x.view(torch.int32)
+        grid = (triton_cdiv(n, GEMV_BLOCK_N), m)
+        w4_gemv_kernel[grid](
+            xw,
+            weight.data,
+            scales,
+            gscale,
+            b,
+            y,
+            n,
+            k,
+            xw.stride(0),
+            y.stride(0),
+            GROUP=weight.group_size,
+            WFMT=wfmt,
+            HAS_BIAS=bias is not None,
+            XBF16=x.dtype == torch.bfloat16,
+            BLOCK_N=GEMV_BLOCK_N,
+            BLOCK_K=_gemv_block_k(weight.group_size),
+            num_warps=GEMV_WARPS,
+            num_stages=GEMV_STAGES,
+        )
+        return y
+    if not FUSED_GEMM and m > FUSED_GEMM_MAX_M:
+        return F.linear(x, dequantize_w4(weight, x.dtype), bias)
+    bm, bn, bk = GEMM_BLOCK
+    bm = min(bm, max(16, 1 << (m - 1).bit_length()))  # small M: a 16-row tile
+    bk = min(bk, weight.group_size) if weight.group_size >= 32 else bk
+    grid = (triton_cdiv(m, bm), triton_cdiv(n, bn))
+    w4_gemm_kernel[grid](
+        x,
+        weight.data,
+        scales,
+        gscale,
+        b,
+        y,
+        m,
+        n,
+        k,
+        x.stride(0),
+        y.stride(0),
+        GROUP=weight.group_size,
+        WFMT=wfmt,
+        HAS_BIAS=bias is not None,
+        IEEE=x.dtype == torch.float32,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_K=bk,
+        num_warps=GEMM_WARPS,
+    )
+    return y
+
+
+def _gemv_block_k(group: int) -> int:
+    """K per GEMV step: a multiple of the group (or within one group), at least 32."""
+    if group >= GEMV_BLOCK_K:
+        return GEMV_BLOCK_K if group % GEMV_BLOCK_K == 0 else max(32, _pow2_divisor(group))
+    return GEMV_BLOCK_K if GEMV_BLOCK_K % group == 0 else group
+
+
+def _pow2_divisor(v: int) -> int:
+    return v & -v
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    """Ceiling division."""
+    return -(-a // b)
+
+
+def dequantize_w4(weight: QuantizedWeight, dtype: torch.dtype) -> torch.Tensor:
+    """Dense ``[N, K]`` weight in ``dtype``, equal to ``weight.dequantize(dtype)`` bit for bit.
+
+    One Triton pass (reads the packed bytes once) where Triton runs, else the PyTorch path.
+    """
+    if weight.format not in (WeightFormat.INT4, WeightFormat.NVFP4):
+        raise ValueError(f"weight: expected an int4 or nvfp4 weight, got {weight.format.value}")
+    if not triton_usable(weight.data):
+        return weight.dequantize(dtype)
+    from ..triton._common import interpreting
+    from ._kernels import w4_dequant_kernel
+
+    n, k = weight.shape
+    wfmt = 0 if weight.format == WeightFormat.INT4 else 1
+    scales = weight.scale if wfmt == 0 else weight.scale.view(torch.uint8)
+    gscale = weight.global_scale if weight.global_scale is not None else scales
+    out = torch.empty((n, k), dtype=dtype, device=weight.data.device)
+    bf16 = dtype == torch.bfloat16 and interpreting()  # see triton/_common.output_for
+    buf = out.view(torch.int16) if bf16 else out
+    block_k = 256 if weight.group_size < 256 else min(weight.group_size, 1024)
+    block_k = min(block_k, weight.group_size) if weight.group_size >= 64 else block_k
+    block_n = max(1, 8192 // block_k)
+    grid = (triton_cdiv(n, block_n), triton_cdiv(k, block_k))
+    w4_dequant_kernel[grid](
+        weight.data,
+        scales,
+        gscale,
+        buf,
+        n,
+        k,
+        GROUP=weight.group_size,
+        WFMT=wfmt,
+        BF16=bf16,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        num_warps=4,
+    )
+    return out

@@ -1,0 +1,206 @@
+"""Fused fake quantization with per-block scales computed in the kernel (dynamic blocks).
+
+Input is ``x2d`` of shape ``[N, B]``: one block per row (the caller pads and reshapes). A
+program loads a ``[BLOCK_N, B]`` tile once, reduces each row's amax in registers, quantizes
+and writes once: the same bytes as a copy. Formats (DESIGN.md §2, "Numerics to pin"):
+
+* INT dynamic block (e.g. INT4 block 128): the INT rule with the row's amax.
+* FP8 dynamic block: the FP8 rule with the row's amax.
+* NVFP4 (``B = 16``): two-level scales, ``scale_2 = global_amax / 2688``, FP8 E4M3 block
+  scale, E2M1 elements; a global amax ``<= 2**-24`` gives zeros.
+* MX (``B = 32``): E8M0 shared exponent ``ceil(log2(block_amax / elem_max))`` floored at
+  -127 and capped at 127 (computed exactly from bits), elements E4M3/E5M2/E3M2/E2M3/E2M1 or
+  INT8 (codes in [-127, 127] times ``2**-6``, so ``elem_max = 127/64``). A block holding NaN
+  comes out all NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    FP8_BY_EXPONENT_BITS,
+    MINIFLOATS,
+    TINY_AMAX,
+    ceil_log2,
+    check_input,
+    clamp_nan,
+    div_exact,
+    int_range,
+    launch_options,
+    max_nan,
+    native_fp8,
+    output_for,
+    pow2,
+    rne,
+    round_elem,
+    store_as,
+)
+
+#: Elements per program (rows x padded block width).
+TILE_ELEMS = 8192
+NUM_WARPS = 8
+#: From this many elements on, offsets are computed in 64 bits (int32 would overflow).
+INT64_MIN_NUMEL = 2**31 - 4 * TILE_ELEMS
+#: Widest block handled in registers; wider blocks fall back to the PyTorch path.
+MAX_BLOCK = 16384
+
+_FMT_INT, _FMT_FLOAT, _FMT_NVFP4, _FMT_MX = 0, 1, 2, 3
+
+#: MX element name -> (min normal exponent, mantissa bits, max value, is int8).
+_MX_ELEMS: dict[str, tuple[int, int, float, bool]] = {
+    **{k: (v[0], v[1], v[2], False) for k, v in MINIFLOATS.items()},
+    "int8": (0, 0, 127.0 / 64.0, True),
+}
+
+
+@triton.jit
+def _pow2_wide(e):
+    """``2.0**e`` for integer ``e`` in [-127, 127]; -127 is the float32 subnormal 2**-127."""
+    sub = (tl.zeros_like(e) + 0x400000).to(tl.uint32).to(tl.float32, bitcast=True)
+    return tl.where(e >= -126, pow2(tl.maximum(e, -126)), sub)
+
+
+@triton.jit
+def _block_fake_quant_kernel(
+    x_ptr,
+    gamax_ptr,
+    out_ptr,
+    N,
+    B,
+    BOUND,
+    LO,
+    HI,
+    FMT: tl.constexpr,
+    EMIN: tl.constexpr,
+    MBITS: tl.constexpr,
+    MX_INT8: tl.constexpr,
+    TINY: tl.constexpr,
+    BF16: tl.constexpr,
+    NATIVE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    INT64: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_B)
+    if INT64:
+        offs = rows.to(tl.int64)[:, None] * B + cols[None, :]
+    else:
+        offs = rows[:, None] * B + cols[None, :]
+    mask = (rows < N)[:, None] & (cols < B)[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    bamax = tl.reduce(tl.abs(x), 1, max_nan)[:, None]
+    if FMT == 0 or FMT == 1:
+        tiny = bamax <= TINY
+        scale = tl.where(tiny, 1.0, tl.math.div_rn(tl.zeros_like(bamax) + BOUND, bamax))
+        inv = tl.math.div_rn(tl.zeros_like(scale) + 1.0, scale)
+        v = clamp_nan(x * scale, LO, HI)
+        if FMT == 0:
+            out = div_exact(rne(v), scale, inv)
+        else:
+            out = round_elem(v, EMIN, MBITS, NATIVE) * inv
+        out = tl.where(tiny, 0.0, out)
+    elif FMT == 2:
+        ga = tl.load(gamax_ptr).to(tl.float32)
+        scale_2 = tl.math.div_rn(ga, 2688.0)
+        s = tl.math.div_rn(bamax, tl.zeros_like(bamax) + 6.0 * scale_2)
+        s = tl.where(s == 0.0, 1.0, s)
+        s = round_elem(clamp_nan(s, 0.001953125, 448.0), -6, 3, NATIVE)
+        d = s * scale_2
+        q = round_elem(clamp_nan(tl.math.div_rn(x, d), -6.0, 6.0), 0, 1, NATIVE)
+        out = q * d
+        out = tl.where(ga <= TINY, 0.0, out)
+    else:
+        r = tl.math.div_rn(bamax, tl.zeros_like(bamax) + HI)
+        e = tl.minimum(tl.maximum(ceil_log2(r), -127), 127)
+        v = x * _pow2_wide(-e)
+        if MX_INT8:
+            q = rne(clamp_nan(v * 64.0, -127.0, 127.0)) * 0.015625
+        else:
+            q = round_elem(clamp_nan(v, LO, HI), EMIN, MBITS, NATIVE)
+        out = tl.where(bamax != bamax, float("nan"), q * _pow2_wide(e))
+    store_as(out_ptr + offs, out, mask, BF16)
+
+
+def _launch_block(
+    x2d: torch.Tensor,
+    fmt: int,
+    bound: float = 0.0,
+    lo: float = 0.0,
+    hi: float = 0.0,
+    emin: int = 0,
+    mbits: int = 0,
+    mx_int8: bool = False,
+    global_amax: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    if not check_input(x2d) or x2d.dim() != 2 or x2d.numel() == 0:
+        return None
+    n, b = x2d.shape
+    if b > MAX_BLOCK:
+        return None
+    x2d = x2d.contiguous()
+    out, buf, bf16 = output_for(x2d)
+    block_b = triton.next_power_of_2(b)
+    block_n = max(1, TILE_ELEMS // block_b)
+    gamax = x2d if global_amax is None else global_amax.to(x2d.device, torch.float32)
+    _block_fake_quant_kernel[(triton.cdiv(n, block_n),)](
+        x2d,
+        gamax,
+        buf,
+        n,
+        b,
+        bound,
+        lo,
+        hi,
+        FMT=fmt,
+        EMIN=emin,
+        MBITS=mbits,
+        MX_INT8=mx_int8,
+        TINY=TINY_AMAX,
+        BF16=bf16,
+        NATIVE=native_fp8(),
+        BLOCK_N=block_n,
+        BLOCK_B=block_b,
+        INT64=x2d.numel() >= INT64_MIN_NUMEL,
+        num_warps=NUM_WARPS,
+        **launch_options(),
+    )
+    return out
+
+
+def fake_quant_int_dynamic_block(
+    x2d: torch.Tensor, num_bits: int, unsigned: bool, narrow_range: bool
+) -> torch.Tensor | None:
+    """INT fake quant of each row of ``x2d`` (``[N, B]``) with the row's own amax."""
+    bound, lo, hi = int_range(num_bits, unsigned, narrow_range)
+    return _launch_block(x2d, _FMT_INT, bound, lo, hi)
+
+
+def fake_quant_fp8_dynamic_block(x2d: torch.Tensor, exponent_bits: int) -> torch.Tensor | None:
+    """FP8 fake quant of each row of ``x2d`` (``[N, B]``) with the row's own amax."""
+    elem = FP8_BY_EXPONENT_BITS.get(exponent_bits)
+    if elem is None:
+        raise ValueError(f"exponent_bits must be 4 (E4M3) or 5 (E5M2), got {exponent_bits}")
+    emin, mbits, fmax = MINIFLOATS[elem]
+    return _launch_block(x2d, _FMT_FLOAT, fmax, -fmax, fmax, emin, mbits)
+
+
+def fake_quant_nvfp4(x2d: torch.Tensor, global_amax: torch.Tensor) -> torch.Tensor | None:
+    """NVFP4 fake quant of ``x2d`` (``[N, 16]``) given the 0-d float32 ``global_amax``."""
+    if x2d.dim() != 2 or x2d.shape[-1] != 16 or global_amax.numel() != 1:
+        return None
+    return _launch_block(x2d, _FMT_NVFP4, global_amax=global_amax.reshape(()))
+
+
+def fake_quant_mx(x2d: torch.Tensor, elem: str) -> torch.Tensor | None:
+    """MX fake quant of ``x2d`` (``[N, 32]``); ``elem`` in e4m3/e5m2/e3m2/e2m3/e2m1/int8."""
+    spec = _MX_ELEMS.get(elem)
+    if spec is None:
+        raise ValueError(f"elem must be one of {sorted(_MX_ELEMS)}, got {elem!r}")
+    if x2d.dim() != 2 or x2d.shape[-1] != 32:
+        return None
+    emin, mbits, emax, is_int8 = spec
+    return _launch_block(x2d, _FMT_MX, 0.0, -emax, emax, emin, mbits, is_int8)

@@ -1,0 +1,1 @@
+"""Optional integrations (imported only when their library is already loaded)."""

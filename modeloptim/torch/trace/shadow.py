@@ -1,0 +1,184 @@
+"""Shadow execution while tracing: every fx node is also run on the example inputs.
+
+This lets the tracer follow Python code that only looks at *shapes* (``if x.shape[1] != 3``,
+``(*x.shape[:-1], -1)``, ``int(seq_len)``): such values are specialized to the example, and a
+``shape_guard`` node records which sizes the graph now assumes, so the analyzer can freeze
+them. Conditions on tensor *data* (``if x.sum() > 0``) still fail, so the module falls back.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import operator
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import fx
+from torch.fx.node import map_arg
+
+_MISSING = object()
+_PLAIN_MODULES = {"_operator", "operator", "builtins", "torch", "torch.functional",
+                  "torch.nn.functional", "torch._C._nn", "torch._C._VariableFunctions", None}
+_SIZE_METHODS = {"size", "dim", "numel", "ndimension", "nelement"}
+
+
+def shape_guard(*values: Any) -> None:
+    """Graph marker: traced code branched on these size-derived values (no-op at run time)."""
+    del values
+
+
+class ShadowProxy(fx.Proxy):
+    """A proxy that knows its example value when it is derived from shapes only."""
+
+    def __len__(self) -> int:
+        v = self.tracer.shadow(self.node)  # type: ignore[attr-defined]
+        if isinstance(v, tuple | list | torch.Size):
+            return len(v)
+        raise fx.proxy.TraceError("len() of a traced value")
+
+    def __index__(self) -> int:
+        return self.tracer.concrete_int(self)  # type: ignore[attr-defined]
+
+    def __int__(self) -> int:
+        return self.tracer.concrete_int(self)  # type: ignore[attr-defined]
+
+
+class ShadowMixin:
+    """Mixed into an fx.Tracer: keeps example values of nodes and shape-only flags."""
+
+    example: dict[str, Any]
+    values: dict[fx.Node, Any]
+    shape_only: set[fx.Node]
+
+    def init_shadow(self, example: dict[str, Any] | None) -> None:
+        """Set example values of the root's arguments (by name)."""
+        self.example = dict(example or {})
+        self.values = {}
+        self.shape_only = set()
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        """Create proxies that support len/int/index through the shadow values."""
+        return ShadowProxy(node, self)  # type: ignore[arg-type]
+
+    def shadow(self, node: fx.Node) -> Any:
+        """Example value of ``node`` (``_MISSING`` when unknown)."""
+        return self.values.get(node, _MISSING)
+
+    def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any,
+                     name: str | None = None, type_expr: Any = None,
+                     proxy_factory_fn: Any = None) -> fx.Proxy:
+        """Create the proxy, then run its op on the example values."""
+        p = super().create_proxy(kind, target, args, kwargs, name, type_expr,  # type: ignore[misc]
+                                 proxy_factory_fn)
+        node = p.node
+        value = self._run(node)
+        if value is not _MISSING:
+            self.values[node] = value
+            if self._is_shape_only(node, value):
+                self.shape_only.add(node)
+        return p
+
+    def _run(self, node: fx.Node) -> Any:
+        if node.op == "placeholder":
+            return self.example.get(str(node.target).lstrip("*"), _MISSING)
+        missing = False
+
+        def val(n: fx.Node) -> Any:
+            nonlocal missing
+            v = self.values.get(n, _MISSING)
+            if v is _MISSING and n.op == "get_attr":  # made by create_arg, not create_proxy
+                v = self.values[n] = self._attr(str(n.target))
+            missing |= v is _MISSING
+            return v
+
+        args = map_arg(node.args, val)
+        kwargs = map_arg(node.kwargs, val)
+        if missing:
+            return _MISSING
+        # reverting fx's patches is costly: only needed where user code runs (modules...)
+        plain = node.op == "call_method" or (node.op == "call_function" and getattr(
+            node.target, "__module__", None) in _PLAIN_MODULES)
+        try:
+            with torch.no_grad(), contextlib.nullcontext() if plain else _unpatched():
+                if node.op == "get_attr":
+                    return self._attr(str(node.target))
+                if node.op == "call_function":
+                    if node.target is shape_guard:
+                        return None
+                    return node.target(*args, **kwargs)  # type: ignore[operator]
+                if node.op == "call_method":
+                    return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+                if node.op == "call_module":
+                    mod = self.root.get_submodule(str(node.target))  # type: ignore[attr-defined]
+                    return mod(*args, **kwargs)
+        except Exception:
+            return _MISSING
+        return _MISSING
+
+    def _attr(self, target: str) -> Any:
+        obj: Any = self.root  # type: ignore[attr-defined]
+        with _unpatched():
+            for part in target.split("."):
+                obj = getattr(obj, part, _MISSING)
+                if obj is _MISSING:
+                    break
+        return obj
+
+    def _is_shape_only(self, node: fx.Node, value: Any) -> bool:
+        if _has_tensor(value):
+            return False
+        if node.op == "call_method" and node.target in _SIZE_METHODS:
+            return True
+        if node.op == "call_function" and node.target is builtins.getattr and \
+                node.args[1] in ("shape", "ndim", "dtype", "device", "is_cuda", "layout"):
+            return True
+        if node.op == "call_function" and node.target is builtins.len:
+            return True
+        inputs = node.all_input_nodes
+        return bool(inputs) and all(n in self.shape_only for n in inputs)
+
+    def concrete_int(self, p: fx.Proxy) -> int:
+        """``int()``/``__index__`` of a size-derived proxy: specialize and guard."""
+        v = self.values.get(p.node, _MISSING)
+        if p.node in self.shape_only and isinstance(v, int):
+            self.create_proxy("call_function", shape_guard, (p,), {})
+            return int(v)
+        raise fx.proxy.TraceError("int() of a value computed from tensor data")
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        """Branch on a size-derived condition by its example value (with a guard node)."""
+        v = self.values.get(obj.node, _MISSING)
+        if obj.node in self.shape_only and v is not _MISSING:
+            self.create_proxy("call_function", shape_guard, (obj,), {})
+            return bool(v)
+        return super().to_bool(obj)  # type: ignore[misc]
+
+    def iter(self, obj: fx.Proxy) -> Iterator[Any]:
+        """Iterate size tuples (``*x.shape[:-1]``) by their example length."""
+        v = self.values.get(obj.node, _MISSING)
+        if isinstance(v, tuple | list | torch.Size):
+            return iter([obj[i] for i in range(len(v))])  # type: ignore[index]
+        return super().iter(obj)  # type: ignore[misc]
+
+
+def _unpatched() -> contextlib.AbstractContextManager[Any]:
+    """Undo fx's tracing patches (``Module.__call__``...) while running real code."""
+    from torch.fx import _symbolic_trace
+
+    revert = getattr(_symbolic_trace, "_maybe_revert_all_patches", None)
+    return revert() if revert is not None else contextlib.nullcontext()
+
+
+def _has_tensor(x: Any) -> bool:
+    if isinstance(x, torch.Tensor):
+        return True
+    if isinstance(x, tuple | list):
+        return any(_has_tensor(v) for v in x)
+    if isinstance(x, dict):
+        return any(_has_tensor(v) for v in x.values())
+    return False
+
+
+__all__ = ["ShadowMixin", "ShadowProxy", "operator", "shape_guard"]

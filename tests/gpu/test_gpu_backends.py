@@ -1,0 +1,86 @@
+"""GEMM backends on the GPU: W4A16/NVFP4 Triton kernels in bf16, FP8 and INT8 GEMMs."""
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+if torch.cuda.is_available():
+    from modeloptim.torch.quantization import backends as B
+    from modeloptim.torch.quantization.backends import fp8, int8, w4a16
+
+
+def _rel(y, ref):
+    return ((y.double() - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("fmt", ["int4", "nvfp4"])
+@pytest.mark.parametrize("m", [1, 4, 33, 512])
+def test_w4a16_bf16(fmt, m):
+    torch.manual_seed(m)
+    n, k = 1024, 2048
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    qw = B.quantize_int4(w, 128) if fmt == "int4" else B.quantize_nvfp4(w)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    assert B.GEMM_BACKENDS.select(x, qw).name == "w4a16_triton"
+    y = B.quantized_linear(x, qw, bias)
+    ref = x.double() @ qw.dequantize(torch.float64).T + bias.double()
+    assert _rel(y, ref) < 1e-2
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_fp8_activation_kernel_bit_exact(per_row):
+    x = torch.randn(300, 1000, device="cuda", dtype=torch.bfloat16) * 7
+    q, inv = fp8.quantize_activation_fp8(x, per_row)
+    q2, inv2 = fp8._quant_torch(x, per_row)
+    assert torch.equal(q.view(torch.uint8), q2.view(torch.uint8))
+    assert torch.equal(inv, inv2)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fp8_linear(per_channel):
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("no FP8 tensor cores")
+    w = torch.randn(512, 1024, device="cuda")
+    qw = B.quantize_fp8(w, per_channel=per_channel)
+    x = torch.randn(256, 1024, device="cuda", dtype=torch.bfloat16)
+    assert B.GEMM_BACKENDS.select(x, qw).name == "fp8_scaled_mm"
+    y = B.quantized_linear(x, qw)
+    ref = x.double() @ qw.dequantize(torch.float64).T
+    assert _rel(y, ref) < 0.06
+
+
+def test_int8_linear():
+    w = torch.randn(512, 1024, device="cuda")
+    qw = B.quantize_int8(w)
+    x = torch.randn(256, 1024, device="cuda", dtype=torch.bfloat16)
+    assert B.GEMM_BACKENDS.select(x, qw).name == "int8_int_mm"
+    y = B.quantized_linear(x, qw)
+    ref = x.double() @ qw.dequantize(torch.float64).T
+    assert _rel(y, ref) < 0.02
+
+
+def test_int8_activation_kernel_bit_exact():
+    x = torch.randn(300, 1000, device="cuda", dtype=torch.bfloat16) * 7
+    q, inv = int8.quantize_activation_int8(x)
+    q2, inv2 = int8._quant_torch(x)
+    assert torch.equal(q, q2)
+    assert torch.equal(inv, inv2)
+
+
+@pytest.mark.parametrize("fmt", ["int4", "nvfp4"])
+def test_dequantize_w4_bit_exact(fmt):
+    w = torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16)
+    qw = B.quantize_int4(w, 128) if fmt == "int4" else B.quantize_nvfp4(w)
+    for dtype in (torch.bfloat16, torch.float16):
+        assert torch.equal(w4a16.dequantize_w4(qw, dtype), qw.dequantize(dtype))
+
+
+def test_fused_gemm_bf16(monkeypatch):
+    monkeypatch.setattr(w4a16, "FUSED_GEMM", True)
+    w = torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16)
+    qw = B.quantize_int4(w, 128)
+    x = torch.randn(64, 1024, device="cuda", dtype=torch.bfloat16)
+    ref = x.double() @ qw.dequantize(torch.float64).T
+    assert _rel(B.quantized_linear(x, qw), ref) < 1e-2
