@@ -87,7 +87,8 @@ def calibrate_with(
         for q in quantizers:
             if id(q) in weight_quantizers:
                 q.disable_calib()  # collected from the weights already; skip in the loop
-        if forward_loop is not None:
+        # Only activation quantizers learn from the loop: weight-only configs skip it.
+        if forward_loop is not None and any(id(q) not in weight_quantizers for q in quantizers):
             run_forward_loop(model, forward_loop, desc)
         # Data-parallel calibration: combine the ranks' statistics (no-op without a group).
         from modeloptim.torch.quantization.algorithms.distributed import sync_quantizer_stats

@@ -65,3 +65,14 @@ def test_algorithm_none_keeps_quantizers_uncalibrated():
     assert calls == []
     assert model[0].weight_quantizer.amax is None
     assert model[0].weight_quantizer.is_enabled
+
+
+def test_weight_only_config_does_not_run_the_forward_loop():
+    model = nn.Sequential(nn.Linear(4, 4))
+    calls = []
+    mtq.quantize(model, mtq.INT8_WEIGHT_ONLY_CFG, lambda m: calls.append(m(torch.randn(2, 4))))
+    assert calls == []
+    assert model[0].weight_quantizer.amax is not None
+    model2 = nn.Sequential(nn.Linear(4, 4))
+    mtq.quantize(model2, mtq.INT8_DEFAULT_CFG, lambda m: calls.append(m(torch.randn(2, 4))))
+    assert len(calls) == 1
