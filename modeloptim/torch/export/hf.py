@@ -270,6 +270,7 @@ def _quantizer_description(model: nn.Module) -> dict[str, Any]:
             cfgs.append(cfg)
         out[name] = {
             "enable": [m.is_enabled for m in members],
+            "quant": [bool(getattr(m, "_if_quant", True)) for m in members],
             "cfg": cfgs if isinstance(q, SequentialQuantizer) else cfgs[0],
         }
     return out

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from modeloptim.torch.export.packers import UnsupportedFormatError, leaf_quantizers
+from modeloptim.torch.export.packers import UnsupportedFormatError, leaf_quantizers, quantizes
 from modeloptim.torch.quantization.compress import CompressedWeight
 from modeloptim.torch.quantization.formats import (
     Blocked,
@@ -168,11 +168,11 @@ def layer_export(name: str, module: nn.Module) -> LayerExport | None:
     if not stages:
         return None
     iq = module._modules.get("input_quantizer")
-    inq = iq if isinstance(iq, TensorQuantizer) and iq.is_enabled else None
+    inq = iq if isinstance(iq, TensorQuantizer) and quantizes(iq) else None
     pqs = iq.pre_quant_scale if isinstance(iq, TensorQuantizer) else None
     oq = module._modules.get("output_quantizer")
     try:
-        if isinstance(oq, TensorQuantizer) and oq.is_enabled:
+        if isinstance(oq, TensorQuantizer) and quantizes(oq):
             raise UnsupportedFormatError("output quantizers have no checkpoint format")
         wkind = _describe(stages)
         ikind = format_kind(inq.format) if inq is not None else None
@@ -204,6 +204,6 @@ def kv_quantizers(model: nn.Module) -> list[tuple[str, TensorQuantizer, TensorQu
         k = module._modules.get("k_bmm_quantizer")
         v = module._modules.get("v_bmm_quantizer")
         pair = isinstance(k, TensorQuantizer) and isinstance(v, TensorQuantizer)
-        if pair and (k.is_enabled or v.is_enabled):
+        if pair and (quantizes(k) or quantizes(v)):
             out.append((name, k, v))
     return out

@@ -77,11 +77,14 @@ def _restore_quantizers(model: nn.Module, desc: dict[str, Any]) -> None:
             )
     for name, d in desc.items():
         leaves = leaf_quantizers(model.get_submodule(name))
-        for q, on in zip(leaves, d["enable"], strict=True):
+        for i, (q, on) in enumerate(zip(leaves, d["enable"], strict=True)):
             if on:
                 q.enable()
             else:
                 q.disable()
+            if not d.get("quant", [True] * len(leaves))[i]:  # scale-only (AWQ pre-scaler)
+                q.disable_quant()
+                q.disable_calib()
 
 
 def _set_activation_amax(q: TensorQuantizer, scale: torch.Tensor) -> None:

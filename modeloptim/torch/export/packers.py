@@ -37,6 +37,7 @@ __all__ = [
     "UnsupportedFormatError",
     "leaf_quantizers",
     "pack_weight",
+    "quantizes",
 ]
 
 Packer = Callable[[Any, torch.Tensor, "torch.Tensor | None"], QTensor]
@@ -141,6 +142,11 @@ def _pack_mx(fmt: Any, w: torch.Tensor, amax: torch.Tensor | None) -> QTensor:
     if fmt.elem == "e2m1":
         return MXFP4QTensor.quantize(w, block)
     raise _unsupported(fmt, "only MXFP8 (E4M3) and MXFP4 (E2M1) elements are packed")
+
+
+def quantizes(q: Any) -> bool:
+    """True when ``q`` is enabled and actually quantizes (not a scale-only AWQ pre-scaler)."""
+    return isinstance(q, TensorQuantizer) and q.is_enabled and bool(getattr(q, "_if_quant", True))
 
 
 def leaf_quantizers(q: Any) -> list[TensorQuantizer]:

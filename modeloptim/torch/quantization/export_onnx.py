@@ -214,6 +214,8 @@ def _onnx_forward(self: TensorQuantizer, x: torch.Tensor) -> torch.Tensor:
         return x
     if self.pre_quant_scale is not None:
         x = x * self.pre_quant_scale.to(x.dtype)
+    if not getattr(self, "_if_quant", True):  # scale-only (AWQ pre-scaler on a W4A16 layer)
+        return x
     fmt = self.format
     kind = format_kind(fmt)
     amax = self.amax

@@ -160,3 +160,32 @@ def test_export_dtype_bf16(tmp_path):
     loaded = load_hf_checkpoint(tmp_path / "c")
     assert loaded.model.embed_tokens.weight.dtype == torch.bfloat16
     assert math.isfinite(float(logits(loaded).abs().max()))
+
+
+@pytest.mark.parametrize(
+    ("name", "algo"),
+    [
+        ("INT4_AWQ_CFG", "W4A16_AWQ"),
+        ("W4A8_AWQ_BETA_CFG", "W4A8_AWQ"),
+        ("INT8_SMOOTHQUANT_CFG", "INT8_SQ"),
+    ],
+)
+def test_real_awq_and_smoothquant_roundtrip(tmp_path, name, algo):
+    import copy
+
+    from modeloptim.torch.quantization.config import presets
+
+    model = quantized(tiny_llama(), copy.deepcopy(getattr(presets, name)))  # real algorithm
+    report = export_hf_checkpoint(model, tmp_path / "c")
+    assert report.quant_algo == algo
+    t = _tensors(tmp_path / "c")
+    pqs = [k for k in t if k.endswith(".pre_quant_scale")]
+    assert pqs  # smoothing factors are exported
+    for k in pqs:
+        layer = model.get_submodule(k.removesuffix(".pre_quant_scale"))
+        torch.testing.assert_close(t[k], layer.input_quantizer.pre_quant_scale.reshape(-1))
+    hfq = json.loads((tmp_path / "c" / "hf_quant_config.json").read_text())["quantization"]
+    if algo != "INT8_SQ":
+        assert hfq["pre_quant_scale"] is True
+    loaded = load_hf_checkpoint(tmp_path / "c")
+    torch.testing.assert_close(logits(loaded), logits(model), rtol=0, atol=0)
