@@ -62,3 +62,8 @@ __all__ += [
 from .auto_quantize import auto_quantize  # noqa: E402
 
 __all__ += ["auto_quantize"]
+
+# export (real quantized weights); ONNX export lives in .export_onnx (imports onnx lazily)
+from .compress import compress  # noqa: E402  (after the qapi block: needs its modules)
+
+__all__ += ["compress"]

@@ -1,0 +1,158 @@
+"""Fused-layer consistency: one input scale (and one ``pre_quant_scale``) per shared input.
+
+Serving engines fuse layers that read the same tensor (q/k/v, gate/up) into one GEMM with a
+single activation scale. Groups are found from one real forward pass, not from module names:
+a forward pre-hook on every quantized layer records the identity of the tensor it reads
+(``data_ptr``, shape, strides, dtype; the tensors are kept alive during the pass so memory is
+not reused). This is a small hook-based finder of our own; the ``algos`` helper's
+``algorithms/sharing.py`` does the same with producer tracking and can replace it.
+
+:func:`harmonize_groups` then, per group of two or more layers with input quantizers:
+
+- ``pre_quant_scale``: if the members differ, all get the mean ``s`` and each weight is
+  re-smoothed, ``W_i[:, j] *= s_i[j] / s[j]``, so ``(x * s) @ W_i'^T == (x * s_i) @ W_i^T`` before
+  quantization; static weight amaxes are re-calibrated on the new weights;
+- input ``amax``: the maximum of the members' amaxes.
+
+This changes the fake-quantized model slightly (it is what the fused kernels compute); the
+export is written from the harmonized model, so model and checkpoint agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from modeloptim.torch.export.packers import leaf_quantizers
+from modeloptim.torch.quantization.nn import TensorQuantizer
+from modeloptim.torch.quantization.nn.modules.quant_module import QuantModule
+
+__all__ = ["find_shared_input_groups", "harmonize_groups"]
+
+
+def _is_candidate(module: nn.Module) -> bool:
+    return isinstance(module, QuantModule) and module._parameters.get("weight") is not None
+
+
+def find_shared_input_groups(model: nn.Module, run: Callable[[nn.Module], Any]) -> list[list[str]]:
+    """Names of quantized layers grouped by the tensor they read, from one call of ``run``.
+
+    Args:
+        model: a quantized model.
+        run: ``run(model)`` performs one forward pass.
+
+    Returns:
+        Groups in first-call order (singletons included); layers that never ran are omitted.
+    """
+    keep: list[torch.Tensor] = []
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    handles = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def pre(_m: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0] if args else None
+            if not isinstance(x, torch.Tensor):
+                return
+            keep.append(x)
+            key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype)
+            members = groups.setdefault(key, [])
+            if name not in members:
+                members.append(name)
+
+        return pre
+
+    for name, module in model.named_modules():
+        if _is_candidate(module):
+            handles.append(module.register_forward_pre_hook(hook(name)))
+    # Quantization does not change which tensor a layer reads: skip its cost in this pass.
+    quantizers = [m for m in model.modules() if isinstance(m, TensorQuantizer) and m.is_enabled]
+    for q in quantizers:
+        q.disable()
+    try:
+        with torch.no_grad():
+            run(model)
+    finally:
+        for h in handles:
+            h.remove()
+        for q in quantizers:
+            q.enable()
+        keep.clear()
+    # a layer called on several tensors (shared weights) joins the first group only
+    seen: set[str] = set()
+    out: list[list[str]] = []
+    for members in groups.values():
+        fresh = [n for n in members if n not in seen]
+        seen.update(fresh)
+        if fresh:
+            out.append(fresh)
+    return out
+
+
+def _recalibrate_weight(module: nn.Module) -> None:
+    x = module._parameters["weight"].detach()  # type: ignore[union-attr]
+    for q in leaf_quantizers(module._modules.get("weight_quantizer")):
+        if not q.is_enabled:
+            continue
+        if not q.format.is_dynamic:
+            amax = q.format.compute_amax(x)
+            if amax is not None:
+                q.amax = amax.reshape(q.amax.shape) if q.amax is not None else amax
+        x = q(x)
+
+
+def _unify_pre_quant_scale(
+    names: list[str], mods: list[nn.Module], qs: list[TensorQuantizer]
+) -> bool:
+    scales = [q.pre_quant_scale for q in qs]
+    first = next((s for s in scales if s is not None), None)
+    if first is None:
+        return False
+    full = [torch.ones_like(first) if s is None else s.float().reshape(-1) for s in scales]
+    if all(torch.equal(full[0], s) for s in full[1:]):
+        return False
+    weights = [m._parameters.get("weight") for m in mods]
+    if any(w is None for w in weights):
+        raise ValueError(
+            f"model: layers {names} read one tensor with different pre_quant_scale but are "
+            "compressed; export before mtq.compress so their weights can be re-smoothed"
+        )
+    mean = torch.stack(full).mean(dim=0)
+    for m, q, s, w in zip(mods, qs, full, weights, strict=True):
+        assert w is not None
+        w.mul_((s / mean).to(w.dtype))
+        q.pre_quant_scale = mean
+        _recalibrate_weight(m)
+    return True
+
+
+@torch.no_grad()
+def harmonize_groups(model: nn.Module, groups: list[list[str]]) -> list[list[str]]:
+    """Give every fused group one input amax and one ``pre_quant_scale`` (in place).
+
+    Returns:
+        The groups that were changed.
+    """
+    changed: list[list[str]] = []
+    for names in groups:
+        if len(names) < 2:
+            continue
+        mods = [model.get_submodule(n) for n in names]
+        inqs = [m._modules.get("input_quantizer") for m in mods]
+        qs = [q for q in inqs if isinstance(q, TensorQuantizer) and q.is_enabled]
+        if len(qs) != len(mods):
+            continue
+        touched = _unify_pre_quant_scale(names, mods, qs)
+        amaxes = [q.amax for q in qs]
+        present = [a for a in amaxes if a is not None]
+        if len(present) == len(qs):
+            top = torch.stack([a.float() for a in present]).amax(dim=0)
+            if not all(torch.equal(a, top) for a in present):
+                for q in qs:
+                    q.amax = top
+                touched = True
+        if touched:
+            changed.append(names)
+    return changed
