@@ -1,8 +1,8 @@
 """``modeloptim eval``: perplexity of a causal LM, optionally of a saved quantized state.
 
-``--quantized DIR`` reads what ``modeloptim quantize --output DIR`` wrote: the preset is
-re-applied without calibration and the saved state_dict (weights and amax values) is loaded,
-so the model computes exactly what was saved.
+``--quantized DIR`` reads what ``modeloptim quantize --output DIR`` wrote: ``mto.restore``
+replays the recorded quantize mode (every quantizer's attributes) and loads the weights and
+calibrated tensors, so the model computes exactly what was saved.
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ def register(subparsers: Any) -> None:
 
 
 def _read_quant_dir(path: Path) -> tuple[str, Path]:
-    meta_file, state_file = path / "quant_config.json", path / "model_state.pt"
+    meta_file, state_file = path / "quant_config.json", path / "modelopt.pth"
     if not (meta_file.is_file() and state_file.is_file()):
         raise CliError(
-            f"--quantized: {str(path)!r} must hold quant_config.json and model_state.pt "
+            f"--quantized: {str(path)!r} must hold quant_config.json and modelopt.pth "
             "(written by 'modeloptim quantize --output')"
         )
     try:
@@ -64,15 +64,10 @@ def _read_quant_dir(path: Path) -> tuple[str, Path]:
 
 
 def _apply_saved_quantization(model: Any, fmt: str, state_file: Path) -> None:
-    import torch
+    import modeloptim.torch.opt as mto
 
-    import modeloptim.torch.quantization as mtq
-
-    config = mtq.get_preset(FORMATS[fmt])
-    config["algorithm"] = None  # the amax values come from the saved state
-    mtq.quantize(model, config)
-    state = torch.load(state_file, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    del fmt  # the saved state knows every quantizer's format
+    mto.restore(model, state_file)
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -114,7 +114,7 @@ def register(subparsers: Any) -> None:
         "--output",
         type=Path,
         default=None,
-        help="directory to save the quantized state_dict and its config",
+        help="directory to save the quantized model (mto.save file modelopt.pth) and its config",
     )
     p.set_defaults(func=run_quantize)
 
@@ -197,8 +197,6 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def run_quantize(args: argparse.Namespace) -> int:
     """Run ``modeloptim quantize``; prints the report, returns the exit code."""
-    import torch
-
     import modeloptim.torch.quantization as mtq
     from modeloptim.torch.utils.perplexity import perplexity
 
@@ -228,7 +226,9 @@ def run_quantize(args: argparse.Namespace) -> int:
         from modeloptim.utils.io import atomic_dir
 
         with timer.stage("save"), atomic_dir(args.output) as tmp:  # all or nothing
-            torch.save(model.state_dict(), tmp / "model_state.pt")
+            import modeloptim.torch.opt as mto
+
+            mto.save(model, tmp / "modelopt.pth")  # weights + quantizer state, mto.restore-able
             meta = {"model": args.model, "format": args.format, "preset": FORMATS[args.format]}
             (tmp / "quant_config.json").write_text(json.dumps(meta, indent=2))
     report = {

@@ -70,7 +70,7 @@ def test_quantize_json_report_then_eval_reloads_same_model(loader, text_file, tm
     assert report["effective_bits_after"] < 32.0
     assert report["weight_mb_after"] < report["weight_mb_before"]
     assert set(report["seconds"]) >= {"load", "eval_before", "quantize", "eval_after", "save"}
-    assert (out_dir / "model_state.pt").is_file()
+    assert (out_dir / "modelopt.pth").is_file()
 
     rc = main(["eval", "--text", str(text_file), "--eval-tokens", "64", "--seq-len", "32",
                "--quantized", str(out_dir), "--json"])
