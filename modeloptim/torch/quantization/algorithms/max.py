@@ -9,7 +9,7 @@ method its calibrator was configured with) and quantization is switched back on.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -43,7 +43,11 @@ def _enabled(model: nn.Module) -> list[TensorQuantizer]:
 def run_forward_loop(model: nn.Module, forward_loop: ForwardLoop, desc: str) -> None:
     """Run ``forward_loop(model)`` under ``no_grad`` with a tqdm counter of model calls."""
     with tqdm(desc=desc, unit="batch", leave=False) as bar:
-        handle = model.register_forward_hook(lambda *_: bar.update(1))
+        def count(*_: Any) -> None:
+            # A forward hook's return value replaces the output: never return tqdm's bool.
+            bar.update(1)
+
+        handle = model.register_forward_hook(count)
         try:
             with torch.no_grad():
                 forward_loop(model)

@@ -127,7 +127,10 @@ def collect_group_stats(
         handles.append(g.modules[0].register_forward_pre_hook(hook))
     try:
         bar = tqdm(desc=desc, unit="batch", leave=False)
-        h = model.register_forward_hook(lambda *_: bar.update(1))
+        def count(*_: object) -> None:
+            bar.update(1)  # a forward hook's return value would replace the model's output
+
+        h = model.register_forward_hook(count)
         try:
             with full_precision(model), torch.no_grad():
                 forward_loop(model)

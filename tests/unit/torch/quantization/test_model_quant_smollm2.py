@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import modeloptim.torch.opt as mto
 import modeloptim.torch.quantization as mtq
 from modeloptim.torch.quantization.nn import QuantModule
 
@@ -47,9 +48,12 @@ def _quantized_ppl(smollm2, preset) -> float:
         with mtq.cache_quantized_weights(model):
             return perplexity(model, evalw)
     finally:
+        # Undo the quantization so the shared model serves the next test: layers back to
+        # their classes, and the recorded "quantize" mode forgotten.
         for layer in list(model.modules()):
             if isinstance(layer, QuantModule):
                 layer.export()
+        mto.ModeloptStateManager(model).clear()
 
 
 def test_baseline_is_sane(smollm2):

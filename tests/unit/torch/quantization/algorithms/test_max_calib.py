@@ -76,3 +76,17 @@ def test_weight_only_config_does_not_run_the_forward_loop():
     model2 = nn.Sequential(nn.Linear(4, 4))
     mtq.quantize(model2, mtq.INT8_DEFAULT_CFG, lambda m: calls.append(m(torch.randn(2, 4))))
     assert len(calls) == 1
+
+
+def test_progress_counting_never_replaces_model_outputs(monkeypatch):
+    # tqdm.update returns True whenever it redraws; a forward hook returning it would replace the
+    # model's output seen by the user's forward_loop.
+    import tqdm.auto
+
+    import modeloptim.torch.quantization as mtq
+
+    monkeypatch.setattr(tqdm.auto.tqdm, "update", lambda self, n=1: True)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    seen = []
+    mtq.quantize(model, mtq.INT8_DEFAULT_CFG, lambda m: seen.append(m(torch.randn(2, 4))))
+    assert all(isinstance(o, torch.Tensor) and o.shape == (2, 4) for o in seen)
