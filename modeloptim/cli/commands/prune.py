@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from typing import Any
+
+from modeloptim.cli.model_spec import load_model_spec
 
 EXAMPLE = """examples:
   modeloptim prune --model resnet --flops 50%              # zoo model, fastnas, report
@@ -47,32 +48,6 @@ def _budget(text: str, flag: str) -> str | float:
                          ) from None
 
 
-def load_model(spec: str, input_shape: str | None) -> tuple[Any, Any]:
-    """Zoo name or ``module:attr`` factory -> ``(model, example_input)``."""
-    import torch
-
-    if ":" not in spec:
-        from modeloptim.torch.trace import zoo
-
-        return zoo.build(spec)
-    mod_name, _, attr = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"--model: cannot import {spec!r} ({err})") from err
-    out = factory() if callable(factory) else factory
-    if isinstance(out, tuple) and len(out) == 2:
-        return out
-    if input_shape is None:
-        raise ValueError(f"--model: {spec} returned only a model; pass --input-shape")
-    try:
-        shape = [int(s) for s in input_shape.split(",")]
-    except ValueError:
-        raise ValueError(f"--input-shape: expected comma-separated ints, got {input_shape!r}"
-                         ) from None
-    return out, torch.randn(*shape)
-
-
 def _sizes(model: Any) -> dict[str, list[int]]:
     return {n: list(p.shape) for n, p in model.named_parameters()}
 
@@ -90,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     import modeloptim.torch.prune as mtp
     from modeloptim.torch.utils.profile import count_flops, count_params
 
-    model, example = load_model(args.model, args.input_shape)
+    model, example = load_model_spec(args.model, args.input_shape)
     before = {"params": count_params(model), "flops": count_flops(model, example)}
     old = _sizes(model)
     cfg: dict[str, Any] = {}

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
-from typing import Any
+
+from modeloptim.cli.model_spec import load_model_spec
 
 EXAMPLE = """examples:
   modeloptim trace --model resnet                 # built-in zoo model (random weights)
@@ -30,37 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _load(spec: str, input_shape: str | None) -> tuple[Any, Any]:
-    from modeloptim.torch.trace import zoo
-
-    if ":" not in spec:
-        return zoo.build(spec)
-    mod_name, _, attr = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"--model: cannot import {spec!r} ({err})") from err
-    out = factory() if callable(factory) else factory
-    if isinstance(out, tuple) and len(out) == 2:
-        return out
-    if input_shape is None:
-        raise ValueError(f"--model: {spec} returned only a model; pass --input-shape")
-    import torch
-
-    try:
-        shape = [int(s) for s in input_shape.split(",")]
-    except ValueError as err:
-        raise ValueError(f"--input-shape: expected comma-separated ints, got {input_shape!r}") \
-            from err
-    return out, torch.randn(*shape)
-
-
 def run(args: argparse.Namespace) -> int:
     """Build the model, analyze it, print the report."""
     from modeloptim.torch.trace.report import trace_report
 
     print(f"building {args.model} ...", file=sys.stderr, flush=True)
-    model, example = _load(args.model, args.input_shape)
+    model, example = load_model_spec(args.model, args.input_shape)
     report = trace_report(model, example, progress=True)
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
