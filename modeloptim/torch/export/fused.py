@@ -1,11 +1,9 @@
 """Fused-layer consistency: one input scale (and one ``pre_quant_scale``) per shared input.
 
 Serving engines fuse layers that read the same tensor (q/k/v, gate/up) into one GEMM with a
-single activation scale. Groups are found from one real forward pass, not from module names:
-a forward pre-hook on every quantized layer records the identity of the tensor it reads
-(``data_ptr``, shape, strides, dtype; the tensors are kept alive during the pass so memory is
-not reused). This is a small hook-based finder of our own; the ``algos`` helper's
-``algorithms/sharing.py`` does the same with producer tracking and can replace it.
+single activation scale. Groups are the trace module's
+(:func:`modeloptim.torch.trace.shared_input_groups`: layers reading one value of the fx
+graph, not matched by module names), the same groups SmoothQuant/AWQ calibrate with.
 
 :func:`harmonize_groups` then, per group of two or more layers with input quantizers:
 
@@ -38,57 +36,33 @@ def _is_candidate(module: nn.Module) -> bool:
 
 
 def find_shared_input_groups(model: nn.Module, run: Callable[[nn.Module], Any]) -> list[list[str]]:
-    """Names of quantized layers grouped by the tensor they read, from one call of ``run``.
+    """Names of quantized layers grouped by the tensor they read (the trace module's groups).
+
+    A thin view of :func:`modeloptim.torch.trace.shared_input_groups` (graph-based, with a
+    runtime fallback for untraceable parts) over the quantized layers, run in full precision:
+    quantization does not change which tensor a layer reads.
 
     Args:
         model: a quantized model.
-        run: ``run(model)`` performs one forward pass.
+        run: ``run(model)`` performs one forward pass (its first model call is traced).
 
     Returns:
         Groups in first-call order (singletons included); layers that never ran are omitted.
+        A layer called on several tensors joins one group with all their readers.
     """
-    keep: list[torch.Tensor] = []
-    groups: dict[tuple[Any, ...], list[str]] = {}
-    handles = []
+    from modeloptim.torch.trace.shared_inputs import shared_input_groups
 
-    def hook(name: str) -> Callable[..., None]:
-        def pre(_m: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0] if args else None
-            if not isinstance(x, torch.Tensor):
-                return
-            keep.append(x)
-            key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype)
-            members = groups.setdefault(key, [])
-            if name not in members:
-                members.append(name)
-
-        return pre
-
-    for name, module in model.named_modules():
-        if _is_candidate(module):
-            handles.append(module.register_forward_pre_hook(hook(name)))
-    # Quantization does not change which tensor a layer reads: skip its cost in this pass.
     quantizers = [m for m in model.modules() if isinstance(m, TensorQuantizer) and m.is_enabled]
     for q in quantizers:
         q.disable()
     try:
-        with torch.no_grad():
-            run(model)
+        groups = shared_input_groups(
+            model, forward_loop=run, predicate=lambda _n, m: _is_candidate(m)
+        )
     finally:
-        for h in handles:
-            h.remove()
         for q in quantizers:
             q.enable()
-        keep.clear()
-    # a layer called on several tensors (shared weights) joins the first group only
-    seen: set[str] = set()
-    out: list[list[str]] = []
-    for members in groups.values():
-        fresh = [n for n in members if n not in seen]
-        seen.update(fresh)
-        if fresh:
-            out.append(fresh)
-    return out
+    return [g.names for g in groups]
 
 
 def _recalibrate_weight(module: nn.Module) -> None:

@@ -12,7 +12,8 @@ overhead included, e.g. NVFP4 4.5, FP8 8, unquantized 16) stays within
    ``sum((y_f - y)^2 * g^2)`` where ``y``/``g`` are the layer's float output and the loss
    gradient w.r.t. it, and ``y_f`` the format-``f`` layer applied to the same input (the
    diagonal-Fisher estimate of the loss increase, as ModelOpt's gradient search);
-3. layers that read the same tensor (q/k/v, gate/up; found by :mod:`.algorithms.sharing`)
+3. layers that read the same tensor (q/k/v, gate/up; found by
+   :func:`modeloptim.torch.trace.shared_input_groups`)
    form one unit that takes one format;
 4. a multiple-choice knapsack over the units is solved by dynamic programming on a fine
    cost grid (costs rounded up, so the budget always holds);
@@ -247,8 +248,10 @@ def auto_quantize(
     Returns:
         ``(model, search_state)`` (see the module docstring).
     """
+    from modeloptim.torch.trace.shared_inputs import shared_input_groups
+
     from .algorithms.quant_utils import quant_linear_layers
-    from .algorithms.sharing import find_shared_input_groups, get_weight_2d
+    from .algorithms.sharing import get_weight_2d
     from .model_quant import quantize
 
     bits = _check_args(model, constraints, data_loader, forward_step, loss_func)
@@ -273,8 +276,11 @@ def auto_quantize(
     modules = dict(model.named_modules())
 
     # 2. units: layers reading the same tensor share a format
-    groups = find_shared_input_groups(
-        model, lambda m: forward_step(m, score_batches[0]), lambda n, _m: n in set(names)
+    wanted = set(names)
+    groups = shared_input_groups(
+        model,
+        forward_loop=lambda m: forward_step(m, score_batches[0]),
+        predicate=lambda n, _m: n in wanted,
     )
     units = [g.names for g in groups]
     numel = {n: get_weight_2d(modules[n]).numel() for n in names}

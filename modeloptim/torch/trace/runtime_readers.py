@@ -135,9 +135,10 @@ def find_shared_input_groups(
             if candidates[m] not in members:
                 members.append(candidates[m])
 
-    def post(m: nn.Module, _a: Any, out: Any) -> None:
+    def post(m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         stack.pop()
-        if isinstance(out, torch.Tensor):
+        # a pass-through module (a disabled quantizer, an identity) did not make its output
+        if isinstance(out, torch.Tensor) and not any(out is a for a in args):
             keep_alive.append(out)
             produced.setdefault(_key(out), names[m])
 

@@ -1,9 +1,9 @@
 """Algorithms ``awq_lite``, ``awq_clip`` and ``awq_full`` (activation-aware weight quantization).
 
-Steps, for any architecture (layers are grouped by the tensor they read, see
-:mod:`.sharing`, not by their names):
+Steps, for any architecture (layers are grouped by the tensor they read, found in the fx
+graph by :func:`modeloptim.torch.trace.shared_input_groups`, not by their names):
 
-1. one full-precision forward finds the groups of quantized linear layers sharing an input;
+1. the first calibration call is traced: groups of quantized linear layers sharing an input;
 2. one full-precision pass over the calibration data collects, per group, the mean and max
    ``|x|`` per channel and a fixed-size deterministic sample of input rows (:mod:`.stats`);
 3. ``awq_lite``: per group the AWQ ``alpha`` grid (plus "no scaling") is searched on the
@@ -14,7 +14,9 @@ Steps, for any architecture (layers are grouped by the tensor they read, see
    ``awq_clip``: per layer, output row and weight block, the clip ratio minimizing the output
    error is searched and the weight is clipped (:func:`.awq_search.awq_clip_search`);
    ``awq_full``: lite, then clip on the scaled layers;
-4. max calibration of all quantizers (weights, inputs after scaling, anything else enabled).
+4. max calibration of all quantizers (weights, inputs after scaling, anything else enabled);
+   then the members of each group get one input amax (the max of theirs), as the fused
+   kernels of a serving engine use it (:func:`.sharing.share_input_amax`).
 
 Works with INT4 blocks (``INT4_AWQ_CFG``), NVFP4 (``NVFP4_AWQ_*``) and W4A8
 (``W4A8_AWQ_BETA_CFG``, a SequentialQuantizer on weights plus FP8 inputs).
@@ -34,6 +36,8 @@ from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
+from modeloptim.torch.trace.shared_group import SharedInputGroup
+
 from ..formats.granularity import PerTensor
 from .awq_search import awq_clip_search, awq_lite_search, default_clip_grid
 from .quant_utils import (
@@ -46,7 +50,7 @@ from .quant_utils import (
     weight_block_size,
 )
 from .registry import AlgorithmConfig, ForwardLoop, calibration_algorithms
-from .sharing import SharedInputGroup, fold_scale_into_producer, get_weight_2d, set_weight_2d
+from .sharing import fold_scale_into_producer, get_weight_2d, set_weight_2d, share_input_amax
 from .stats import GroupStats, collect_group_stats
 
 __all__ = ["AwqClipConfig", "AwqFullConfig", "AwqLiteConfig", "awq_clip", "awq_full", "awq_lite"]
@@ -159,11 +163,14 @@ def _clip_group(
         set_weight_2d(m, clipped)
 
 
-def _finish(model: nn.Module, forward_loop: ForwardLoop | None) -> None:
+def _finish(
+    model: nn.Module, forward_loop: ForwardLoop | None, groups: list[SharedInputGroup] | None
+) -> None:
     from .max import max_calibrate
 
     max_calibrate(model, forward_loop, None)
     restore_scale_only(model)
+    share_input_amax(groups or [])
 
 
 def _prepare(model: nn.Module, forward_loop: ForwardLoop | None, name: str, rows: int) -> Any:
@@ -196,7 +203,7 @@ def awq_lite(model: nn.Module, forward_loop: ForwardLoop | None, config: Any) ->
     groups, stats = _prepare(model, forward_loop, "awq_lite", cfg.max_tokens)
     if groups:
         model.__dict__["_awq_lite_report"] = _run_lite(groups, stats, cfg.alpha_step)
-    _finish(model, forward_loop)
+    _finish(model, forward_loop, groups)
 
 
 @calibration_algorithms.register("awq_clip", AwqClipConfig, needs_forward_loop=True)
@@ -207,7 +214,7 @@ def awq_clip(model: nn.Module, forward_loop: ForwardLoop | None, config: Any) ->
     ratios = default_clip_grid(cfg.min_clip_ratio, cfg.clip_steps)
     for g, st in tqdm(list(zip(groups or [], stats or [], strict=True)), desc="awq_clip search"):
         _clip_group(g, st.rows, ratios, cfg.max_tokens)
-    _finish(model, forward_loop)
+    _finish(model, forward_loop, groups)
 
 
 @calibration_algorithms.register("awq_full", AwqFullConfig, needs_forward_loop=True)
@@ -228,4 +235,4 @@ def awq_full(model: nn.Module, forward_loop: ForwardLoop | None, config: Any) ->
             folded = rep["applied"].startswith("folded")
             rows = st.rows / rep["scale"].cpu() if folded else st.rows
             _clip_group(g, rows, ratios, cfg.clip_max_tokens)
-    _finish(model, forward_loop)
+    _finish(model, forward_loop, groups)

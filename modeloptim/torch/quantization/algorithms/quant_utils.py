@@ -122,12 +122,19 @@ def restore_scale_only(model: nn.Module) -> None:
 
 
 def discover_groups(model: nn.Module, forward_loop: Any) -> list[Any]:
-    """Shared-input groups of the quantized linear layers (one full-precision forward)."""
-    from .sharing import find_shared_input_groups
+    """Shared-input groups of the quantized linear layers, from the model's fx graphs.
+
+    See :func:`modeloptim.torch.trace.shared_input_groups` (the first call of
+    ``forward_loop`` is captured and traced in full precision; untraceable parts fall back
+    to the runtime finder).
+    """
+    from modeloptim.torch.trace.shared_inputs import shared_input_groups
 
     layers = set(quant_linear_layers(model).values())  # before quantizers are switched off
     with full_precision(model):
-        return find_shared_input_groups(model, forward_loop, lambda _n, m: m in layers)
+        return shared_input_groups(
+            model, forward_loop=forward_loop, predicate=lambda _n, m: m in layers
+        )
 
 
 def weight_block_size(quantizer: Any) -> int | None:

@@ -33,6 +33,7 @@ __all__ = [
     "get_weight_2d",
     "run_one_forward",
     "set_weight_2d",
+    "share_input_amax",
 ]
 
 _register_hf_conv1d = register_hf_conv1d  # old private name, imported by quant_utils
@@ -64,13 +65,18 @@ def fold_scale_into_producer(
     params = _scalable_params(prod, inv_scale.numel())
     if not params:
         return False
-    before = prod(probe) if probe is not None else None
+    from .quant_utils import full_precision  # late: quant_utils imports this module
+
+    # the check compares float functions: a quantized producer (a linear) runs unquantized
+    with full_precision(prod):
+        before = prod(probe) if probe is not None else None
     saved = [p.detach().clone() for p in params]
     for p in params:
         shape = [-1] + [1] * (p.dim() - 1)
         p.mul_(inv_scale.to(device=p.device, dtype=p.dtype).reshape(shape))
     if before is not None and isinstance(before, torch.Tensor):
-        after = prod(probe)
+        with full_precision(prod):
+            after = prod(probe)
         expect = before * inv_scale.to(device=before.device, dtype=before.dtype)
         if not torch.allclose(after, expect, rtol=1e-5, atol=1e-6 * float(expect.abs().max())):
             for p, s in zip(params, saved, strict=True):
@@ -105,3 +111,42 @@ def _scalable_params(module: nn.Module, channels: int) -> list[torch.Tensor]:
 def layers_in(groups: Iterable[SharedInputGroup]) -> list[str]:
     """All member layer names of ``groups``."""
     return [n for g in groups for n in g.names]
+
+
+@torch.no_grad()
+def share_input_amax(groups: Iterable[SharedInputGroup]) -> list[list[str]]:
+    """Give the members of each group one input amax: the maximum of theirs (in place).
+
+    Serving engines fuse the members into one GEMM with one activation scale; doing this
+    right after calibration makes the fake-quantized model compute what the export writes.
+    Groups are skipped when a member has no enabled input quantizer with a calibrated amax,
+    or when the amax shapes differ.
+
+    Returns:
+        Names of the groups whose amaxes changed.
+    """
+    changed: list[list[str]] = []
+    for g in groups:
+        if len(g.modules) < 2:
+            continue
+        qs = [getattr(m, "input_quantizer", None) for m in g.modules]
+        amaxes = [_calibrated_amax(q) for q in qs]
+        if any(a is None for a in amaxes):
+            continue
+        present = [a for a in amaxes if a is not None]
+        if any(a.shape != present[0].shape for a in present):
+            continue
+        top = torch.stack([a.float() for a in present]).amax(dim=0)
+        if all(torch.equal(a.float(), top) for a in present):
+            continue
+        for q, a in zip(qs, present, strict=True):
+            q.amax = top.to(a.dtype)  # type: ignore[union-attr]
+        changed.append(list(g.names))
+    return changed
+
+
+def _calibrated_amax(q: Any) -> torch.Tensor | None:
+    if q is None or not getattr(q, "is_enabled", False) or getattr(q, "_scale_only", False):
+        return None
+    amax = getattr(q, "amax", None)
+    return amax if isinstance(amax, torch.Tensor) else None

@@ -1,14 +1,14 @@
 """Algorithm ``smoothquant``: migrate activation outliers into the weights (SmoothQuant).
 
-For each group of quantized linear layers that read one tensor (found from the graph, see
-:mod:`.sharing`), with ``a_c = max |x_c|`` over the calibration data and
-``w_c = max |W_:,c|`` over all members' weights, the per-channel smoothing factor is
-``s_c = a_c**alpha / w_c**(1 - alpha)``: inputs are divided by ``s`` and weights multiplied by
-it, which leaves the float model unchanged and flattens the activation outliers that per-tensor
-INT8 activations cannot represent. ``1/s`` is folded into the producing norm or linear layer
-when nothing else reads its output (checked exactly), otherwise it becomes the members'
-``input_quantizer.pre_quant_scale`` (one shared tensor). Then every quantizer is max
-calibrated.
+For each group of quantized linear layers that read one tensor (found in the fx graph by
+:func:`modeloptim.torch.trace.shared_input_groups`), with ``a_c = max |x_c|`` over the
+calibration data and ``w_c = max |W_:,c|`` over all members' weights, the per-channel smoothing
+factor is ``s_c = a_c**alpha / w_c**(1 - alpha)``: inputs are divided by ``s`` and weights
+multiplied by it, which leaves the float model unchanged and flattens the activation outliers
+that per-tensor INT8 activations cannot represent. ``1/s`` is folded into the producing norm or
+linear layer when nothing else reads its output (checked exactly), otherwise it becomes the
+members' ``input_quantizer.pre_quant_scale`` (one shared tensor). Then every quantizer is max
+calibrated and the members of each group get one input amax (the max of theirs).
 
 By default (``search_alpha=True``) ``alpha`` is chosen per group from a grid by the output
 error of the quantized group on a sample of calibration rows (same machinery as AWQ-lite; "no
@@ -27,11 +27,13 @@ from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
+from modeloptim.torch.trace.shared_group import SharedInputGroup
+
 from .awq import _act_qdq, _alpha_grid, _apply_scale, _finish, _prepare
 from .awq_search import awq_lite_search
 from .quant_utils import qdq_fresh, weight_block_size
 from .registry import AlgorithmConfig, ForwardLoop, calibration_algorithms
-from .sharing import SharedInputGroup, get_weight_2d
+from .sharing import get_weight_2d
 from .stats import GroupStats
 
 __all__ = ["SmoothQuantConfig", "smooth_scale", "smoothquant"]
@@ -91,4 +93,4 @@ def smoothquant(model: nn.Module, forward_loop: ForwardLoop | None, config: Any)
         list(zip(groups or [], stats or [], strict=True)), desc="smoothquant", leave=False
     ):
         _smooth_group(g, st, cfg)
-    _finish(model, forward_loop)
+    _finish(model, forward_loop, groups)

@@ -1,7 +1,9 @@
 """Per shared-input group activation statistics, collected in one full-precision pass.
 
-For each :class:`~.sharing.SharedInputGroup` a forward pre-hook on its first member sees the
-shared input ``x`` (``[..., in]``) and accumulates:
+For each :class:`~modeloptim.torch.trace.SharedInputGroup` forward pre-hooks on its members
+see the shared input ``x`` (``[..., in]``; each distinct tensor once per model call, so a
+group whose members read row subsets of one tensor, like MoE experts, sees all their rows)
+and accumulate:
 
 - ``abs_sum`` / ``count``: mean ``|x|`` per channel (AWQ),
 - ``abs_max``: max ``|x|`` per channel (SmoothQuant; the input amax after scaling),
@@ -22,10 +24,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from modeloptim.torch.trace.shared_group import SharedInputGroup
+
 from . import distributed as D
 from .gptq_solver import HessianAccumulator
 from .quant_utils import full_precision
-from .sharing import SharedInputGroup
 
 __all__ = ["GroupStats", "collect_group_stats"]
 
@@ -118,13 +121,31 @@ def collect_group_stats(
         GroupStats(g.in_features, max_rows, hessian, seed=seed + i) for i, g in enumerate(groups)
     ]
     handles = []
-    for g, st in zip(groups, stats, strict=True):
+    # tensors seen in the current model call, per group (kept alive so keys stay unique)
+    seen: list[dict[tuple[Any, ...], torch.Tensor]] = [{} for _ in groups]
 
-        def hook(_m: nn.Module, args: tuple[Any, ...], st: GroupStats = st) -> None:
-            if args and isinstance(args[0], torch.Tensor):
-                st.add(args[0])
+    def new_call(*_: object) -> None:
+        for d in seen:
+            d.clear()
 
-        handles.append(g.modules[0].register_forward_pre_hook(hook))
+    handles.append(model.register_forward_pre_hook(new_call))
+    for g, st, once in zip(groups, stats, seen, strict=True):
+
+        def hook(
+            _m: nn.Module,
+            args: tuple[Any, ...],
+            st: GroupStats = st,
+            once: dict[tuple[Any, ...], torch.Tensor] = once,
+        ) -> None:
+            if not args or not isinstance(args[0], torch.Tensor):
+                return
+            x = args[0]
+            key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype)
+            if key not in once:
+                once[key] = x
+                st.add(x)
+
+        handles.extend(m.register_forward_pre_hook(hook) for m in dict.fromkeys(g.modules))
     try:
         bar = tqdm(desc=desc, unit="batch", leave=False)
         def count(*_: object) -> None:
@@ -140,6 +161,7 @@ def collect_group_stats(
     finally:
         for handle in handles:
             handle.remove()
+        new_call()
     for g, st in zip(groups, stats, strict=True):
         st.sync()
         if st.count == 0:
