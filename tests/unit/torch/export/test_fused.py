@@ -1,11 +1,14 @@
 """Fused-layer consistency: groups from a forward pass, one input scale and pre_quant_scale."""
 
+import copy
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from modeloptim.torch.export import export_hf_checkpoint, load_hf_checkpoint
-from modeloptim.torch.export.fused import find_shared_input_groups
+from modeloptim.torch.export.fused import find_shared_input_groups, harmonize_groups
+from modeloptim.torch.quantization.model_quant import quantize
 
 from ._tiny import calib_ids, logits, preset, quantized, tiny_llama
 
@@ -59,3 +62,36 @@ def test_export_unifies_input_scale_and_resmooths(tmp_path):
     for x in "qkv":
         w_new = getattr(attn, f"{x}_proj")._parameters["weight"]
         torch.testing.assert_close(w_new * mean, w_before[x] * scales[x], rtol=1e-6, atol=1e-7)
+
+
+def _unusual_quantized(cfg):
+    from ..trace.shared_models import Unusual
+
+    torch.manual_seed(0)
+    model = Unusual()
+    g = torch.Generator().manual_seed(5)
+    scale = torch.ones(6, 16)
+    scale[1:, [2, 9]] = 20.0  # row 0 (the only row heads.w reads) has no outliers
+    data = [torch.randn(2, 6, 16, generator=g) * scale for _ in range(2)]
+    quantize(model, cfg, lambda m: [m(x) for x in data])
+    return model, data
+
+
+def test_fused_groups_are_the_trace_groups_and_smoothquant_needs_no_harmonizing():
+    from modeloptim.torch.quantization.config import presets
+
+    model, data = _unusual_quantized(copy.deepcopy(presets.INT8_SMOOTHQUANT_CFG))
+    groups = find_shared_input_groups(model, lambda m: m(data[0]))
+    assert sorted(map(sorted, groups)) == [
+        ["alpha", "heads.u", "heads.w", "zz.1"], ["omega"], ["tail"]
+    ]
+    # calibration already gave each group one input amax and one pre_quant_scale
+    assert harmonize_groups(model, groups) == []
+    # plain max calibration does not: heads.w saw only row 0, export must raise its amax
+    plain, data = _unusual_quantized(copy.deepcopy(presets.INT8_DEFAULT_CFG))
+    groups = find_shared_input_groups(plain, lambda m: m(data[0]))
+    before = float(plain.heads["w"].input_quantizer.amax)
+    assert harmonize_groups(plain, groups) == [["heads.u", "alpha", "zz.1", "heads.w"]]
+    after = float(plain.heads["w"].input_quantizer.amax)
+    assert after > before
+    assert after == float(plain.alpha.input_quantizer.amax)

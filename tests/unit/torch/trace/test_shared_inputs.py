@@ -230,3 +230,27 @@ def test_hf_gpt2_conv1d_groups_equal_runtime():
         assert groups[(p + "mlp.c_proj",)].producer == p + "mlp.act"
         assert groups[(p + "mlp.c_proj",)].in_features == 128
     assert _summary(graph) == _summary(find_shared_input_groups(model, _loop))
+
+
+@pytest.mark.hf
+def test_hf_qwen2_moe_shared_expert_sees_through_view():
+    """transformers 5 MoE experts are one module with 3-D weights (no linear layers to
+    group); the shared expert and its gate read ``h.view(-1, d)`` of the post-attention norm.
+    """
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.Qwen2MoeConfig(
+        hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+        shared_expert_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+        num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, vocab_size=128)
+    torch.manual_seed(0)
+    model = transformers.Qwen2MoeForCausalLM(cfg).eval()
+    groups = _by_members(shared_input_groups(model, forward_loop=_loop))
+    p = "model.layers.0.mlp."
+    shared = groups[(p + "shared_expert.gate_proj", p + "shared_expert.up_proj",
+                     p + "shared_expert_gate")]
+    assert shared.producer == "model.layers.0.post_attention_layernorm"
+    assert not shared.foldable  # the router reads it too
+    assert shared.source is GroupSource.GRAPH
+    # the runtime finder sees the view as a new tensor: same members, producer unknown
+    runtime = _by_members(find_shared_input_groups(model, _loop))
+    assert runtime[tuple(sorted(shared.names))].producer is None

@@ -150,3 +150,27 @@ def test_algorithms_on_cnn_leave_convs_to_max_calibration(preset, algorithm):
     assert model[0].weight_quantizer.is_enabled
     out = model(data[0])
     assert torch.isfinite(out).all()
+
+
+def test_awq_lite_unusual_names_one_scale_per_group_exact_in_float():
+    from modeloptim.torch.quantization.nn import TensorQuantizer
+
+    from ...trace.shared_models import Unusual
+
+    torch.manual_seed(0)
+    model = Unusual()
+    g = torch.Generator().manual_seed(7)
+    data = [torch.randn(2, 6, 16, generator=g) * (1 + 10 * (torch.arange(16) == 4)) for _ in
+            range(2)]
+    ref = [model(x) for x in data]
+    mtq.quantize(model, _int4({"method": "awq_lite"}), lambda m: [m(b) for b in data])
+    report = {tuple(sorted(r["layers"])): r for r in model.__dict__["_awq_lite_report"]}
+    rep = report[("alpha", "heads.u", "heads.w", "zz.1")]
+    assert rep["applied"] == "pre_quant_scale"  # zz.0 also feeds a row slice: no fold
+    for m in [model.alpha, model.zz[1], model.heads["u"], model.heads["w"]]:
+        torch.testing.assert_close(m.input_quantizer.pre_quant_scale, 1 / rep["scale"])
+    for m in model.modules():
+        if isinstance(m, TensorQuantizer):
+            m.disable_quant()
+    for x, r in zip(data, ref, strict=True):
+        torch.testing.assert_close(model(x), r, rtol=1e-5, atol=1e-5)

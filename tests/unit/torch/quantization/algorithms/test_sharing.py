@@ -100,3 +100,29 @@ def test_hf_gpt2_conv1d_groups(tiny_gpt2):
     assert g.foldable
     assert get_weight_2d(g.modules[0]).shape == (96, 32)
     assert groups[("transformer.h.1.mlp.c_fc",)].producer == "transformer.h.1.ln_2"
+
+
+def test_discover_groups_on_quantized_llama_equals_runtime_finder(tiny_llama):
+    import modeloptim.torch.quantization as mtq
+    from modeloptim.torch.quantization.algorithms.quant_utils import (
+        discover_groups,
+        full_precision,
+        quant_linear_layers,
+    )
+
+    loop = lm_loop(token_batches(1))
+    mtq.quantize(tiny_llama, mtq.INT8_DEFAULT_CFG, loop)
+    graph = discover_groups(tiny_llama, loop)
+    assert {g.source.value for g in graph} == {"graph"}
+    layers = set(quant_linear_layers(tiny_llama).values())
+    with full_precision(tiny_llama):
+        runtime = find_shared_input_groups(tiny_llama, loop, lambda _n, m: m in layers)
+
+    def summary(gs):
+        return [(g.names, g.producer, g.foldable) for g in gs]
+
+    assert summary(graph) == summary(runtime)
+    # a disabled quantizer passes its input through: it is no producer (o_proj reads
+    # functional attention output)
+    o_proj = _by_members(runtime)[("model.layers.0.self_attn.o_proj",)]
+    assert o_proj.producer is None

@@ -87,3 +87,35 @@ def test_smoothquant_beats_plain_w8a8_with_outliers(search):
     err_plain = (plain(x) - ref).pow(2).mean()
     err_sq = (model(x) - ref).pow(2).mean()
     assert err_sq < 0.5 * err_plain
+
+
+def _unusual_data():
+    g = torch.Generator().manual_seed(5)
+    scale = torch.ones(6, 16)
+    scale[1:, [2, 9]] = 20.0  # row 0 (the only row heads.w reads) has no outliers
+    return [torch.randn(2, 6, 16, generator=g) * scale for _ in range(3)]
+
+
+def test_unusual_names_share_one_scale_and_one_input_amax():
+    from ...trace.shared_models import Unusual
+
+    torch.manual_seed(0)
+    model = Unusual()
+    data = _unusual_data()
+    ref = [model(x) for x in data]
+    mtq.quantize(model, _cfg(alpha=0.5, search_alpha=False), lambda m: [m(x) for x in data])
+    members = [model.alpha, model.zz[1], model.heads["u"], model.heads["w"]]
+    scales = [m.input_quantizer.pre_quant_scale for m in members]
+    assert all(s is not None for s in scales)  # zz.0 also feeds a row slice: no fold
+    for s in scales[1:]:
+        torch.testing.assert_close(s, scales[0], rtol=0, atol=0)
+    # one input amax per group: the max over the whole shared tensor (heads.w sees 1 row of 6)
+    with torch.no_grad():
+        h_amax = max(float((model.zz[0](x) * scales[0]).abs().max()) for x in data)
+    for m in members:
+        assert float(m.input_quantizer.amax) == pytest.approx(h_amax, rel=1e-6)
+    # the residual also reads side's output: tail gets a pre_quant_scale, side is untouched
+    assert model.tail.input_quantizer.pre_quant_scale is not None
+    _float_view(model)
+    for x, r in zip(data, ref, strict=True):
+        torch.testing.assert_close(model(x), r, rtol=1e-5, atol=1e-5)
