@@ -3,7 +3,8 @@
 Works on the graphs of `recursive_trace` (candidate layers are leaves there, so each call is
 one ``call_module`` node):
 
-- the input of a candidate call is *resolved* to the value it reads: through row-only ops
+- the input of a candidate call is *resolved* to the value it reads: through identity
+  modules (``nn.Identity``, dropout in eval) and row-only ops
   (``x[idx]``, ``x[:, -1:]``, ``x.view(-1, d)``: rows are selected or regrouped, every row
   keeps its channels) and, for modules traced on their own because their parent failed,
   from a placeholder to the matching argument of the parent's ``call_module`` node (matched
@@ -208,6 +209,10 @@ class GraphReaders:
                     return _Read(hop, False)
                 node, direct = hop, False
                 continue
+            through = self._identity_source(node)
+            if through is not None:  # dropout in eval, nn.Identity: the same tensor
+                node = through
+                continue
             base = self._row_only_base(node)
             if base is None:
                 return _Read(node, direct)
@@ -252,6 +257,27 @@ class GraphReaders:
         except TypeError:
             return None
 
+    def _identity_source(self, node: fx.Node) -> fx.Node | None:
+        """The input of a call of a module that returns its input unchanged (else None)."""
+        if node.op != "call_module" or not node.args or not isinstance(node.args[0], fx.Node):
+            return None
+        m = self.module_of(node)
+        identity = isinstance(m, nn.Identity) or (
+            isinstance(m, nn.modules.dropout._DropoutNd) and not m.training)
+        return node.args[0] if identity else None
+
+    def _readers(self, value: fx.Node) -> list[fx.Node]:
+        """Users of ``value``, looking through identity modules (metadata reads dropped)."""
+        out: list[fx.Node] = []
+        for u in value.users:
+            if _is_meta(u):
+                continue
+            if self._identity_source(u) is value:
+                out.extend(self._readers(u))
+            else:
+                out.append(u)
+        return out
+
     # -- row-only ops ----------------------------------------------------------------------
     def _row_only_base(self, node: fx.Node) -> fx.Node | None:
         """The source of ``node`` when ``node`` only selects/regroups rows of it."""
@@ -295,7 +321,7 @@ class GraphReaders:
         if value.op == "call_module":
             return self.names[id(self.module_of(value))]
         stack = _stack(value)
-        users = [u for u in value.users if not _is_meta(u)]
+        users = self._readers(value)
         for path in reversed(stack):
             if any(u.op == "output" or path not in _stack(u) for u in users):
                 return self.prefix(value) + path
@@ -309,9 +335,7 @@ class GraphReaders:
         prod = self.producer(value)
         if prod is None or prod in members or self.rec.counts.get(id(self.by_name[prod])) != 1:
             return False
-        for u in value.users:
-            if _is_meta(u):
-                continue
+        for u in self._readers(value):
             if u.op != "call_module" or self.names[id(self.module_of(u))] not in members:
                 return False
         return True

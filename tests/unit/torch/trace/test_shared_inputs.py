@@ -254,3 +254,28 @@ def test_hf_qwen2_moe_shared_expert_sees_through_view():
     # the runtime finder sees the view as a new tensor: same members, producer unknown
     runtime = _by_members(find_shared_input_groups(model, _loop))
     assert runtime[tuple(sorted(shared.names))].producer is None
+
+
+def test_identity_modules_are_seen_through():
+    class Drop(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.n = torch.nn.LayerNorm(8)
+            self.drop = torch.nn.Dropout(0.1)
+            self.keep = torch.nn.Identity()
+            self.q = torch.nn.Linear(8, 8)
+            self.k = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            h = self.drop(self.n(x))
+            return self.q(h) + self.k(self.keep(h))
+
+    model = Drop().eval()
+    (g,) = shared_input_groups(model, torch.randn(2, 8))
+    assert g.names == ["q", "k"]
+    assert g.producer == "n"
+    assert g.foldable
+    model.train()  # dropout now changes the tensor: it is the producer
+    (g,) = shared_input_groups(model, torch.randn(2, 8))
+    assert g.producer == "drop"
+    assert g.producer_module is model.drop
