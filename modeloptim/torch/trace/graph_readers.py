@@ -100,8 +100,9 @@ class _Read:
     """How one candidate call reads its input."""
 
     value: fx.Node | _ModelInput | None
-    direct: bool  # the call's argument is the value itself (no views, no placeholder hops)
+    direct: bool  # no row-only op between the value and the call
     reason: str = ""
+    opaque: str = ""  # a module that failed to trace the value passed through (if any)
 
 
 @dataclass
@@ -197,17 +198,19 @@ class GraphReaders:
 
     def resolve(self, node: fx.Node, direct: bool) -> _Read:
         """The value ``node`` stands for, seeing through row-only ops and placeholders."""
+        opaque = ""
         for _ in range(10_000):
             if node.op == "placeholder":
                 root = self._root_of[id(node.graph)]
                 if root is self.model:
-                    return _Read(_ModelInput(str(node.target)), direct)
+                    return _Read(_ModelInput(str(node.target)), direct, opaque=opaque)
                 hop = self._through_parent(root, node)
                 if isinstance(hop, str):
                     return _Read(None, False, hop)
                 if isinstance(hop, _ModelInput):
                     return _Read(hop, False)
-                node, direct = hop, False
+                opaque = opaque or self.names[id(self._failed_parent(root))]  # type: ignore[arg-type]
+                node = hop
                 continue
             through = self._identity_source(node)
             if through is not None:  # dropout in eval, nn.Identity: the same tensor
@@ -215,7 +218,7 @@ class GraphReaders:
                 continue
             base = self._row_only_base(node)
             if base is None:
-                return _Read(node, direct)
+                return _Read(node, direct, opaque=opaque)
             node, direct = base, False
         return _Read(None, False, "value chain too long")
 
@@ -328,17 +331,29 @@ class GraphReaders:
         return None
 
     def exclusive(self, value: fx.Node | _ModelInput, members: list[str],
-                  reads: list[_Read]) -> bool:
-        """Only the members read ``value`` (each directly) and its producer ran once."""
+                  reads: list[_Read]) -> bool | None:
+        """Only the members read ``value`` (each directly) and its producer ran once.
+
+        Returns:
+            True/False, or None when the only other readers are modules that failed to trace
+            (what they do with the value is not in any graph).
+        """
         if isinstance(value, _ModelInput) or not all(r.direct for r in reads):
             return False
         prod = self.producer(value)
         if prod is None or prod in members or self.rec.counts.get(id(self.by_name[prod])) != 1:
             return False
+        opaque = False
         for u in self._readers(value):
-            if u.op != "call_module" or self.names[id(self.module_of(u))] not in members:
-                return False
-        return True
+            if u.op == "call_module":
+                mod = self.module_of(u)
+                if self.names[id(mod)] in members:
+                    continue
+                if self.gc.is_failed(mod):
+                    opaque = True
+                    continue
+            return False
+        return None if opaque else True
 
 
 class _ShapeRecorder(fx.Interpreter):

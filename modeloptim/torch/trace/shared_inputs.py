@@ -101,9 +101,14 @@ def shared_input_groups(
         readers = None
         ran = [n for mid, n in candidates.items() if mid in rec.calls]
         found = GraphMembership(unresolved=dict.fromkeys(ran, f"tracing failed ({_short(err)})"))
-    groups = _graph_groups(model, readers, rec, found) if readers is not None else []
-    if found.unresolved:
-        groups = _with_runtime(model, groups, found.unresolved, candidates, (args, kwargs))
+    groups, unknown = _graph_groups(model, readers, rec, found) if readers is not None else (
+        [], [])
+    if found.unresolved or unknown:
+        names = set(candidates.values())
+        runtime = find_shared_input_groups(
+            model, lambda m: m(*args, **kwargs), lambda n, _m: n in names)
+        _exclusive_from_runtime(unknown, runtime)
+        groups = _with_runtime(groups, found.unresolved, runtime)
     order = {n: rec.order.get(mid, len(rec.order)) for mid, n in candidates.items()}
     for g in groups:
         idx = sorted(range(len(g.names)), key=lambda i: order[g.names[i]])
@@ -123,8 +128,10 @@ def _check_args(model: Any, example_inputs: Any, forward_loop: Any, predicate: A
         raise TypeError("predicate: expected a callable predicate(name, module) -> bool")
 
 
-def _graph_groups(model: nn.Module, readers: GraphReaders, rec: ForwardRecord,
-                  found: GraphMembership) -> list[SharedInputGroup]:
+def _graph_groups(
+    model: nn.Module, readers: GraphReaders, rec: ForwardRecord, found: GraphMembership
+) -> tuple[list[SharedInputGroup], list[tuple[SharedInputGroup, str]]]:
+    """Groups from the graph reads, and ``(group, opaque module)`` of undecided exclusivity."""
     by_value: dict[Any, list[str]] = {}
     reads_of: dict[Any, list[Any]] = {}
     for name, reads in found.reads.items():
@@ -135,30 +142,45 @@ def _graph_groups(model: nn.Module, readers: GraphReaders, rec: ForwardRecord,
             reads_of.setdefault(r.value, []).append(r)
     modules = dict(model.named_modules())
     out: list[SharedInputGroup] = []
+    unknown: list[tuple[SharedInputGroup, str]] = []
     for value, members in merge_layers_read_twice(list(by_value.items())):
         prod = readers.producer(value) if value is not None else None
         prod_mod = modules.get(prod) if prod is not None else None
-        out.append(SharedInputGroup(
+        excl = readers.exclusive(value, members, reads_of[value]) if value is not None else False
+        group = SharedInputGroup(
             names=list(members),
             modules=[modules[n] for n in members],
             producer=prod,
             producer_module=prod_mod,
-            exclusive=value is not None and readers.exclusive(value, members, reads_of[value]),
+            exclusive=bool(excl),
             in_features=in_features(modules[members[0]]),
             probe=rec.first_tensor(prod_mod) if prod_mod is not None else None,
             source=GroupSource.GRAPH,
-        ))
-    return out
+        )
+        out.append(group)
+        if excl is None:
+            opaque = [r.opaque for r in reads_of[value] if r.opaque]
+            unknown.append((group, opaque[0] if opaque else "a module that failed to trace"))
+    return out, unknown
 
 
-def _with_runtime(model: nn.Module, groups: list[SharedInputGroup], unresolved: dict[str, str],
-                  candidates: dict[int, str],
-                  call: tuple[tuple[Any, ...], dict[str, Any]]) -> list[SharedInputGroup]:
+def _exclusive_from_runtime(unknown: list[tuple[SharedInputGroup, str]],
+                            runtime: list[SharedInputGroup]) -> None:
+    """Decide exclusivity hidden by untraceable modules with the runtime finder's readers.
+
+    The producer's output also flows into a module that failed to trace; the runtime finder
+    sees every op reading it, so its verdict is used when it found the same group.
+    """
+    by_members = {frozenset(g.names): g for g in runtime}
+    for g, opaque in unknown:
+        same = by_members.get(frozenset(g.names))
+        g.exclusive = same is not None and same.producer == g.producer and same.exclusive
+        g.reason = f"exclusivity checked at run time: {opaque} reads the value but failed to trace"
+
+
+def _with_runtime(groups: list[SharedInputGroup], unresolved: dict[str, str],
+                  runtime: list[SharedInputGroup]) -> list[SharedInputGroup]:
     """Replace the graph's view of ``unresolved`` layers by the runtime finder's groups."""
-    names = set(candidates.values())
-    args, kwargs = call
-    runtime = find_shared_input_groups(
-        model, lambda m: m(*args, **kwargs), lambda n, _m: n in names)
     taken: list[SharedInputGroup] = []
     for g in runtime:
         why = sorted({unresolved[n] for n in g.names if n in unresolved})

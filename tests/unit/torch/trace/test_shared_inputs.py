@@ -90,7 +90,8 @@ def test_failed_module_placeholders_follow_parent_graph_else_runtime():
     # q/k were traced on their own (blk failed); their input is blk's argument = pre's output
     assert qk.source is GroupSource.GRAPH
     assert qk.producer == "pre"
-    assert not qk.exclusive  # blk (opaque) also reads it
+    assert not qk.exclusive  # blk's own code reads it too (x.sum(), inner): seen at run time
+    assert "blk reads the value but failed to trace" in qk.reason
     rs = groups[("blk.r", "blk.s")]
     assert rs.source is GroupSource.RUNTIME
     assert rs.producer == "blk.inner"
@@ -279,3 +280,37 @@ def test_identity_modules_are_seen_through():
     (g,) = shared_input_groups(model, torch.randn(2, 8))
     assert g.producer == "drop"
     assert g.producer_module is model.drop
+
+
+@pytest.mark.hf
+def test_hf_llama_attention_that_fails_to_trace(monkeypatch):
+    """q/k/v traced on their own still get input_layernorm; o_proj falls back to run time."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.llama import modeling_llama
+
+    original = modeling_llama.LlamaAttention.forward
+
+    def moody(self, hidden_states, *args, **kwargs):
+        if self.o_proj.weight.sum() > 1e9:  # data-dependent branch: torch.fx cannot trace it
+            raise AssertionError
+        return original(self, hidden_states, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_llama.LlamaAttention, "forward", moody)
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
+                                   max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    graph = shared_input_groups(model, forward_loop=_loop)
+    groups = _by_members(graph)
+    p = "model.layers.0."
+    qkv = groups[tuple(sorted(p + f"self_attn.{n}_proj" for n in "qkv"))]
+    assert qkv.source is GroupSource.GRAPH
+    assert qkv.producer == p + "input_layernorm"
+    assert qkv.foldable  # decided by the runtime readers: only q/k/v read the norm's output
+    assert "model.layers.0.self_attn reads the value but failed to trace" in qkv.reason
+    o = groups[(p + "self_attn.o_proj",)]
+    assert o.source is GroupSource.RUNTIME
+    assert "computed inside model.layers.0.self_attn" in o.reason
+    assert groups[(p + "mlp.gate_proj", p + "mlp.up_proj")].source is GroupSource.GRAPH
+    assert _summary(graph) == _summary(find_shared_input_groups(model, _loop))
