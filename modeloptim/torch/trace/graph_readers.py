@@ -209,7 +209,9 @@ class GraphReaders:
                     return _Read(None, False, hop)
                 if isinstance(hop, _ModelInput):
                     return _Read(hop, False)
-                opaque = opaque or self.names[id(self._failed_parent(root))]  # type: ignore[arg-type]
+                parent = self._failed_parent(root)
+                if not opaque and parent is not None:  # the innermost opaque module
+                    opaque = self.names[id(parent)]
                 node = hop
                 continue
             through = self._identity_source(node)
