@@ -132,6 +132,7 @@ class GraphReaders:
         self._root_of: dict[int, nn.Module] = {}
         self._calls: dict[int, list[fx.Node]] = {}
         self._shapes_done: set[int] = set()
+        self._inputs: dict[str, _ModelInput] = {}
         for _, root in gc:
             graph = gc[root]
             self._root_of[id(graph)] = root
@@ -149,6 +150,10 @@ class GraphReaders:
         """Qualified name of the root of ``node``'s graph, with a trailing dot (or ``""``)."""
         name = self.names[id(self._root_of[id(node.graph)])]
         return name + "." if name else ""
+
+    def _model_input(self, name: str) -> _ModelInput:
+        """One value per model argument (readers of the same input form one group)."""
+        return self._inputs.setdefault(name, _ModelInput(name))
 
     def _failed_parent(self, m: nn.Module) -> nn.Module | None:
         name = self.names[id(m)]
@@ -203,7 +208,7 @@ class GraphReaders:
             if node.op == "placeholder":
                 root = self._root_of[id(node.graph)]
                 if root is self.model:
-                    return _Read(_ModelInput(str(node.target)), direct, opaque=opaque)
+                    return _Read(self._model_input(str(node.target)), direct, opaque=opaque)
                 hop = self._through_parent(root, node)
                 if isinstance(hop, str):
                     return _Read(None, False, hop)
@@ -238,7 +243,7 @@ class GraphReaders:
                f"({self.gc.failure_msg(parent)})")
         if parent is self.model:
             hit = [k for k, v in call_values(_bind(parent, pargs, pkwargs)).items() if v is value]
-            return _ModelInput(hit[0]) if hit else why
+            return self._model_input(hit[0]) if hit else why
         nodes = self._calls.get(id(parent), [])
         if len(nodes) != 1:
             return why if not nodes else f"{self.names[id(parent)]} is called more than once"

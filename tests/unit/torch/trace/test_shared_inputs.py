@@ -314,3 +314,51 @@ def test_hf_llama_attention_that_fails_to_trace(monkeypatch):
     assert "computed inside model.layers.0.self_attn" in o.reason
     assert groups[(p + "mlp.gate_proj", p + "mlp.up_proj")].source is GroupSource.GRAPH
     assert _summary(graph) == _summary(find_shared_input_groups(model, _loop))
+
+
+def test_model_whose_own_forward_fails_to_trace():
+    class Root(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.LayerNorm(8)
+            self.a = torch.nn.Linear(8, 8)
+            self.b = torch.nn.Linear(8, 8)
+            self.c = torch.nn.Linear(8, 8)
+            self.d = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            if x.sum() > 1e9:  # the root itself cannot be traced
+                x = -x
+            h = self.norm(x)
+            return self.a(h) + self.b(h) + self.c(x) + self.d(x)
+
+    model = Root()
+    x = torch.randn(3, 8)
+    groups = _by_members(shared_input_groups(model, x))
+    cd = groups[("c", "d")]  # read the model input: resolved through the root's arguments
+    assert cd.source is GroupSource.GRAPH
+    assert cd.producer is None
+    ab = groups[("a", "b")]
+    assert ab.source is GroupSource.RUNTIME
+    assert ab.producer == "norm"
+    assert ab.foldable
+    assert "failed to trace" in ab.reason
+    assert _summary(groups.values()) == _summary(find_shared_input_groups(model, lambda m: m(x)))
+
+
+def test_layers_reading_a_model_input_form_one_group():
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Linear(8, 4)
+            self.d = torch.nn.Linear(8, 4)
+            self.e = torch.nn.Linear(8, 4)
+
+        def forward(self, x, y):
+            return self.c(x) + self.d(x) + self.e(y)
+
+    model = Two()
+    x, y = torch.randn(2, 8), torch.randn(2, 8)
+    groups = shared_input_groups(model, (x, y))
+    assert [g.names for g in groups] == [["c", "d"], ["e"]]
+    assert all(g.producer is None and g.source is GroupSource.GRAPH for g in groups)
