@@ -102,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _output_norm_loss(model: Any, batch: Any) -> Any:
     """Without labels, gradnas ranks channels by their effect on the output's squared norm."""
-    from modeloptim.torch.utils.profile import _call
+    from modeloptim.torch.utils.profile import call_model
 
-    out = _call(model, batch)
+    out = call_model(model, batch)
     out = getattr(out, "logits", out)
     return (out.float() ** 2).mean()

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modeloptim.torch.utils.profile import _call
+from modeloptim.torch.utils.profile import call_model
 
 __all__ = ["block_influence", "layer_importance_order"]
 
@@ -61,7 +61,7 @@ def block_influence(model: nn.Module, container: str, data: Iterable[Any],
         for k, batch in enumerate(data):
             if max_batches is not None and k >= max_batches:
                 break
-            forward_func(model, batch) if forward_func else _call(model, batch)
+            forward_func(model, batch) if forward_func else call_model(model, batch)
     finally:
         for h in handles:
             h.remove()

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from modeloptim.torch.prune.plan import lookup_tensor
 from modeloptim.torch.prune.space import SearchSpace
-from modeloptim.torch.utils.profile import _call
+from modeloptim.torch.utils.profile import call_model
 
 __all__ = ["IMPORTANCE", "channel_importance"]
 
@@ -182,7 +182,7 @@ def activation_importance(model: nn.Module, space: SearchSpace, *, data_loader: 
     model.eval()
     try:
         for batch in _batches(data_loader, max_batches, "activation importance"):
-            forward_func(model, batch) if forward_func else _call(model, batch)
+            forward_func(model, batch) if forward_func else call_model(model, batch)
     finally:
         for h in handles:
             h.remove()

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from modeloptim.torch.prune.plan import PrunePlan
 from modeloptim.torch.prune.space import SearchSpace
-from modeloptim.torch.utils.profile import _call, count_flops
+from modeloptim.torch.utils.profile import call_model, count_flops
 from modeloptim.utils.io import atomic_file
 
 __all__ = ["Budget", "ScoreFunctionError", "SubnetEvaluator", "parse_constraints",
@@ -107,7 +107,7 @@ def recalibrate_batchnorm(model: nn.Module, data: Iterable[Any] | None,
         for i, batch in enumerate(data):
             if i >= max_batches:
                 break
-            forward_func(model, batch) if forward_func else _call(model, batch)
+            forward_func(model, batch) if forward_func else call_model(model, batch)
     finally:
         for m, (mom, tr) in zip(bns, saved, strict=True):
             m.momentum = mom
