@@ -80,10 +80,11 @@ class LoadedLM:
         eval: evaluation ids ``[eval_tokens // seq_len, seq_len]``, or ``None``.
     """
 
+    # Any, not ``Tensor | None``: each command asks for the windows it then uses.
     model: Any
     tokenizer: Any
-    calib: Any | None
-    eval: Any | None
+    calib: Any
+    eval: Any
 
 
 def load_lm(args: argparse.Namespace, *, calib_size: int | None, evaluate: bool) -> LoadedLM:
