@@ -22,34 +22,15 @@ from tqdm import tqdm
 from modeloptim.torch.prune.plan import lookup_tensor
 from modeloptim.torch.prune.space import SearchSpace
 from modeloptim.torch.utils.profile import call_model
+from modeloptim.utils.registry import Registry
 
 __all__ = ["IMPORTANCE", "channel_importance"]
 
 ImportanceFn = Callable[..., torch.Tensor]
 
 
-class ImportanceRegistry:
-    """``name -> fn(model, space, **kwargs) -> scores (float64, (num_channels,))``."""
-
-    def __init__(self) -> None:
-        self._fns: dict[str, ImportanceFn] = {}
-
-    def register(self, name: str) -> Callable[[ImportanceFn], ImportanceFn]:
-        """Decorator registering an importance method."""
-
-        def wrap(fn: ImportanceFn) -> ImportanceFn:
-            self._fns[name] = fn
-            return fn
-
-        return wrap
-
-    def __getitem__(self, name: str) -> ImportanceFn:
-        if name not in self._fns:
-            raise ValueError(f"importance: expected one of {sorted(self._fns)}, got {name!r}")
-        return self._fns[name]
-
-
-IMPORTANCE = ImportanceRegistry()
+#: ``name -> fn(model, space, **kwargs) -> scores`` (float64, ``(num_channels,)``).
+IMPORTANCE: Registry[ImportanceFn] = Registry("importance")
 
 
 def _scatter(scores: torch.Tensor, pos_maps: torch.Tensor, per_pos: torch.Tensor) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from modeloptim.torch.trace.context import AnalysisContext
 from modeloptim.torch.trace.layout import Desc
-from modeloptim.torch.trace.symbols import CLType, Symbol, SymState, spec_size
+from modeloptim.torch.trace.symbols import CLType, Symbol, SymState, spec_size, spec_symbols
 from modeloptim.torch.trace.tracer import GraphCollection
 
 
@@ -161,7 +161,7 @@ class AnalysisResult:
         for sid, (owner, symbol) in self.ctx.sym_owner.items():
             info = self.ctx.sym_map[owner]
             for attr, spec in info.attrs.items():
-                if symbol not in _symbols_of(spec):
+                if symbol not in spec_symbols(spec):
                     continue
                 for leaf in atoms.leaves(self.ctx.sym_desc[sid]):
                     if leaf in by_root and (owner, attr, spec) not in by_root[leaf]._attrs:
@@ -236,15 +236,6 @@ class AnalysisResult:
         """Groups spanning ``tensor``'s ``dim``."""
         return [g for g in self.groups if any(m.tensor == tensor and m.dim == dim
                                               for m in g.members)]
-
-
-def _symbols_of(spec: Any) -> list[Symbol]:
-    if isinstance(spec, Symbol):
-        return [spec]
-    out: list[Symbol] = []
-    for s in spec:
-        out.extend(_symbols_of(s))
-    return out
 
 
 def _channel_index(atoms: Any, desc: Desc, root: int, n: int) -> torch.Tensor:
