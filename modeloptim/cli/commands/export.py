@@ -19,7 +19,6 @@ from modeloptim.cli.common import (
     add_command,
     check_text_file,
     format_seconds,
-    model_label,
     positive_int,
     print_json,
     print_table,
@@ -102,7 +101,7 @@ def run_export(args: argparse.Namespace) -> int:
     import torch
 
     import modeloptim.torch.quantization as mtq
-    from modeloptim.cli.commands.quantize import FORMATS
+    from modeloptim.cli.commands.quantize import report_header
     from modeloptim.torch.export import export_hf_checkpoint
 
     check_text_file(args.text)
@@ -126,10 +125,7 @@ def run_export(args: argparse.Namespace) -> int:
         except OSError as err:
             raise CliError(f"--output: {err}") from None
     out = {
-        "model": model_label(args.model),
-        "format": args.format,
-        "preset": FORMATS[args.format],
-        "algorithm": config.algorithm.method,
+        **report_header(args, config),
         **report.as_dict(),
         "seconds": timer.with_total(),
     }

@@ -99,6 +99,16 @@ def _check_args(args: argparse.Namespace) -> Any:
     return config
 
 
+def report_header(args: argparse.Namespace, config: Any) -> dict[str, Any]:
+    """First fields of the quantize/export reports: model, format, preset, algorithm."""
+    return {
+        "model": model_label(args.model),
+        "format": args.format,
+        "preset": FORMATS[args.format],
+        "algorithm": config.algorithm.method,
+    }
+
+
 def run_quantize(args: argparse.Namespace) -> int:
     """Run ``modeloptim quantize``; prints the report, returns the exit code."""
     import modeloptim.torch.quantization as mtq
@@ -129,10 +139,7 @@ def run_quantize(args: argparse.Namespace) -> int:
             meta = {"model": args.model, "format": args.format, "preset": FORMATS[args.format]}
             (tmp / "quant_config.json").write_text(json.dumps(meta, indent=2))
     report = {
-        "model": model_label(args.model),
-        "format": args.format,
-        "preset": FORMATS[args.format],
-        "algorithm": config.algorithm.method,
+        **report_header(args, config),
         "layers_quantized": len(layers),
         "calib_tokens": int(calib.numel()),
         "eval_tokens": int(evalw.numel()),
