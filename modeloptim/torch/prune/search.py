@@ -23,9 +23,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from modeloptim.torch.prune.observe import limited, run_batch
 from modeloptim.torch.prune.plan import PrunePlan
 from modeloptim.torch.prune.space import SearchSpace
-from modeloptim.torch.utils.profile import call_model, count_flops
+from modeloptim.torch.utils.profile import count_flops
 from modeloptim.utils.io import atomic_file
 
 __all__ = ["Budget", "ScoreFunctionError", "SubnetEvaluator", "parse_constraints",
@@ -104,10 +105,8 @@ def recalibrate_batchnorm(model: nn.Module, data: Iterable[Any] | None,
         m.momentum = None
         m.train()
     try:
-        for i, batch in enumerate(data):
-            if i >= max_batches:
-                break
-            forward_func(model, batch) if forward_func else call_model(model, batch)
+        for batch in limited(data, max_batches):
+            run_batch(model, batch, forward_func)
     finally:
         for m, (mom, tr) in zip(bns, saved, strict=True):
             m.momentum = mom
