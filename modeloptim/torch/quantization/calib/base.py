@@ -48,6 +48,9 @@ def check_finite_reduced(reduced: torch.Tensor, x: torch.Tensor, owner: str) -> 
         reduced: any max of ``|x|`` (amax shape, float32).
         x: the batch it was reduced from (any shape).
         owner: the calibrator's name for the message.
+
+    Raises:
+        ValueError: ``x`` holds NaN/Inf, or values too large for a float32 amax.
     """
     if bool(torch.isfinite(reduced).all()):
         return
