@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 from typing import Any
 
-__all__ = ["load_model_spec"]
+__all__ = ["add_model_spec_arguments", "load_model_spec"]
+
+
+def add_model_spec_arguments(parser: argparse.ArgumentParser, zoo_examples: str) -> None:
+    """Add ``--model`` (zoo name or factory, required) and ``--input-shape``.
+
+    Args:
+        parser: the subcommand's parser.
+        zoo_examples: zoo names shown in the help, e.g. ``"resnet, llama-tiny"``.
+    """
+    parser.add_argument(
+        "--model",
+        required=True,
+        help=f"zoo name ({zoo_examples}, ...) or module:attr of a factory returning a model "
+        "or (model, example_input)",
+    )
+    parser.add_argument(
+        "--input-shape",
+        default=None,
+        help="comma-separated shape of a random float input (factories only)",
+    )
 
 
 def load_model_spec(spec: str, input_shape: str | None) -> tuple[Any, Any]:

@@ -12,14 +12,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from modeloptim.cli.commands.quantize import (
-    FORMATS,
+from modeloptim.cli.commands.quantize import FORMATS
+from modeloptim.cli.common import (
     StageTimer,
-    add_model_arguments,
-    load_texts,
-    weight_memory,
-    windows,
+    add_command,
+    check_text_file,
+    format_seconds,
+    model_label,
+    print_json,
 )
+from modeloptim.cli.lm import add_model_arguments, load_lm, weight_memory
 from modeloptim.cli.main import CliError
 
 __all__ = ["register", "run_eval"]
@@ -33,12 +35,12 @@ examples:
 
 def register(subparsers: Any) -> None:
     """Add the ``eval`` subcommand."""
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "eval",
         help="perplexity of a causal LM (optionally a saved quantized state)",
         description=__doc__,
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_arguments(p)
     p.add_argument(
@@ -63,36 +65,27 @@ def _read_quant_dir(path: Path) -> tuple[str, Path]:
     return fmt, state_file
 
 
-def _apply_saved_quantization(model: Any, fmt: str, state_file: Path) -> None:
-    import modeloptim.torch.opt as mto
-
-    del fmt  # the saved state knows every quantizer's format
-    mto.restore(model, state_file)
-
-
 def run_eval(args: argparse.Namespace) -> int:
     """Run ``modeloptim eval``; prints the report, returns the exit code."""
     import modeloptim.torch.quantization as mtq
-    from modeloptim.torch.utils.default_model import load_model
     from modeloptim.torch.utils.perplexity import perplexity
 
-    if args.text is not None and not args.text.is_file():
-        raise CliError(f"--text: file {str(args.text)!r} does not exist")
+    check_text_file(args.text)
     saved = _read_quant_dir(args.quantized) if args.quantized is not None else None
     timer = StageTimer()
     with timer.stage("load"):
-        model, tokenizer = load_model(args.model)
+        lm = load_lm(args, calib_size=None, evaluate=True)
+        model, evalw = lm.model, lm.eval
         if saved is not None:
-            _apply_saved_quantization(model, *saved)
-        _, eval_text = load_texts(args.text)
-        n_eval = max(1, args.eval_tokens // args.seq_len)
-        evalw = windows(tokenizer, eval_text, args.seq_len, n_eval, "evaluation text")
+            import modeloptim.torch.opt as mto
+
+            mto.restore(model, saved[1])  # the saved state knows every quantizer's format
     with timer.stage("eval"), mtq.cache_quantized_weights(model):
         ppl = perplexity(model, evalw, progress=True)
     memory = weight_memory(model)
-    seconds = {**timer.seconds, "total": round(sum(timer.seconds.values()), 3)}
+    seconds = timer.with_total()
     report: dict[str, Any] = {
-        "model": args.model or "smollm2 (built-in SmolLM2-135M-Instruct)",
+        "model": model_label(args.model),
         "format": saved[0] if saved else None,
         "eval_tokens": int(evalw.numel()),
         "perplexity": ppl,
@@ -101,12 +94,12 @@ def run_eval(args: argparse.Namespace) -> int:
         "seconds": seconds,
     }
     if args.json:
-        print(json.dumps(report, indent=2))
+        print_json(report)
     else:
         print(
             f"{report['model']} ({report['format'] or 'float'}): perplexity {ppl:.3f} over "
             f"{report['eval_tokens']} tokens, weights {memory['megabytes']:.1f} MB "
             f"({memory['effective_bits']:.2f} bits/weight), "
-            + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items())
+            + format_seconds(seconds)
         )
     return 0

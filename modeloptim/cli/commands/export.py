@@ -11,11 +11,20 @@ whose calibration algorithm is not built yet (AWQ, SmoothQuant) need ``--algorit
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 from typing import Any
 
+from modeloptim.cli.common import (
+    StageTimer,
+    add_command,
+    check_text_file,
+    format_seconds,
+    positive_int,
+    print_json,
+    print_table,
+    token_forward_loop,
+)
+from modeloptim.cli.lm import add_model_arguments, load_lm
 from modeloptim.cli.main import CliError
 
 __all__ = ["register", "run_export"]
@@ -31,28 +40,18 @@ examples:
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return n
-
-
 def register(subparsers: Any) -> None:
     """Add the ``export`` subcommand."""
     from modeloptim.cli.commands.quantize import FORMATS
 
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "export",
         help="quantize a causal LM and export a deployable checkpoint",
         description=__doc__,
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default=None, help="local HF model folder (default: SmolLM2-135M)")
+    add_model_arguments(p, evaluate=False)
     p.add_argument("--format", choices=sorted(FORMATS), default="fp8", help="default fp8")
     p.add_argument(
         "--layout",
@@ -67,11 +66,8 @@ def register(subparsers: Any) -> None:
         default="preset",
         help="calibration: the preset's algorithm, or max (round-to-nearest)",
     )
-    p.add_argument("--text", type=Path, default=None, help="calibration text (default: stdlib)")
-    p.add_argument("--calib-size", type=_positive_int, default=4, help="windows (default 4)")
-    p.add_argument("--seq-len", type=_positive_int, default=256, help="tokens/window (256)")
+    p.add_argument("--calib-size", type=positive_int, default=4, help="windows (default 4)")
     p.add_argument("--dtype", choices=_DTYPES, default=None, help="dtype of float tensors")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run_export)
 
 
@@ -105,48 +101,33 @@ def run_export(args: argparse.Namespace) -> int:
     import torch
 
     import modeloptim.torch.quantization as mtq
-    from modeloptim.cli.commands.quantize import FORMATS, load_texts, windows
+    from modeloptim.cli.commands.quantize import report_header
     from modeloptim.torch.export import export_hf_checkpoint
-    from modeloptim.torch.utils import default_model
 
-    if args.text is not None and not args.text.is_file():
-        raise CliError(f"--text: file {str(args.text)!r} does not exist")
+    check_text_file(args.text)
     _check_output(args.output)
     config = _config(args)
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    model, tokenizer = default_model.load_model(args.model)
-    calib_text, _ = load_texts(args.text)
-    calib = windows(tokenizer, calib_text, args.seq_len, args.calib_size, "calibration text")
-    seconds["load"] = round(time.perf_counter() - start, 3)
-
-    def forward_loop(m: Any) -> None:
-        with torch.no_grad():
-            for row in calib:
-                m(input_ids=row[None])
-
-    start = time.perf_counter()
-    mtq.quantize(model, config, forward_loop)
-    seconds["quantize"] = round(time.perf_counter() - start, 3)
-    start = time.perf_counter()
-    try:
-        report = export_hf_checkpoint(
-            model,
-            args.output,
-            dtype=getattr(torch, args.dtype) if args.dtype else None,
-            layout=args.layout,
-            tokenizer=tokenizer if hasattr(tokenizer, "save_pretrained") else None,
-        )
-    except OSError as err:
-        raise CliError(f"--output: {err}") from None
-    seconds["export"] = round(time.perf_counter() - start, 3)
+    timer = StageTimer()
+    with timer.stage("load"):
+        lm = load_lm(args, calib_size=args.calib_size, evaluate=False)
+    model, tokenizer = lm.model, lm.tokenizer
+    with timer.stage("quantize"):
+        mtq.quantize(model, config, token_forward_loop(lm.calib))
+    with timer.stage("export"):
+        try:
+            report = export_hf_checkpoint(
+                model,
+                args.output,
+                dtype=getattr(torch, args.dtype) if args.dtype else None,
+                layout=args.layout,
+                tokenizer=tokenizer if hasattr(tokenizer, "save_pretrained") else None,
+            )
+        except OSError as err:
+            raise CliError(f"--output: {err}") from None
     out = {
-        "model": args.model or "smollm2 (built-in SmolLM2-135M-Instruct)",
-        "format": args.format,
-        "preset": FORMATS[args.format],
-        "algorithm": config.algorithm.method,
+        **report_header(args, config),
         **report.as_dict(),
-        "seconds": {**seconds, "total": round(sum(seconds.values()), 3)},
+        "seconds": timer.with_total(),
     }
     _print(out, args.json)
     return 0
@@ -154,19 +135,16 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _print(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(report, indent=2))
+        print_json(report)
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"modeloptim export: {report['model']} -> {report['export_dir']}")
-    table.add_column("field")
-    table.add_column("value")
-    for key in ("format", "layout", "quant_algo", "kv_cache_quant_algo", "quantized_layers"):
-        table.add_row(key, str(report[key]))
-    table.add_row("excluded", ", ".join(report["excluded"]) or "-")
-    table.add_row("checkpoint size (MB)", f"{report['weight_bytes'] / 2**20:.1f}")
-    table.add_row("bits / quantized weight", f"{report['quantized_weight_bits']:.3f}")
-    table.add_row("files", ", ".join(report["files"]))
-    table.add_row("time (s)", ", ".join(f"{k} {v:.1f}" for k, v in report["seconds"].items()))
-    Console().print(table)
+    rows = [(key, str(report[key])) for key in
+            ("format", "layout", "quant_algo", "kv_cache_quant_algo", "quantized_layers")]
+    rows += [
+        ("excluded", ", ".join(report["excluded"]) or "-"),
+        ("checkpoint size (MB)", f"{report['weight_bytes'] / 2**20:.1f}"),
+        ("bits / quantized weight", f"{report['quantized_weight_bits']:.3f}"),
+        ("files", ", ".join(report["files"])),
+        ("time (s)", format_seconds(report["seconds"])),
+    ]
+    print_table(f"modeloptim export: {report['model']} -> {report['export_dir']}",
+                ("field", "value"), rows)

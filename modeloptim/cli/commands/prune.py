@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from modeloptim.cli.model_spec import load_model_spec
+from modeloptim.cli.common import add_command, print_json, print_table
+from modeloptim.cli.model_spec import add_model_spec_arguments, load_model_spec
 
 EXAMPLE = """examples:
   modeloptim prune --model resnet --flops 50%              # zoo model, fastnas, report
@@ -15,18 +15,14 @@ EXAMPLE = """examples:
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Any) -> None:
     """Add the ``prune`` subcommand."""
-    p = sub.add_parser("prune", help="structured pruning to a FLOPs/params budget",
-                       description="Remove channels/heads/FFN width/hidden size under a budget "
-                       "and print the sizes before and after. Without a score function the "
-                       "most important channels (by the mode's criterion) are kept.",
-                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True,
-                   help="zoo name (resnet, mobilenetv2, vit, llama-tiny, ...) or module:attr of "
-                   "a factory returning a model or (model, example_input)")
-    p.add_argument("--input-shape", default=None,
-                   help="comma-separated shape of a random float input (factories only)")
+    p = add_command(sub, "prune", help="structured pruning to a FLOPs/params budget",
+                    description="Remove channels/heads/FFN width/hidden size under a budget "
+                    "and print the sizes before and after. Without a score function the "
+                    "most important channels (by the mode's criterion) are kept.",
+                    epilog=EXAMPLE)
+    add_model_spec_arguments(p, "resnet, mobilenetv2, vit, llama-tiny")
     p.add_argument("--mode", default="fastnas", choices=["fastnas", "gradnas", "minitron"])
     p.add_argument("--flops", default=None, help="FLOPs budget, e.g. 50%% or 1e9")
     p.add_argument("--params", default=None, help="parameter budget, e.g. 75%% or 1e6")
@@ -85,25 +81,23 @@ def run(args: argparse.Namespace) -> int:
               "before": before, "after": after, "subnet": state["best"]["subnet"],
               "changed_tensors": len(changed), "saved_to": args.output}
     if args.json:
-        print(json.dumps(report, indent=1))
+        print_json(report)
         return 0
-    print(f"{'':<8} {'params':>14} {'FLOPs':>16}")
-    for k, v in (("before", before), ("after", after)):
-        print(f"{k:<8} {v['params']:>14,} {v['flops']:>16,}")
-    print(f"{'ratio':<8} {after['params'] / before['params']:>14.3f} "
-          f"{after['flops'] / max(before['flops'], 1):>16.3f}")
-    print(f"\n{'group':<60} {'kept':>6}")
-    for name, size in state["best"]["subnet"].items():
-        print(f"{name:<60} {size:>6}")
-    if args.output:
-        print(f"\nsaved to {args.output} (restore with mto.restore)")
+    ratio = ("ratio", f"{after['params'] / before['params']:.3f}",
+             f"{after['flops'] / max(before['flops'], 1):.3f}")
+    print_table(f"modeloptim prune: {args.model} ({args.mode})", ("", "params", "FLOPs"),
+                [(k, f"{v['params']:,}", f"{v['flops']:,}")
+                 for k, v in (("before", before), ("after", after))] + [ratio])
+    notes = [f"saved to {args.output} (restore with mto.restore)"] if args.output else []
+    print_table("kept channels per group", ("group", "kept"),
+                [(name, str(size)) for name, size in state["best"]["subnet"].items()], notes)
     return 0
 
 
 def _output_norm_loss(model: Any, batch: Any) -> Any:
     """Without labels, gradnas ranks channels by their effect on the output's squared norm."""
-    from modeloptim.torch.utils.profile import _call
+    from modeloptim.torch.utils.profile import call_model
 
-    out = _call(model, batch)
+    out = call_model(model, batch)
     out = getattr(out, "logits", out)
     return (out.float() ** 2).mean()

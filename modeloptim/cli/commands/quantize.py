@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from modeloptim.cli.common import (
+    StageTimer,
+    add_command,
+    check_text_file,
+    format_seconds,
+    model_label,
+    positive_int,
+    print_json,
+    print_table,
+    token_forward_loop,
+)
+from modeloptim.cli.lm import add_model_arguments, load_lm, weight_memory
 from modeloptim.cli.main import CliError
 
+# weight_memory lives in cli.lm (shared by the LM commands); still importable from here.
 __all__ = ["FORMATS", "register", "run_quantize", "weight_memory"]
 
 #: ``--format`` choice -> preset name.
@@ -41,64 +51,14 @@ examples:
 """
 
 
-class StageTimer:
-    """Wall time per named stage (seconds)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Time the enclosed block under ``name``."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(time.perf_counter() - start, 3)
-
-
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return n
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments shared by ``quantize`` and ``eval``: model, text, evaluation size, JSON."""
-    parser.add_argument(
-        "--model", default=None, help="local HF model folder (default: built-in SmolLM2-135M)"
-    )
-    parser.add_argument(
-        "--text",
-        type=Path,
-        default=None,
-        help="UTF-8 text; first half calibrates, second half evaluates "
-        "(default: standard-library docstrings, disjoint halves)",
-    )
-    parser.add_argument(
-        "--eval-tokens",
-        type=_positive_int,
-        default=1024,
-        help="tokens scored for perplexity (default 1024)",
-    )
-    parser.add_argument(
-        "--seq-len", type=_positive_int, default=256, help="tokens per window (default 256)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-
-
 def register(subparsers: Any) -> None:
     """Add the ``quantize`` subcommand."""
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "quantize",
         help="quantize a causal LM and report perplexity, memory and time",
         description=__doc__,
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_arguments(p)
     p.add_argument(
@@ -106,7 +66,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--calib-size",
-        type=_positive_int,
+        type=positive_int,
         default=8,
         help="calibration windows of --seq-len tokens (default 8)",
     )
@@ -119,61 +79,11 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run_quantize)
 
 
-def load_texts(path: Path | None) -> tuple[str, str]:
-    """``(calibration text, evaluation text)``: disjoint halves of a file or of the stdlib."""
-    if path is None:
-        from modeloptim.utils.text_corpus import stdlib_docstring_corpus
-
-        return stdlib_docstring_corpus("calib"), stdlib_docstring_corpus("eval")
-    from modeloptim.utils.text_corpus import read_text
-
-    text = read_text(path)
-    half = len(text) // 2
-    return text[:half], text[half:]
-
-
-def windows(tokenizer: Any, text: str, seq_len: int, count: int, what: str) -> Any:
-    """Token windows ``[count, seq_len]`` with a one-line error when the text is too short."""
-    from modeloptim.torch.utils.perplexity import token_windows
-
-    try:
-        return token_windows(tokenizer, text, seq_len, count)
-    except ValueError as err:
-        raise CliError(f"{what}: {err}") from None
-
-
-def weight_memory(model: Any) -> dict[str, float]:
-    """Storage of all parameters, each shared tensor once.
-
-    Quantized weights count at their format's bits per element (scales included).
-
-    Returns:
-        ``{"megabytes": ..., "effective_bits": ...}``.
-    """
-    from modeloptim.torch.quantization.nn import SequentialQuantizer
-    from modeloptim.torch.quantization.nn.modules.quant_module import QuantModule
-
-    bits_of: dict[int, float] = {}
-    for layer in model.modules():
-        if isinstance(layer, QuantModule):
-            for quantizer, weight in layer.weight_quantizer_pairs():
-                # W4A8-style chains store the first quantizer's codes (the rest are scales).
-                first = quantizer[0] if isinstance(quantizer, SequentialQuantizer) else quantizer
-                if quantizer.is_enabled:
-                    bits_of[id(weight)] = float(first.format.bits_per_element)  # type: ignore[union-attr,arg-type]
-    total_bits, numel = 0.0, 0
-    for p in {id(p): p for p in model.parameters()}.values():
-        total_bits += p.numel() * bits_of.get(id(p), p.element_size() * 8)
-        numel += p.numel()
-    return {"megabytes": total_bits / 8 / 2**20, "effective_bits": total_bits / max(numel, 1)}
-
-
 def _check_args(args: argparse.Namespace) -> Any:
     """Validate everything cheap before the model loads; returns the parsed config."""
     import modeloptim.torch.quantization as mtq
 
-    if args.text is not None and not args.text.is_file():
-        raise CliError(f"--text: file {str(args.text)!r} does not exist")
+    check_text_file(args.text)
     out = args.output
     if out is not None and out.exists():
         if not out.is_dir():
@@ -189,10 +99,14 @@ def _check_args(args: argparse.Namespace) -> Any:
     return config
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    from modeloptim.torch.utils.default_model import load_model
-
-    return load_model(args.model)
+def report_header(args: argparse.Namespace, config: Any) -> dict[str, Any]:
+    """First fields of the quantize/export reports: model, format, preset, algorithm."""
+    return {
+        "model": model_label(args.model),
+        "format": args.format,
+        "preset": FORMATS[args.format],
+        "algorithm": config.algorithm.method,
+    }
 
 
 def run_quantize(args: argparse.Namespace) -> int:
@@ -203,21 +117,14 @@ def run_quantize(args: argparse.Namespace) -> int:
     config = _check_args(args)
     timer = StageTimer()
     with timer.stage("load"):
-        model, tokenizer = _load(args)
-        calib_text, eval_text = load_texts(args.text)
-        calib = windows(tokenizer, calib_text, args.seq_len, args.calib_size, "calibration text")
-        n_eval = max(1, args.eval_tokens // args.seq_len)
-        evalw = windows(tokenizer, eval_text, args.seq_len, n_eval, "evaluation text")
+        lm = load_lm(args, calib_size=args.calib_size, evaluate=True)
+    model, calib, evalw = lm.model, lm.calib, lm.eval
     memory_before = weight_memory(model)
     with timer.stage("eval_before"):
         ppl_before = perplexity(model, evalw, progress=True)
 
-    def forward_loop(m: Any) -> None:
-        for row in calib:
-            m(input_ids=row[None])
-
     with timer.stage("quantize"):
-        mtq.quantize(model, config, forward_loop)
+        mtq.quantize(model, config, token_forward_loop(calib))
     with timer.stage("eval_after"), mtq.cache_quantized_weights(model):
         ppl_after = perplexity(model, evalw, progress=True)
     rows = mtq.print_quant_summary(model, print_table=False)
@@ -232,10 +139,7 @@ def run_quantize(args: argparse.Namespace) -> int:
             meta = {"model": args.model, "format": args.format, "preset": FORMATS[args.format]}
             (tmp / "quant_config.json").write_text(json.dumps(meta, indent=2))
     report = {
-        "model": args.model or "smollm2 (built-in SmolLM2-135M-Instruct)",
-        "format": args.format,
-        "preset": FORMATS[args.format],
-        "algorithm": config.algorithm.method,
+        **report_header(args, config),
         "layers_quantized": len(layers),
         "calib_tokens": int(calib.numel()),
         "eval_tokens": int(evalw.numel()),
@@ -245,7 +149,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         "weight_mb_after": weight_memory(model)["megabytes"],
         "effective_bits_before": memory_before["effective_bits"],
         "effective_bits_after": weight_memory(model)["effective_bits"],
-        "seconds": {**timer.seconds, "total": round(sum(timer.seconds.values()), 3)},
+        "seconds": timer.with_total(),
         "output": None if args.output is None else str(args.output),
     }
     print_report(report, args.json)
@@ -253,37 +157,25 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 
 def print_report(report: dict[str, Any], as_json: bool) -> None:
-    """Print the report as JSON or as a table."""
+    """Print the report as JSON or as a before/after table."""
     if as_json:
-        print(json.dumps(report, indent=2))
+        print_json(report)
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"modeloptim quantize: {report['model']} -> {report['format']}")
-    table.add_column("metric")
-    table.add_column("before", justify="right")
-    table.add_column("after", justify="right")
-    table.add_row(
-        "perplexity", f"{report['perplexity_before']:.3f}", f"{report['perplexity_after']:.3f}"
-    )
-    table.add_row(
-        "weight memory (MB)",
-        f"{report['weight_mb_before']:.1f}",
-        f"{report['weight_mb_after']:.1f}",
-    )
-    table.add_row(
-        "effective bits/weight",
-        f"{report['effective_bits_before']:.2f}",
-        f"{report['effective_bits_after']:.2f}",
-    )
-    console = Console()
-    console.print(table)
-    console.print(
+    rows = [
+        (label, f"{report[key + '_before']:{spec}}", f"{report[key + '_after']:{spec}}")
+        for label, key, spec in (
+            ("perplexity", "perplexity", ".3f"),
+            ("weight memory (MB)", "weight_mb", ".1f"),
+            ("effective bits/weight", "effective_bits", ".2f"),
+        )
+    ]
+    notes = [
         f"preset {report['preset']} (algorithm {report['algorithm']}), "
         f"{report['layers_quantized']} layers quantized, calibration {report['calib_tokens']} "
-        f"tokens, evaluation {report['eval_tokens']} tokens"
-    )
-    console.print("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["seconds"].items()))
+        f"tokens, evaluation {report['eval_tokens']} tokens",
+        "time (s): " + format_seconds(report["seconds"]),
+    ]
     if report.get("output"):
-        console.print(f"saved to {report['output']}")
+        notes.append(f"saved to {report['output']}")
+    print_table(f"modeloptim quantize: {report['model']} -> {report['format']}",
+                ("metric", "before", "after"), rows, notes)

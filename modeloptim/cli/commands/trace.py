@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
-from modeloptim.cli.model_spec import load_model_spec
+from modeloptim.cli.common import add_command
+from modeloptim.cli.model_spec import add_model_spec_arguments, load_model_spec
 
 EXAMPLE = """examples:
   modeloptim trace --model resnet                 # built-in zoo model (random weights)
@@ -15,17 +17,13 @@ EXAMPLE = """examples:
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Any) -> None:
     """Add the ``trace`` subcommand."""
-    p = sub.add_parser("trace", help="report which channels/heads/hidden sizes are tied",
-                       description="Trace a model with torch.fx and report its dependency "
-                       "groups: what can be pruned together, and why the rest is frozen.",
-                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True,
-                   help="zoo name (resnet, llama-tiny, smollm2-config, ...) or module:attr of a "
-                   "factory returning a model or (model, example_input)")
-    p.add_argument("--input-shape", default=None,
-                   help="comma-separated shape of a random float input (factories only)")
+    p = add_command(sub, "trace", help="report which channels/heads/hidden sizes are tied",
+                    description="Trace a model with torch.fx and report its dependency "
+                    "groups: what can be pruned together, and why the rest is frozen.",
+                    epilog=EXAMPLE)
+    add_model_spec_arguments(p, "resnet, llama-tiny, smollm2-config")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 

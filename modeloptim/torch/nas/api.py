@@ -17,13 +17,11 @@ from modeloptim.torch.prune.elastic import activate, export_elastic, space_of
 from modeloptim.torch.prune.importance import channel_importance, keep_order
 from modeloptim.torch.prune.modes import SPACE_MODES, pending_space
 from modeloptim.torch.prune.search import (
-    Budget,
     ScoreFunctionError,
     SubnetEvaluator,
-    parse_constraints,
+    budget_for,
     recalibrate_batchnorm,
 )
-from modeloptim.torch.utils.profile import count_flops, count_params
 
 __all__ = ["choices", "convert", "export", "search"]
 
@@ -86,13 +84,11 @@ def search(model: nn.Module, constraints: dict[str, Any], dummy_input: Any,
     space = space_of(model)
     opts = choices(model)
     base = export_elastic(copy.deepcopy(model))
-    need_flops = "flops" in constraints
-    ref = {"params": count_params(base),
-           "flops": count_flops(base, dummy_input) if need_flops else 0}
-    budget: Budget = parse_constraints(constraints, ref)
+    budget = budget_for(base, constraints, dummy_input)
+    ref = budget.reference
     ev = SubnetEvaluator(base, space, keep_order(space, channel_importance(base, space,
                                                                            "magnitude")),
-                         dummy_input, need_flops=need_flops)
+                         dummy_input, need_flops=budget.needs_flops)
     smallest = {k: v[0] for k, v in opts.items()}
     if not budget.ok(ev.cost(smallest)):
         raise ValueError(f"constraints: {budget.limits} cannot be met; the smallest sub-net of "

@@ -15,16 +15,15 @@ from modeloptim.torch.prune.elastic import activate
 from modeloptim.torch.prune.importance import channel_importance, keep_order
 from modeloptim.torch.prune.modes import SPACE_MODES, SpaceModeConfig, pending_space
 from modeloptim.torch.prune.search import (
-    Budget,
     SearchConfig,
     SubnetEvaluator,
+    budget_for,
     fit_scale,
     parse_constraints,
     recalibrate_batchnorm,
     run_search,
 )
 from modeloptim.torch.prune.space import SearchSpace
-from modeloptim.torch.utils.profile import count_flops, count_params
 
 __all__ = ["prepare_space", "prune"]
 
@@ -143,13 +142,11 @@ def prune(model: nn.Module, mode: Any, constraints: dict[str, Any], dummy_input:
     sc = _search_cfg(config)
     parse_constraints(constraints, {"flops": 1, "params": 1})  # shape check before the work
     space = prepare_space(model, name, cfg, dummy_input)
-    need_flops = "flops" in constraints
-    reference = {"params": count_params(model),
-                 "flops": count_flops(model, dummy_input) if need_flops else 0}
-    budget: Budget = parse_constraints(constraints, reference)
+    budget = budget_for(model, constraints, dummy_input)
+    reference = budget.reference
     scores = _importance(model, space, sc.get("importance", _IMPORTANCE[name]), sc)
     ev = SubnetEvaluator(model, space, keep_order(space, scores), dummy_input,
-                         need_flops=need_flops)
+                         need_flops=budget.needs_flops)
     depth = _depth(model, space, sc, ev)
     fixed = _restrict(space, getattr(cfg, "prune", None))
     score_func: Callable[[nn.Module], float] | None = sc.get("score_func")

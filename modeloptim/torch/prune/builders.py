@@ -92,20 +92,6 @@ def build_space(model: nn.Module, dummy_input: Any, config: dict[str, Any] | Non
     return space
 
 
-def _channel_of_positions(atoms: Any, desc: Any, root: int, n: int) -> torch.Tensor:
-    """Channel index of every position of ``desc`` that belongs to group ``root`` (else -1).
-
-    Found with ``ceil(log2 n)`` mask queries: query ``b`` keeps the channels whose bit ``b``
-    is set, so the positions it keeps spell out their channel's bits.
-    """
-    inside = ~atoms.keep_mask(desc, root, torch.zeros(n, dtype=torch.bool))
-    ch = torch.zeros(inside.numel(), dtype=torch.long)
-    ar = torch.arange(n)
-    for b in range(max(1, (n - 1).bit_length())):
-        ch |= (atoms.keep_mask(desc, root, ((ar >> b) & 1).bool()) & inside).long() << b
-    return torch.where(inside, ch, torch.full_like(ch, -1))
-
-
 def _spec_tree(spec: Any, sym_maps: dict[int, SearchSpace]) -> AttrSpec:
     from modeloptim.torch.trace import Symbol
 
@@ -128,21 +114,18 @@ def space_from_analysis(model: nn.Module, result: Any) -> SearchSpace:
     attrs: dict[tuple[str, str], Any] = {}
     seen_tensor: dict[int, str] = {}
     for g in result.searchable_groups:
-        ctx, atoms = g._ctx, g._ctx.atoms
         sg = space.add_group(g.name, g.size)
-        for name, dim, desc in g._dims:
+        for name, dim, ch in g.member_channel_index():
             t = lookup_tensor(model, name)
             canonical = seen_tensor.setdefault(id(t), name)  # tied tensors: one entry
-            ch = _channel_of_positions(atoms, desc, g.root, g.size)
             if ch.numel() != t.shape[dim]:
                 raise ValueError(f"model: {name} dim {dim} has {t.shape[dim]} channels but the "
                                  f"analysis saw {ch.numel()}")
             space.add_map(canonical, dim, torch.where(ch >= 0, ch + sg.offset, ch))
-        for owner, attr, spec in g._attrs:
+        for owner, attr, spec in g.size_attrs:
             attrs[(owner, attr)] = spec
             for s in spec_symbols(spec):
-                sd = ctx.sym_desc[id(s)]
-                ch = _channel_of_positions(atoms, sd, g.root, g.size)
+                ch = g.symbol_channel_index(s)
                 # a one-entry space per symbol reuses the row merging of tensor maps
                 sym_maps.setdefault(id(s), SearchSpace()).add_map(
                     "", 0, torch.where(ch >= 0, ch + sg.offset, ch))

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modeloptim.torch.utils.profile import _call
+from modeloptim.torch.prune.observe import limited, observing, run_batch
 
 __all__ = ["block_influence", "layer_importance_order"]
 
@@ -55,17 +55,9 @@ def block_influence(model: nn.Module, container: str, data: Iterable[Any],
 
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_hook(hook_for(i), with_kwargs=True))
-    was_training = model.training
-    model.eval()
-    try:
-        for k, batch in enumerate(data):
-            if max_batches is not None and k >= max_batches:
-                break
-            forward_func(model, batch) if forward_func else _call(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    with observing(model, handles):
+        for batch in limited(data, max_batches):
+            run_batch(model, batch, forward_func)
     if not bool((counts > 0).all()):
         raise ValueError(f"container: layers of {container!r} did not map a hidden state to one "
                          "of the same shape; cannot rank them")

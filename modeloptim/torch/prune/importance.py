@@ -17,39 +17,19 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from modeloptim.torch.prune.observe import limited, observing, run_batch
 from modeloptim.torch.prune.plan import lookup_tensor
 from modeloptim.torch.prune.space import SearchSpace
-from modeloptim.torch.utils.profile import _call
+from modeloptim.utils.registry import Registry
 
 __all__ = ["IMPORTANCE", "channel_importance"]
 
 ImportanceFn = Callable[..., torch.Tensor]
 
 
-class ImportanceRegistry:
-    """``name -> fn(model, space, **kwargs) -> scores (float64, (num_channels,))``."""
-
-    def __init__(self) -> None:
-        self._fns: dict[str, ImportanceFn] = {}
-
-    def register(self, name: str) -> Callable[[ImportanceFn], ImportanceFn]:
-        """Decorator registering an importance method."""
-
-        def wrap(fn: ImportanceFn) -> ImportanceFn:
-            self._fns[name] = fn
-            return fn
-
-        return wrap
-
-    def __getitem__(self, name: str) -> ImportanceFn:
-        if name not in self._fns:
-            raise ValueError(f"importance: expected one of {sorted(self._fns)}, got {name!r}")
-        return self._fns[name]
-
-
-IMPORTANCE = ImportanceRegistry()
+#: ``name -> fn(model, space, **kwargs) -> scores`` (float64, ``(num_channels,)``).
+IMPORTANCE: Registry[ImportanceFn] = Registry("importance")
 
 
 def _scatter(scores: torch.Tensor, pos_maps: torch.Tensor, per_pos: torch.Tensor) -> None:
@@ -81,13 +61,6 @@ def magnitude_importance(model: nn.Module, space: SearchSpace, **_: Any) -> torc
     return _from_tensors(model, space, lambda t: t if t.is_floating_point() else None)
 
 
-def _batches(data: Iterable[Any], max_batches: int | None, desc: str) -> Iterable[Any]:
-    for i, batch in enumerate(tqdm(data, desc=desc, leave=False, total=max_batches)):
-        if max_batches is not None and i >= max_batches:
-            break
-        yield batch
-
-
 @IMPORTANCE.register("gradient")
 def gradient_importance(model: nn.Module, space: SearchSpace, *, data_loader: Iterable[Any],
                         loss_func: Callable[[nn.Module, Any], torch.Tensor],
@@ -102,19 +75,17 @@ def gradient_importance(model: nn.Module, space: SearchSpace, *, data_loader: It
         max_batches: stop after this many batches.
     """
     acc: dict[str, torch.Tensor] = {}
-    was_training = model.training
-    model.eval()
     try:
-        for batch in _batches(data_loader, max_batches, "gradient importance"):
-            model.zero_grad(set_to_none=True)
-            loss_func(model, batch).backward()
-            for name in space.tensors:
-                t = lookup_tensor(model, name)
-                if t.grad is not None:
-                    acc[name] = acc.get(name, 0) + (t.detach() * t.grad).abs()
+        with observing(model):
+            for batch in limited(data_loader, max_batches, "gradient importance"):
+                model.zero_grad(set_to_none=True)
+                loss_func(model, batch).backward()
+                for name in space.tensors:
+                    t = lookup_tensor(model, name)
+                    if t.grad is not None:
+                        acc[name] = acc.get(name, 0) + (t.detach() * t.grad).abs()
     finally:
         model.zero_grad(set_to_none=True)
-        model.train(was_training)
     if not acc:
         raise ValueError("data_loader: no batch produced gradients for the searchable layers")
     return _from_tensors(model, space, lambda t: next(
@@ -178,15 +149,9 @@ def activation_importance(model: nn.Module, space: SearchSpace, *, data_loader: 
 
     for k, (mod, where, _maps) in enumerate(probes):
         handles.append(mod.register_forward_hook(hook_for(k, where, mod)))
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in _batches(data_loader, max_batches, "activation importance"):
-            forward_func(model, batch) if forward_func else _call(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    with observing(model, handles):
+        for batch in limited(data_loader, max_batches, "activation importance"):
+            run_batch(model, batch, forward_func)
     scores = torch.zeros(space.num_channels, dtype=torch.float64)
     for (_mod, _where, maps), v in zip(probes, sums, strict=True):
         if v is not None and v.numel() == maps.shape[-1]:

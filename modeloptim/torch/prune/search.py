@@ -23,12 +23,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from modeloptim.torch.prune.observe import limited, run_batch
 from modeloptim.torch.prune.plan import PrunePlan
 from modeloptim.torch.prune.space import SearchSpace
-from modeloptim.torch.utils.profile import _call, count_flops
+from modeloptim.torch.utils.profile import count_flops, count_params
 from modeloptim.utils.io import atomic_file
 
-__all__ = ["Budget", "ScoreFunctionError", "SubnetEvaluator", "parse_constraints",
+__all__ = ["Budget", "ScoreFunctionError", "SubnetEvaluator", "budget_for", "parse_constraints",
            "recalibrate_batchnorm"]
 
 Subnet = dict[str, int]
@@ -45,6 +46,11 @@ class Budget:
     limits: dict[str, float]
     reference: dict[str, int]
 
+    @property
+    def needs_flops(self) -> bool:
+        """Whether a limit is on FLOPs (so candidates' FLOPs must be counted)."""
+        return "flops" in self.limits
+
     def ok(self, cost: dict[str, int]) -> bool:
         """Whether ``cost`` fits every limit."""
         return all(cost[k] <= v for k, v in self.limits.items())
@@ -52,6 +58,18 @@ class Budget:
     def usage(self, cost: dict[str, int]) -> float:
         """Largest ``cost / limit`` ratio (1.0 = exactly at the budget)."""
         return max(cost[k] / v for k, v in self.limits.items())
+
+
+def budget_for(model: nn.Module, constraints: Any, dummy_input: Any) -> Budget:
+    """`parse_constraints` against ``model``'s own size (percentages are of the unpruned model).
+
+    FLOPs are only counted (one forward of ``dummy_input``) when ``constraints`` limit them;
+    otherwise the reference FLOPs are 0 (see `Budget.needs_flops`).
+    """
+    needs_flops = isinstance(constraints, dict) and "flops" in constraints
+    reference = {"params": count_params(model),
+                 "flops": count_flops(model, dummy_input) if needs_flops else 0}
+    return parse_constraints(constraints, reference)
 
 
 def parse_constraints(constraints: Any, reference: dict[str, int]) -> Budget:
@@ -104,10 +122,8 @@ def recalibrate_batchnorm(model: nn.Module, data: Iterable[Any] | None,
         m.momentum = None
         m.train()
     try:
-        for i, batch in enumerate(data):
-            if i >= max_batches:
-                break
-            forward_func(model, batch) if forward_func else _call(model, batch)
+        for batch in limited(data, max_batches):
+            run_batch(model, batch, forward_func)
     finally:
         for m, (mom, tr) in zip(bns, saved, strict=True):
             m.momentum = mom

@@ -6,9 +6,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from modeloptim.torch.trace.context import AnalysisContext
 from modeloptim.torch.trace.layout import Desc
-from modeloptim.torch.trace.symbols import CLType, Symbol, SymState, spec_size
+from modeloptim.torch.trace.symbols import CLType, Symbol, SymState, spec_size, spec_symbols
 from modeloptim.torch.trace.tracer import GraphCollection
 
 
@@ -43,6 +45,9 @@ class ChannelGroup:
         searchable: whether the group may be pruned.
         reasons: why it is frozen (empty when searchable).
         root: internal atom id (used by `prune_group`).
+
+    `size_attrs`, `member_channel_index` and `symbol_channel_index` expose where each channel
+    sits, for tools (pruning search spaces) that slice the tensors themselves.
     """
 
     name: str
@@ -63,6 +68,55 @@ class ChannelGroup:
             if m.module not in out:
                 out.append(m.module)
         return out
+
+    @property
+    def size_attrs(self) -> list[tuple[str, str, Any]]:
+        """Module attributes whose value follows the group's size, as ``(module, attr, spec)``.
+
+        ``attr`` is an attribute path of module ``module`` (e.g. ``"out_features"``,
+        ``"num_heads"``); ``spec`` is the `Symbol` it equals, a tuple of symbols (their
+        product) or a list (a tuple value). Pruning the group rewrites these attributes.
+        """
+        return list(self._attrs)
+
+    def member_channel_index(self) -> list[tuple[str, int, torch.Tensor]]:
+        """For every member ``(tensor, dim, index)``, in the order of `members`.
+
+        ``index`` (int64, shape ``[size of dim]``) gives, for each position along ``dim``,
+        the group channel in ``[0, size)`` stored there, or ``-1`` where the position holds
+        channels of other groups (e.g. the other half of a concatenation).
+
+        Raises:
+            ValueError: the group was not produced by the analysis.
+        """
+        ctx = self._context()
+        return [(name, dim, _channel_index(ctx.atoms, desc, self.root, self.size))
+                for name, dim, desc in self._dims]
+
+    def symbol_channel_index(self, symbol: Symbol) -> torch.Tensor:
+        """Like `member_channel_index` for the dim a size `Symbol` counts.
+
+        Args:
+            symbol: a symbol from `size_attrs` specs.
+
+        Returns:
+            int64 tensor of shape ``[symbol.size]``: group channel per position, or ``-1``.
+
+        Raises:
+            ValueError: the group was not produced by the analysis, or ``symbol`` is not one
+                of its analysis' symbols.
+        """
+        ctx = self._context()
+        desc = ctx.sym_desc.get(id(symbol))
+        if desc is None:
+            raise ValueError(f"symbol: {symbol!r} is not a symbol of this group's analysis")
+        return _channel_index(ctx.atoms, desc, self.root, self.size)
+
+    def _context(self) -> AnalysisContext:
+        if self._ctx is None:
+            raise ValueError(f"group: {self.name!r} was not produced by analyze_symbols/"
+                             "dependency_groups")
+        return self._ctx
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -107,7 +161,7 @@ class AnalysisResult:
         for sid, (owner, symbol) in self.ctx.sym_owner.items():
             info = self.ctx.sym_map[owner]
             for attr, spec in info.attrs.items():
-                if symbol not in _symbols_of(spec):
+                if symbol not in spec_symbols(spec):
                     continue
                 for leaf in atoms.leaves(self.ctx.sym_desc[sid]):
                     if leaf in by_root and (owner, attr, spec) not in by_root[leaf]._attrs:
@@ -184,18 +238,21 @@ class AnalysisResult:
                                               for m in g.members)]
 
 
-def _symbols_of(spec: Any) -> list[Symbol]:
-    if isinstance(spec, Symbol):
-        return [spec]
-    out: list[Symbol] = []
-    for s in spec:
-        out.extend(_symbols_of(s))
-    return out
+def _channel_index(atoms: Any, desc: Desc, root: int, n: int) -> torch.Tensor:
+    """Channel index of every position of ``desc`` that belongs to group ``root`` (else -1).
+
+    Found with ``ceil(log2 n)`` mask queries: query ``b`` keeps the channels whose bit ``b``
+    is set, so the positions it keeps spell out their channel's bits.
+    """
+    inside = ~atoms.keep_mask(desc, root, torch.zeros(n, dtype=torch.bool))
+    ch = torch.zeros(inside.numel(), dtype=torch.long)
+    ar = torch.arange(n)
+    for b in range(max(1, (n - 1).bit_length())):
+        ch |= (atoms.keep_mask(desc, root, ((ar >> b) & 1).bool()) & inside).long() << b
+    return torch.where(inside, ch, torch.full_like(ch, -1))
 
 
 def _describe(atoms: Any, desc: Desc, leaf: int) -> str:
-    import torch
-
     n = atoms.size[leaf]
     none = atoms.keep_mask(desc, leaf, torch.zeros(n, dtype=torch.bool))
     e0 = torch.zeros(n, dtype=torch.bool)

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["FLOP_RULES", "FlopCounter", "count_flops", "count_params", "profile_model",
-           "to_meta"]
+__all__ = ["FLOP_RULES", "FlopCounter", "call_model", "count_flops", "count_params",
+           "profile_model", "to_meta"]
 
 FlopRule = Callable[[Sequence[Any], Any], int]
 
@@ -107,7 +107,14 @@ class FlopCounter(TorchDispatchMode):
         return out
 
 
-def _call(model: nn.Module, dummy_input: Any) -> Any:
+def call_model(model: nn.Module, dummy_input: Any) -> Any:
+    """Call ``model`` on one example input, whatever form it takes.
+
+    ``dummy_input`` is a tensor, a positional tuple/list, a kwargs dict or ``(args, kwargs)``.
+
+    Raises:
+        TypeError: ``dummy_input`` is none of these.
+    """
     if isinstance(dummy_input, torch.Tensor):
         return model(dummy_input)
     if isinstance(dummy_input, dict):
@@ -119,6 +126,10 @@ def _call(model: nn.Module, dummy_input: Any) -> Any:
         return model(*dummy_input)
     raise TypeError("dummy_input: expected a tensor, a tuple of positional inputs, a dict of "
                     f"keyword inputs or (args, kwargs), got {type(dummy_input).__name__}")
+
+
+# Old private name, kept so that code written against it still imports.
+_call = call_model
 
 
 def to_meta(obj: Any) -> Any:
@@ -148,7 +159,7 @@ def count_flops(model: nn.Module, dummy_input: Any) -> int:
     model.eval()
     try:
         with FlopCounter() as counter:
-            _call(model, dummy_input)
+            call_model(model, dummy_input)
     finally:
         model.train(was_training)
     return counter.total

@@ -101,13 +101,18 @@ class HistogramCalibrator(Calibrator):
 
     def collect(self, x: torch.Tensor) -> None:
         """Add ``|x|`` of one batch to the histogram (NaN/Inf raise ``ValueError``)."""
-        a = self._check(x).abs().float().reshape(-1)
+        x = self._check(x)
+        a = x.abs().float().reshape(-1)
+        if a.numel() == 0:
+            return
+        top = a.max()
+        self._check_reduced(top, x)  # before any state changes
         self._device = a.device  # amax is returned where the data lives
         if self._skip_zeros:
             a = a[a != 0]
-        if a.numel() == 0:
-            return
-        xmax = max(float(a.max()), _MIN_RANGE)
+            if a.numel() == 0:
+                return
+        xmax = max(float(top), _MIN_RANGE)
         if self._hist is None:
             self._hist = np.zeros(self._num_bins)
             self._range = xmax

@@ -39,6 +39,7 @@ class MaxCalibrator(Calibrator):
             return  # an empty batch carries no statistics
         view, _ = self._granularity.to_view(x)
         amax = self._granularity.reduce_amax(view)
+        self._check_reduced(amax, x)  # before any state changes
         if self._amax is None:
             self._amax = amax
             return

@@ -5,9 +5,11 @@ transformers 5.x attention modules (``LlamaAttention``, ``MistralAttention``, ``
 ``ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager_attention_forward)(self, q, k, v, ...)``
 with the name looked up in their modeling module at call time. The wrapper below gives such a
 module ``k_bmm_quantizer`` and ``v_bmm_quantizer`` (disabled until a config enables them, e.g.
-``FP8_KV_CFG``) and, during its own forward only, makes that lookup return the chosen attention
-function with key/value (``[batch, kv_heads, seq, head_dim]``, after RoPE and the cache update)
-passed through the quantizers. The model's config and other modules are untouched.
+``FP8_KV_CFG``). When the first such module is converted, the modeling module's table is
+replaced by a pass-through whose lookup returns the chosen attention function with key/value
+(``[batch, kv_heads, seq, head_dim]``, after RoPE and the cache update) passed through the
+calling layer's quantizers; float layers and models get the original function. The model's
+config is untouched, and the table stays constant, so ``torch.compile`` traces the quantizers.
 
 Tied embeddings need nothing special: conversion never replaces parameters, so
 ``lm_head.weight is embed_tokens.weight`` holds after quantization (and presets disable
@@ -18,8 +20,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -43,25 +44,29 @@ _FAMILIES = (
     ("smollm3", "SmolLM3Attention"),
 )
 
-_LOCK = threading.RLock()
+_LOCK = threading.Lock()
 _INTERFACE = "ALL_ATTENTION_FUNCTIONS"
 
 
 class _KVQuantInterface:
-    """Stand-in for a modeling module's ``ALL_ATTENTION_FUNCTIONS`` while one layer runs."""
+    """Pass-through stand-in for a modeling module's ``ALL_ATTENTION_FUNCTIONS``.
 
-    def __init__(self, original: Any, layer: QuantHFAttention) -> None:
+    ``get_interface`` returns the chosen attention function wrapped so that a
+    `QuantHFAttention` caller's key/value go through its quantizers first; any other caller
+    (a float model of the same family) gets the function unchanged. Everything else is
+    forwarded to the original table.
+    """
+
+    def __init__(self, original: Any) -> None:
         self._original = original
-        self._layer = layer
 
     def get_interface(self, name: str, default: Callable[..., Any]) -> Callable[..., Any]:
         fn = self._original.get_interface(name, default)
-        layer = self._layer
 
         def quantized(module: nn.Module, q: Any, k: Any, v: Any, *args: Any, **kw: Any) -> Any:
-            if module is layer:
-                k = layer.k_bmm_quantizer(k)
-                v = layer.v_bmm_quantizer(v)
+            if isinstance(module, QuantHFAttention):
+                k = module.k_bmm_quantizer(k)
+                v = module.v_bmm_quantizer(v)
             return fn(module, q, k, v, *args, **kw)
 
         return quantized
@@ -76,6 +81,19 @@ class _KVQuantInterface:
         return key in self._original
 
 
+def _install_interface(modeling: Any) -> None:
+    """Put the pass-through table into ``modeling`` once (idempotent, thread-safe).
+
+    It stays installed: swapping the table around each forward instead would hide the
+    quantizers from ``torch.compile`` (Dynamo reads the global when it traces, so compiled
+    attention would run with float key/value) and needs a lock Dynamo cannot enter.
+    """
+    with _LOCK:
+        current = getattr(modeling, _INTERFACE)
+        if not isinstance(current, _KVQuantInterface):
+            setattr(modeling, _INTERFACE, _KVQuantInterface(current))
+
+
 class QuantHFAttention(QuantModule):
     """HF attention with ``k_bmm_quantizer``/``v_bmm_quantizer`` on the attention inputs."""
 
@@ -85,24 +103,7 @@ class QuantHFAttention(QuantModule):
             q = TensorQuantizer({"num_bits": (4, 3)})
             q.disable()
             setattr(self, attr, q)
-
-    @contextmanager
-    def _patched_interface(self) -> Iterator[None]:
-        modeling = sys.modules[self.original_cls.__module__]
-        with _LOCK:
-            original = getattr(modeling, _INTERFACE)
-            setattr(modeling, _INTERFACE, _KVQuantInterface(original, self))
-            try:
-                yield
-            finally:
-                setattr(modeling, _INTERFACE, original)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Original attention forward with quantized key/value going into attention."""
-        if not (self.k_bmm_quantizer.is_enabled or self.v_bmm_quantizer.is_enabled):
-            return super().forward(*args, **kwargs)
-        with self._patched_interface():
-            return super().forward(*args, **kwargs)
+        _install_interface(sys.modules[self.original_cls.__module__])
 
 
 def register_hf_attentions() -> list[str]:

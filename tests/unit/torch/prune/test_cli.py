@@ -40,3 +40,16 @@ def test_json_report_and_saved_model(tmp_path, capsys) -> None:
 def test_bad_input_exits_2(argv, msg, capsys) -> None:
     assert main(argv) == 2
     assert msg in capsys.readouterr().err
+
+
+def test_text_report_tables(capsys) -> None:
+    rc = main(["prune", "--model", f"{__name__}:_net", "--params", "60%", "--channel-divisor",
+               "1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "modeloptim prune" in out
+    assert "kept channels per group" in out
+    ratio_line = next(line for line in out.splitlines() if "ratio" in line)
+    ratio = float(ratio_line.replace("│", " ").split()[1])
+    assert 0.3 <= ratio <= 0.6  # params after / before, within the 60% budget
+    assert "0.out_channels" in out

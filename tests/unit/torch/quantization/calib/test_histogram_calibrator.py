@@ -141,3 +141,17 @@ def test_tensor_quantizer_with_histogram_calibrator():
     assert float(q.amax) == pytest.approx(stats.norm.ppf(0.9995), rel=0.02)
     with pytest.raises(ValueError, match="calibrator"):
         TensorQuantizer({"num_bits": 8, "axis": 0, "calibrator": "histogram"})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("skip_zeros", [False, True])
+def test_non_finite_input_leaves_the_histogram_unchanged(bad, skip_zeros):
+    cal = HistogramCalibrator(8, num_bins=50, skip_zeros=skip_zeros)
+    cal.collect(torch.linspace(-2.0, 2.0, 101))
+    hist, edges = cal.hist.copy(), cal.edges.copy()
+    x = torch.zeros(1000)
+    x[-1] = bad
+    with pytest.raises(ValueError, match=r"HistogramCalibrator\.collect: input x contains NaN"):
+        cal.collect(x)
+    np.testing.assert_array_equal(cal.hist, hist)
+    np.testing.assert_array_equal(cal.edges, edges)

@@ -36,3 +36,47 @@ def test_bad_inputs():
         cc.collect(torch.randn(5, 4))
     with pytest.raises(ValueError, match="method"):
         cc.compute_amax("entropy")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "shape"),
+    [({}, (4, 40)), ({"axis": 0}, (4, 40)), ({"block_sizes": {-1: 16}}, (4, 40))],
+)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_anywhere_is_found_from_the_reduced_amax(kwargs, shape, bad):
+    # One bad value in the last channel/block: the reduction must carry it to the amax.
+    c = MaxCalibrator(8, **kwargs)
+    good = torch.randn(shape)
+    c.collect(good)
+    before = c.compute_amax().clone()
+    x = torch.randn(shape)
+    x[-1, -1] = bad
+    with pytest.raises(ValueError, match=r"MaxCalibrator\.collect: input x contains NaN or Inf"):
+        c.collect(x)
+    assert torch.equal(c.compute_amax(), before)  # the failed batch changed nothing
+
+
+def test_float64_beyond_float32_range_names_the_range():
+    c = MaxCalibrator(8)
+    with pytest.raises(ValueError, match="beyond the float32 range"):
+        c.collect(torch.tensor([1.0, 1e300], dtype=torch.float64))
+    assert c.compute_amax() is None
+
+
+def test_finite_input_is_not_scanned_elementwise(monkeypatch):
+    # The finiteness check runs on the reduced amax, not on every element of x.
+    seen: list[int] = []
+    real = torch.isfinite
+
+    def spy(t):
+        seen.append(t.numel())
+        return real(t)
+
+    monkeypatch.setattr(torch, "isfinite", spy)
+    x = torch.randn(64, 256)
+    c = MaxCalibrator(8, axis=0)
+    c.collect(x)
+    assert seen
+    assert max(seen) <= 64
+    torch.testing.assert_close(c.compute_amax(), x.abs().amax(dim=1, keepdim=True),
+                               rtol=0, atol=0)

@@ -110,9 +110,23 @@ def test_kv_cache_quantizers_calibrate_and_quantize_post_rope_keys(monkeypatch):
     torch.testing.assert_close(k_q, fp8_ref(k_float, k_cal.abs().amax()), rtol=0, atol=0)
     torch.testing.assert_close(v_q, fp8_ref(v_float, v_cal.abs().amax()), rtol=0, atol=0)
     assert not torch.equal(k_q, k_float)
-    # The global attention table is untouched outside the layer's forward.
+    # The modeling module's table now passes through to the global one for everything else.
     table = transformers.modeling_utils.ALL_ATTENTION_FUNCTIONS
-    assert modeling_llama.ALL_ATTENTION_FUNCTIONS is table
+    assert modeling_llama.ALL_ATTENTION_FUNCTIONS["sdpa"] is table["sdpa"]
+    assert "sdpa" in modeling_llama.ALL_ATTENTION_FUNCTIONS
+
+
+def test_float_model_of_the_same_family_is_unaffected():
+    ids = _ids(seed=8)
+    with torch.no_grad():
+        before = _tiny_llama()(input_ids=ids).logits
+    quantized = _tiny_llama()
+    mtq.quantize(quantized, mtq.FP8_KV_CFG, _loop([_ids(seed=9)]))  # installs the table
+    with torch.no_grad():
+        after = _tiny_llama()(input_ids=ids).logits
+        kv_quant = quantized(input_ids=ids).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    assert not torch.equal(kv_quant, before)
 
 
 def test_kv_preset_merged_into_fp8_preset():
