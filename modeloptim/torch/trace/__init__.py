@@ -27,7 +27,7 @@ from modeloptim.torch.trace.report import TraceReport, print_trace_report, trace
 from modeloptim.torch.trace.result import AnalysisResult, ChannelGroup, GroupMember
 from modeloptim.torch.trace.runtime_readers import find_shared_input_groups
 from modeloptim.torch.trace.shared_group import GroupSource, SharedInputGroup
-from modeloptim.torch.trace.shared_inputs import shared_input_groups
+from modeloptim.torch.trace.shared_inputs import format_shared_input_groups, shared_input_groups
 from modeloptim.torch.trace.slicing import prune_group
 from modeloptim.torch.trace.symbols import (
     SYM_RULES,
@@ -67,6 +67,7 @@ __all__ = [
     "analyze_symbols",
     "dependency_groups",
     "find_shared_input_groups",
+    "format_shared_input_groups",
     "get_weight_2d",
     "print_trace_report",
     "prune_group",

@@ -41,7 +41,7 @@ from modeloptim.torch.trace.shared_group import GroupSource, SharedInputGroup
 from modeloptim.torch.trace.symbols import SYM_RULES
 from modeloptim.torch.trace.tracer import _short, recursive_trace
 
-__all__ = ["shared_input_groups"]
+__all__ = ["format_shared_input_groups", "shared_input_groups"]
 
 Predicate = Callable[[str, nn.Module], bool]
 
@@ -199,3 +199,21 @@ def _with_runtime(groups: list[SharedInputGroup], unresolved: dict[str, str],
             g.modules = [g.modules[i] for i in idx]
         kept.append(g)
     return kept + taken
+
+
+def format_shared_input_groups(groups: list[SharedInputGroup]) -> str:
+    """A plain-text table of ``groups``: members, width, producer, fold, source (and why)."""
+    head = ("#", "layers", "in", "producer", "fold", "source")
+    rows = [
+        (str(i), ", ".join(g.names), str(g.in_features), g.producer or "-",
+         "yes" if g.foldable else "no",
+         g.source.value + (f" ({g.reason})" if g.reason else ""))
+        for i, g in enumerate(groups)
+    ]
+    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head) - 1)]
+    lines = []
+    for r in [head, *rows]:
+        cells = [r[c].ljust(widths[c]) for c in range(len(widths))]
+        lines.append("  ".join([*cells, r[-1]]).rstrip())
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    return "\n".join(lines)

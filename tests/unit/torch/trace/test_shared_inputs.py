@@ -362,3 +362,17 @@ def test_layers_reading_a_model_input_form_one_group():
     groups = shared_input_groups(model, (x, y))
     assert [g.names for g in groups] == [["c", "d"], ["e"]]
     assert all(g.producer is None and g.source is GroupSource.GRAPH for g in groups)
+
+
+def test_format_table_lists_every_group():
+    from modeloptim.torch.trace import format_shared_input_groups
+
+    model = WithMoody()
+    groups = shared_input_groups(model, torch.randn(3, 16))
+    lines = format_shared_input_groups(groups).splitlines()
+    assert lines[0].split() == ["#", "layers", "in", "producer", "fold", "source"]
+    assert set(lines[1]) == {"-"}
+    assert len(lines) == 2 + len(groups)
+    row = next(line for line in lines if "blk.r, blk.s" in line)
+    assert row.split()[3:6] == ["16", "blk.inner", "yes"]
+    assert "runtime (the input of blk.r is computed inside blk" in row
