@@ -58,9 +58,10 @@ def register_plugins() -> None:
     exists), so importing modeloptim never imports transformers.
     """
     if "transformers" in sys.modules:
-        from modeloptim.torch.quantization.plugins import huggingface
+        from modeloptim.torch.quantization.plugins import hf_conv1d, huggingface
 
         huggingface.register_hf_attentions()
+        hf_conv1d.register_hf_conv1d()
 
 
 def is_quantized(model: nn.Module) -> bool:
