@@ -125,6 +125,25 @@ def profile_forward(model: torch.nn.Module, ids: torch.Tensor, rows: int = 14) -
     )
 
 
+def python_profile(fn: Callable[[], Any], device: torch.device, calls: int = 5) -> str:
+    """Where the host time of ``fn`` goes (cProfile, by own time and by cumulative time)."""
+    import cProfile
+    import io
+    import pstats
+
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(calls):
+        fn()
+    _sync(device)
+    pr.disable()
+    buf = io.StringIO()
+    st = pstats.Stats(pr, stream=buf)
+    st.sort_stats("tottime").print_stats(25)
+    st.sort_stats("cumulative").print_stats(40)
+    return buf.getvalue()
+
+
 def run_preset(
     name: str,
     base: torch.nn.Module,
@@ -143,6 +162,8 @@ def run_preset(
         first = wall(lambda: model(input_ids=ids, use_cache=False), device)
         fwd = median_ms(lambda: model(input_ids=ids, use_cache=False), device, args.reps)
         prof = profile_forward(model, ids) if args.profile else ""
+        if args.cprofile:
+            prof += python_profile(lambda: model(input_ids=ids, use_cache=False), device)
     with torch.no_grad():
         nocache = median_ms(lambda: model(input_ids=ids, use_cache=False), device, 3, warmup=1)
     return {
@@ -176,6 +197,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--presets", default=",".join(PRESETS))
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--cprofile", action="store_true", help="host-side Python profile")
     p.add_argument("--tiny", action="store_true", help="small model for a CPU smoke run")
     p.add_argument("--json", default=None)
     args = p.parse_args()

@@ -97,35 +97,35 @@ class QuantModule(DynamicModule):
 _CACHE = "_quantized_weight_cache"
 
 
-def _signature(quantizer: nn.Module) -> tuple[Any, ...] | None:
+def _signature(quantizer: nn.Module, pins: list[Any]) -> tuple[Any, ...] | None:
     """Everything a quantizer's output depends on besides its input (None: do not cache).
 
-    Objects are kept (not their ids) so that they stay alive and cannot be recycled.
+    A flat tuple of ids, versions and flags, so that comparing two keys is one C-level tuple
+    comparison (this runs on every cached weight read). The objects behind the ids go into
+    ``pins``, which the cache entry keeps alive, so an id cannot be recycled while cached.
     """
     if isinstance(quantizer, SequentialQuantizer):
-        parts = tuple(_signature(q) for q in quantizer)
-        return None if any(p is None for p in parts) else parts
+        parts: list[Any] = []
+        for q in quantizer:
+            sig = _signature(q, pins)
+            if sig is None:
+                return None
+            parts.extend(sig)
+        return tuple(parts)
     if not isinstance(quantizer, TensorQuantizer) or quantizer._if_calib:
         return None
-    tensors = tuple(
-        (t, t._version) if t is not None else None
-        for t in (quantizer.amax, quantizer.pre_quant_scale)
-    )
+    amax, pqs, fmt = quantizer._amax, quantizer._pre_quant_scale, quantizer._format
+    pins.extend((amax, pqs, fmt))
     return (
-        quantizer.format,
-        quantizer.is_enabled,
+        id(fmt),
+        quantizer._disabled,
         quantizer._if_quant,
-        quantizer.fake_quant,
-        tensors,
+        quantizer._cfg.fake_quant,
+        id(amax),
+        -1 if amax is None else amax._version,
+        id(pqs),
+        -1 if pqs is None else pqs._version,
     )
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, tuple) and isinstance(b, tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return a is b
-    return bool(a is b or a == b)
 
 
 def _quantized_weight(module: nn.Module, weight: Any) -> Any:
@@ -135,14 +135,16 @@ def _quantized_weight(module: nn.Module, weight: Any) -> Any:
     cache = module.__dict__.get(_CACHE)
     if cache is None or torch.is_grad_enabled():
         return quantizer(weight)
-    key = (weight, weight._version, _signature(quantizer))
-    if key[2] is None:
+    pins: list[Any] = [weight]
+    sig = _signature(quantizer, pins)
+    if sig is None:
         return quantizer(weight)
+    key = (id(weight), weight._version, *sig)
     hit = cache.get(id(weight))
-    if hit is not None and _same(hit[0], key):
+    if hit is not None and hit[0] == key:
         return hit[1]
     out = quantizer(weight)
-    cache[id(weight)] = (key, out)
+    cache[id(weight)] = (key, out, pins)
     return out
 
 
