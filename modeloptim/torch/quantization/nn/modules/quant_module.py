@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from modeloptim.torch.opt.dynamic import DynamicModule
@@ -135,6 +136,11 @@ def _quantized_weight(module: nn.Module, weight: Any) -> Any:
     cache = module.__dict__.get(_CACHE)
     if cache is None or torch.is_grad_enabled():
         return quantizer(weight)
+    return _cached(cache, quantizer, weight)
+
+
+def _cached(cache: dict[int, Any], quantizer: nn.Module, weight: torch.Tensor) -> Any:
+    """``quantizer(weight)``, reused while the weight and the quantizer's state are unchanged."""
     pins: list[Any] = [weight]
     sig = _signature(quantizer, pins)
     if sig is None:
@@ -159,11 +165,49 @@ def cache_quantized_weights(model: nn.Module) -> Iterator[nn.Module]:
     layers = [m for m in model.modules() if isinstance(m, QuantModule)]
     for layer in layers:
         layer.__dict__[_CACHE] = {}
+        layer.__dict__[_FAST_LINEAR] = _plain_linear(layer)
     try:
         yield model
     finally:
         for layer in layers:
             layer.__dict__.pop(_CACHE, None)
+            layer.__dict__.pop(_FAST_LINEAR, None)
+
+
+_FAST_LINEAR = "_fast_linear_forward"
+
+
+def _plain_linear(layer: nn.Module) -> bool:
+    """Whether ``layer``'s forward is exactly quantized ``nn.Linear`` math (fast path allowed).
+
+    True for a quantized ``nn.Linear`` (or subclass that keeps its forward) converted with the
+    stock wrapper: its forward is ``F.linear(input_q, weight_q, bias)`` then the output
+    quantizer, which the fast path runs without the per-read attribute machinery.
+    """
+    original = getattr(layer, "_original_cls", None)
+    return (
+        isinstance(original, type)
+        and issubclass(original, nn.Linear)
+        and original.forward is nn.Linear.forward
+        and type(layer).forward is QuantLinearConvBase.forward
+        and isinstance(layer._modules.get("weight_quantizer"), QuantizerLike)
+    )
+
+
+def _linear_fast_forward(layer: nn.Module, input: torch.Tensor) -> Any:
+    """Cached-weight inference forward of a quantized ``nn.Linear`` (see ``_plain_linear``).
+
+    Same operations as the generic path (input quantizer, cached weight, ``F.linear``, output
+    quantizer) without entering the weight-read context or the dynamic attribute lookup,
+    which cost tens of microseconds of host time per layer and call.
+    """
+    modules = layer._modules
+    x = modules["input_quantizer"](input)  # type: ignore[misc]
+    weight = layer._parameters["weight"]
+    assert weight is not None
+    w = _cached(layer.__dict__[_CACHE], modules["weight_quantizer"], weight)  # type: ignore[arg-type]
+    out = F.linear(x, w, layer._parameters.get("bias"))
+    return modules["output_quantizer"](out)  # type: ignore[misc]
 
 
 class QuantInputBase(QuantModule):
@@ -198,6 +242,13 @@ class QuantLinearConvBase(QuantInputBase):
 
     def forward(self, input: Any, *args: Any, **kwargs: Any) -> Any:
         """Run the wrapped layer with its weight fake-quantized."""
+        if (
+            not args
+            and not kwargs
+            and self.__dict__.get(_FAST_LINEAR, False)
+            and not torch.is_grad_enabled()
+        ):
+            return _linear_fast_forward(self, input)
         with self.quantize_weight():
             return super().forward(input, *args, **kwargs)
 
