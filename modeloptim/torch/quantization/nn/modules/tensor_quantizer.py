@@ -436,8 +436,8 @@ class TensorQuantizer(nn.Module):
         plan = hit[1]
         if plan is None:
             return None
-        fn, view_shape, args = plan[0], plan[1], plan[2]
-        out = fn(x.view(view_shape), *args)
+        launch, view_shape = plan[0], plan[1]
+        out = launch(x.view(view_shape))
         return None if out is None else out.view(x.shape)
 
     def _plan_fast(self, x: torch.Tensor, amax: torch.Tensor) -> tuple[Any, ...] | None:
@@ -454,8 +454,19 @@ class TensorQuantizer(nn.Module):
         fn = CUDA_KERNELS.get(call[0])
         if fn is None:
             return None
+        rest = tuple(call[1][1:])
+        prepare = getattr(fn, "prepare", None)  # kernels that can pre-resolve their launch
+        if prepare is not None:
+            launch = prepare(view, *rest)
+            if launch is None:
+                return None
+        else:
+
+            def launch(v: torch.Tensor) -> torch.Tensor | None:
+                return fn(v, *rest)  # type: ignore[no-any-return]
+
         # fmt and amax are kept so that their ids in the key cannot be reused
-        return fn, tuple(view.shape), tuple(call[1][1:]), fmt, amax
+        return launch, tuple(view.shape), fmt, amax
 
     def extra_repr(self) -> str:  # noqa: D102
         if self._disabled:

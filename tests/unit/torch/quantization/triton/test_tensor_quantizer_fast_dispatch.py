@@ -34,7 +34,7 @@ def _quantizer(cfg, shape, amax_shape, dtype):
     return q, x
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(("name", "cfg", "shape", "amax_shape"), CASES, ids=[c[0] for c in CASES])
 def test_plan_equals_format_path(name, cfg, shape, amax_shape, dtype):
     q, x = _quantizer(cfg, shape, amax_shape, dtype)
@@ -81,3 +81,32 @@ def test_no_plan_where_the_view_or_scales_depend_on_more(cfg, shape, why):
 def test_non_contiguous_input_gets_no_plan():
     q, x = _quantizer({"num_bits": 8, "axis": None}, (8, 32), (), torch.float32)
     assert q._plan_fast(x.t(), q.amax) is None
+
+
+def test_prepared_launchers_equal_the_wrappers():
+    from modeloptim.torch.quantization.triton import blockwise as bw
+    from modeloptim.torch.quantization.triton import elementwise as ew
+
+    torch.manual_seed(3)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = (torch.randn(16, 64) * 4).to(dtype)
+        row = x.float().abs().amax(dim=1, keepdim=True) * 0.7
+        one = x.float().abs().amax() * 0.9
+        pairs = [
+            (
+                ew.fake_quant_int.prepare(x, row, 8, False, True),
+                ew.fake_quant_int(x, row, 8, False, True),
+            ),
+            (ew.fake_quant_fp8.prepare(x, one, 4), ew.fake_quant_fp8(x, one, 4)),
+            (
+                bw.fake_quant_nvfp4.prepare(x.view(-1, 16), one),
+                bw.fake_quant_nvfp4(x.view(-1, 16), one),
+            ),
+        ]
+        for launch, ref in pairs:
+            assert launch is not None
+            x_in = x if ref.shape == x.shape else x.view(-1, 16)
+            out = launch(x_in)
+            assert torch.equal(out, ref)
+            assert torch.equal(launch(x_in * 0.5), launch(x_in * 0.5))  # reusable
+    assert ew.fake_quant_fp8.prepare(x, torch.ones(3, 3), 4) is None  # layout not taken
