@@ -41,6 +41,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--size", type=int, default=8192)
     p.add_argument("--json", default="")
+    p.add_argument("--block-n", default="4,8,16,32")
+    p.add_argument("--block-k", default="1024,2048,4096")
+    p.add_argument("--warps", default="4,8")
     a = p.parse_args()
     n = k = a.size
     dev = torch.cuda.get_device_name()
@@ -81,8 +84,9 @@ def main() -> None:
     w4a16.GEMV_WORDS = True
     default = tuple(getattr(w4a16, k) for k in _KEYS)
     results = []
-    space = itertools.product((4, 8, 16, 32), (1024, 2048, 4096), (4, 8), (False,))
-    configs = [(*c, True, 1) for c in space] + [(8, 2048, 4, True, True, 1)]
+    ints = [[int(v) for v in t.split(",")] for t in (a.block_n, a.block_k, a.warps)]
+    space = itertools.product(*ints, (False,))
+    configs = [(*c, True, 1) for c in space]
     for cfg in configs:
         _set(cfg)
         try:
