@@ -147,6 +147,14 @@ def bench_w4a16(size: int, rows: list[dict], sweep: bool) -> None:
         moved = qws[0].data.numel() + qws[0].scale.numel() * qws[0].scale.element_size()
         rot = _Rotate(list(zip(xs, qws, strict=True)))
         default = (w4a16.GEMV_BLOCK_N, w4a16.GEMV_BLOCK_K, w4a16.GEMV_WARPS, w4a16.GEMV_STAGES)
+        # INT4 runs the word-wise kernel (its tile: GEMV_WORDS_*); the byte-kernel sweep below
+        # then only concerns NVFP4 (w4_gemv_sweep.py sweeps the word kernel)
+        words = fmt == "int4" and w4a16.GEMV_WORDS
+        label = (
+            f"words {(w4a16.GEMV_WORDS_BLOCK_N, w4a16.GEMV_WORDS_BLOCK_K, w4a16.GEMV_WORDS_WARPS)}"
+            if words
+            else str(default)
+        )
         configs = [default]
         if sweep:
             configs += list(itertools.product((4, 8, 16), (1024, 2048, 4096), (4, 8), (1, 3)))
@@ -171,7 +179,7 @@ def bench_w4a16(size: int, rows: list[dict], sweep: bool) -> None:
         t_def = _bench(lambda rot=rot: w4a16.w4a16_linear(*rot.next(), None), reps=200)
         rows.append(
             {
-                "case": f"w4a16 {fmt} GEMV default {default}",
+                "case": f"w4a16 {fmt} GEMV default {label} (eager launch)",
                 "us": t_def * 1e3,
                 "GB/s": moved / t_def / 1e6,
                 "x_bf16": t_bf16 / t_def,
@@ -182,7 +190,7 @@ def bench_w4a16(size: int, rows: list[dict], sweep: bool) -> None:
         t, cfg, err = best
         rows.append(
             {
-                "case": f"w4a16 {fmt} GEMV best {cfg}",
+                "case": f"w4a16 {fmt} GEMV best {label if words else cfg} (eager launch)",
                 "us": t * 1e3,
                 "GB/s": moved / t / 1e6,
                 "x_bf16": t_bf16 / t,

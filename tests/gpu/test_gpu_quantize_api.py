@@ -37,7 +37,7 @@ def test_cuda_matches_cpu(name):
     batches = [torch.randn(32, 256) for _ in range(2)]
     mtq.quantize(cpu, name, lambda m: [m(b) for b in batches])
     mtq.quantize(gpu, name, lambda m: [m(b.cuda()) for b in batches])
-    for (_, qc), (_, qg) in zip(
+    for (name, qc), (_, qg) in zip(
         mtq.conversion.named_tensor_quantizers(cpu),
         mtq.conversion.named_tensor_quantizers(gpu),
         strict=True,
@@ -45,7 +45,12 @@ def test_cuda_matches_cpu(name):
         assert qc.is_enabled == qg.is_enabled
         if qc.amax is not None:
             assert qg.amax.is_cuda
-            torch.testing.assert_close(qg.amax.cpu(), qc.amax, rtol=0, atol=0)
+            # weights and the model input are the same bits on both devices: exact amax; the
+            # second layer's input comes out of a matmul, whose float32 summation order (and
+            # so the last bit) differs between CPU and cuBLAS
+            exact = name.endswith("weight_quantizer") or name.startswith("0.")
+            tol = 0.0 if exact else 1e-6
+            torch.testing.assert_close(qg.amax.cpu(), qc.amax, rtol=tol, atol=0)
     x = torch.randn(8, 256)
     with torch.no_grad(), mtq.cache_quantized_weights(gpu):
         out_gpu = gpu(x.cuda()).cpu()

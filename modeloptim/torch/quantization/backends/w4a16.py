@@ -23,6 +23,15 @@ GEMV_BLOCK_N = 4
 GEMV_BLOCK_K = 2048
 GEMV_WARPS = 4
 GEMV_STAGES = 1
+#: INT4 decode uses the word-wise kernel (``w4_gemv_words_kernel``: 8 nibbles per int32 load,
+#: two weights per pair of integer operations) when the layout allows it; its own tile.
+GEMV_WORDS = True
+GEMV_WORDS_FOLD = True
+GEMV_WORDS_X2D = False
+GEMV_WORDS_BLOCK_N = 16
+GEMV_WORDS_BLOCK_K = 1024
+GEMV_WORDS_WARPS = 4
+GEMV_WORDS_STAGES = 1
 #: For GEMV_MAX_M < M <= FUSED_GEMM_MAX_M the fused tile kernel (dequantize in registers,
 #: tensor-core dots) runs; above it a one-pass Triton dequantization to a dense 16-bit weight
 #: and cuBLAS. On an H100 (8192 x 8192 INT4) the fused kernel took 334 us at M=16 vs 622 us for
@@ -61,6 +70,9 @@ def w4a16_linear(
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     b = bias if bias is not None else y
     if m <= GEMV_MAX_M and x.dtype != torch.float32 and x.is_contiguous():
+        if wfmt == 0 and _words_layout_ok(weight):
+            _gemv_words(x, weight, bias, y)
+            return y
         # x as int32 words holding (x[2j], x[2j+1]): loads in the weight tile's layout
         xw = x.view(torch.int32)
         grid = (triton_cdiv(n, GEMV_BLOCK_N), m)
@@ -113,6 +125,55 @@ def w4a16_linear(
         num_warps=GEMM_WARPS,
     )
     return y
+
+
+def _words_layout_ok(weight: QuantizedWeight) -> bool:
+    """Packed INT4 rows readable as aligned int32 words, groups of whole words."""
+    k = weight.shape[1]
+    d = weight.data
+    return (
+        GEMV_WORDS
+        and k % 8 == 0
+        and weight.group_size % 8 == 0
+        and d.is_contiguous()
+        and d.data_ptr() % 4 == 0
+    )
+
+
+def _gemv_words(
+    x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None, y: torch.Tensor
+) -> None:
+    from ._kernels import w4_gemv_words_kernel
+
+    m, k = x.shape
+    n = weight.shape[0]
+    g = weight.group_size
+    bk = GEMV_WORDS_BLOCK_K
+    if g >= bk:
+        bk = bk if g % bk == 0 else max(8, _pow2_divisor(g))
+    elif bk % g:
+        bk = g
+    words = weight.data.view(torch.int32)
+    w4_gemv_words_kernel[(triton_cdiv(n, GEMV_WORDS_BLOCK_N), m)](
+        x,
+        words,
+        weight.scale,
+        bias if bias is not None else y,
+        y,
+        n,
+        k,
+        x.stride(0),
+        y.stride(0),
+        words.stride(0),
+        GROUP=g,
+        HAS_BIAS=bias is not None,
+        FOLD=GEMV_WORDS_FOLD,
+        X2D=GEMV_WORDS_X2D,
+        BLOCK_N=GEMV_WORDS_BLOCK_N,
+        BLOCK_K=max(8, bk),
+        num_warps=GEMV_WORDS_WARPS,
+        num_stages=GEMV_WORDS_STAGES,
+    )
 
 
 def _gemv_block_k(group: int) -> int:

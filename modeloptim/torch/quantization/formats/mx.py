@@ -79,9 +79,14 @@ class MXFormat(QuantFormat):
     def exponent(self, v: torch.Tensor) -> torch.Tensor:
         """Shared E8M0 exponent (int32, ``[N, 1]``) of each row of the float32 view ``v``."""
         block_amax = v.abs().amax(dim=-1, keepdim=True)
-        m, k = torch.frexp(true_div(block_amax, self.max_value))
+        r = true_div(block_amax, self.max_value)
+        m, k = torch.frexp(r)
         e = torch.where(m == 0.5, k - 1, k)
         e = torch.where(block_amax == 0, torch.full_like(e, -127), e)
+        # frexp of inf/NaN gives an unspecified exponent (0 on CPU): a block holding +-inf
+        # gets the largest scale, 2**127, as in the Triton kernels (its finite elements
+        # flush to zero); NaN blocks are set to NaN by the callers.
+        e = torch.where(torch.isinf(r), torch.full_like(e, 127), e)
         return e.clamp_(-127, 127)
 
     def _elem_codes(self, y: torch.Tensor) -> torch.Tensor:
@@ -99,6 +104,7 @@ class MXFormat(QuantFormat):
         return MINIFLOATS[self.elem].decode(codes)
 
     def _fake_quant_view(self, v: torch.Tensor, amax_v: torch.Tensor | None) -> torch.Tensor:
+        nan_block = v.isnan().any(dim=-1, keepdim=True)
         p = torch.exp2(self.exponent(v).float())
         y = v / p
         if self.elem in _FP8_DTYPES:
@@ -107,21 +113,24 @@ class MXFormat(QuantFormat):
             q = torch.round(y.mul_(64.0)).clamp_(-127, 127).div_(64.0)
         else:
             q = MINIFLOATS[self.elem].round(y)
-        return q.mul_(p)
+        # A block holding NaN comes out all NaN (its scale is undefined), as in the kernels.
+        return q.mul_(p).masked_fill_(nan_block, float("nan"))
 
     def _quantize_view(
         self, v: torch.Tensor, amax_v: torch.Tensor | None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         e = self.exponent(v)
         p = torch.exp2(e.float())
-        return self._elem_codes(v / p), {"exponent": (e + 127).to(torch.uint8)}
+        # E8M0 byte 0xFF is NaN (OCP MX): the code of a block holding NaN.
+        byte = torch.where(v.isnan().any(dim=-1, keepdim=True), 255, e + 127)
+        return self._elem_codes(v / p), {"exponent": byte.to(torch.uint8)}
 
     def _dequantize_view(
         self, codes: torch.Tensor, scales: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        e = scales["exponent"].to(torch.int32) - 127
-        p = torch.exp2(e.float())
-        return self._elem_values(codes) * p
+        byte = scales["exponent"]
+        p = torch.exp2(byte.to(torch.int32).float() - 127.0)
+        return (self._elem_values(codes) * p).masked_fill_(byte == 255, float("nan"))
 
     def _kernel_call(
         self, view: torch.Tensor, amax_v: torch.Tensor | None

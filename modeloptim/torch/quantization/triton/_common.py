@@ -14,6 +14,7 @@ saturates). ``min``/``max`` propagate NaN like ``torch.clamp``. Kernels are laun
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -219,11 +220,17 @@ def output_for(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
 USE_NATIVE_FP8 = True
 
 
+@functools.cache
+def _fp8_capable(device_index: int) -> bool:
+    # cached: the capability query costs tens of microseconds per launch otherwise
+    return torch.cuda.get_device_capability(device_index) >= (8, 9)
+
+
 def native_fp8() -> bool:
     """Whether kernels may use native float8 casts (a GPU with FP8 conversions, not the CPU)."""
     if interpreting() or not USE_NATIVE_FP8 or not torch.cuda.is_available():
         return False
-    return torch.cuda.get_device_capability() >= (8, 9)
+    return _fp8_capable(torch.cuda.current_device())
 
 
 @triton.jit

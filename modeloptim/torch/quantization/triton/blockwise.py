@@ -16,6 +16,8 @@ and writes once: the same bytes as a copy. Formats (DESIGN.md §2, "Numerics to 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -29,10 +31,10 @@ from ._common import (
     clamp_nan,
     div_exact,
     int_range,
+    interpreting,
     launch_options,
     max_nan,
     native_fp8,
-    output_for,
     pow2,
     rne,
     round_elem,
@@ -125,6 +127,53 @@ def _block_fake_quant_kernel(
     store_as(out_ptr + offs, out, mask, BF16)
 
 
+def _prepare_block(
+    x2d: torch.Tensor,
+    fmt: int,
+    bound: float = 0.0,
+    lo: float = 0.0,
+    hi: float = 0.0,
+    emin: int = 0,
+    mbits: int = 0,
+    mx_int8: bool = False,
+    global_amax: torch.Tensor | None = None,
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Resolve everything of a launch but the tensor: ``launch(x2d_like) -> out``."""
+    if not check_input(x2d) or x2d.dim() != 2 or x2d.numel() == 0:
+        return None
+    n, b = x2d.shape
+    if b > MAX_BLOCK:
+        return None
+    bf16 = x2d.dtype == torch.bfloat16 and interpreting()
+    block_b = triton.next_power_of_2(b)
+    block_n = max(1, TILE_ELEMS // block_b)
+    gamax = None if global_amax is None else global_amax.to(x2d.device, torch.float32)
+    args = (n, b, bound, lo, hi)
+    meta = {
+        "FMT": fmt,
+        "EMIN": emin,
+        "MBITS": mbits,
+        "MX_INT8": mx_int8,
+        "TINY": TINY_AMAX,
+        "BF16": bf16,
+        "NATIVE": native_fp8(),
+        "BLOCK_N": block_n,
+        "BLOCK_B": block_b,
+        "INT64": x2d.numel() >= INT64_MIN_NUMEL,
+        "num_warps": NUM_WARPS,
+        **launch_options(),
+    }
+    kernel = _block_fake_quant_kernel[(triton.cdiv(n, block_n),)]
+
+    def launch(xc: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(xc)
+        g = xc if gamax is None else gamax  # unused pointer when there is no global amax
+        kernel(xc, g, out.view(torch.int16) if bf16 else out, *args, **meta)
+        return out
+
+    return launch
+
+
 def _launch_block(
     x2d: torch.Tensor,
     fmt: int,
@@ -136,39 +185,8 @@ def _launch_block(
     mx_int8: bool = False,
     global_amax: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    if not check_input(x2d) or x2d.dim() != 2 or x2d.numel() == 0:
-        return None
-    n, b = x2d.shape
-    if b > MAX_BLOCK:
-        return None
-    x2d = x2d.contiguous()
-    out, buf, bf16 = output_for(x2d)
-    block_b = triton.next_power_of_2(b)
-    block_n = max(1, TILE_ELEMS // block_b)
-    gamax = x2d if global_amax is None else global_amax.to(x2d.device, torch.float32)
-    _block_fake_quant_kernel[(triton.cdiv(n, block_n),)](
-        x2d,
-        gamax,
-        buf,
-        n,
-        b,
-        bound,
-        lo,
-        hi,
-        FMT=fmt,
-        EMIN=emin,
-        MBITS=mbits,
-        MX_INT8=mx_int8,
-        TINY=TINY_AMAX,
-        BF16=bf16,
-        NATIVE=native_fp8(),
-        BLOCK_N=block_n,
-        BLOCK_B=block_b,
-        INT64=x2d.numel() >= INT64_MIN_NUMEL,
-        num_warps=NUM_WARPS,
-        **launch_options(),
-    )
-    return out
+    launch = _prepare_block(x2d, fmt, bound, lo, hi, emin, mbits, mx_int8, global_amax)
+    return None if launch is None else launch(x2d.contiguous())
 
 
 def fake_quant_int_dynamic_block(
@@ -193,6 +211,18 @@ def fake_quant_nvfp4(x2d: torch.Tensor, global_amax: torch.Tensor) -> torch.Tens
     if x2d.dim() != 2 or x2d.shape[-1] != 16 or global_amax.numel() != 1:
         return None
     return _launch_block(x2d, _FMT_NVFP4, global_amax=global_amax.reshape(()))
+
+
+def _prepare_nvfp4(
+    x2d: torch.Tensor, global_amax: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    if x2d.dim() != 2 or x2d.shape[-1] != 16 or global_amax.numel() != 1:
+        return None
+    return _prepare_block(x2d, _FMT_NVFP4, global_amax=global_amax.reshape(()))
+
+
+#: ``fake_quant_nvfp4.prepare(x2d, global_amax)``: the launch resolved once.
+fake_quant_nvfp4.prepare = _prepare_nvfp4  # type: ignore[attr-defined]
 
 
 def fake_quant_mx(x2d: torch.Tensor, elem: str) -> torch.Tensor | None:

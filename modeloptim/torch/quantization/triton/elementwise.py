@@ -12,6 +12,7 @@ Also the straight-through-estimator backward ``grad * (|x| <= amax)`` with the s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,9 +27,9 @@ from ._common import (
     clamp_nan,
     div_exact,
     int_range,
+    interpreting,
     launch_options,
     native_fp8,
-    output_for,
     rne,
     round_elem,
     store_as,
@@ -177,6 +178,55 @@ def _ste_backward_kernel(
     tl.store(out_ptr + offs, out, mask=mask)
 
 
+def _prepare_scaled(
+    x: torch.Tensor,
+    amax: torch.Tensor,
+    fmt: int,
+    bound: float,
+    lo: float,
+    hi: float,
+    emin: int = 0,
+    mbits: int = 0,
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Resolve everything of a launch but the tensor: ``launch(x_like) -> out``.
+
+    ``x_like`` must have ``x``'s shape, dtype, device and be contiguous; ``amax`` is bound
+    (its values are read at each launch). None when the kernel does not take the layout.
+    """
+    if not check_input(x) or x.numel() == 0:
+        return None
+    layout = _layout(x, amax)
+    if layout is None:
+        return None
+    amax = amax.to(device=x.device, dtype=torch.float32).contiguous()
+    bf16 = x.dtype == torch.bfloat16 and interpreting()
+    block_r, block_l = _tile(layout)
+    grid = (triton.cdiv(layout.rows, block_r) * triton.cdiv(layout.cols, block_l),)
+    args = (layout.rows, layout.cols, layout.channels, bound, lo, hi)
+    meta = {
+        "MODE": layout.mode,
+        "FMT": fmt,
+        "EMIN": emin,
+        "MBITS": mbits,
+        "TINY": TINY_AMAX,
+        "BF16": bf16,
+        "NATIVE": native_fp8(),
+        "BLOCK_R": block_r,
+        "BLOCK_L": block_l,
+        "INT64": x.numel() >= INT64_MIN_NUMEL,
+        "num_warps": NUM_WARPS,
+        **launch_options(),
+    }
+    kernel = _scaled_fake_quant_kernel[grid]
+
+    def launch(xc: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(xc)
+        kernel(xc, amax, out.view(torch.int16) if bf16 else out, *args, **meta)
+        return out
+
+    return launch
+
+
 def _launch_scaled(
     x: torch.Tensor,
     amax: torch.Tensor,
@@ -187,40 +237,8 @@ def _launch_scaled(
     emin: int = 0,
     mbits: int = 0,
 ) -> torch.Tensor | None:
-    if not check_input(x) or x.numel() == 0:
-        return None
-    layout = _layout(x, amax)
-    if layout is None:
-        return None
-    x = x.contiguous()
-    amax = amax.to(device=x.device, dtype=torch.float32).contiguous()
-    out, buf, bf16 = output_for(x)
-    block_r, block_l = _tile(layout)
-    grid = (triton.cdiv(layout.rows, block_r) * triton.cdiv(layout.cols, block_l),)
-    _scaled_fake_quant_kernel[grid](
-        x,
-        amax,
-        buf,
-        layout.rows,
-        layout.cols,
-        layout.channels,
-        bound,
-        lo,
-        hi,
-        MODE=layout.mode,
-        FMT=fmt,
-        EMIN=emin,
-        MBITS=mbits,
-        TINY=TINY_AMAX,
-        BF16=bf16,
-        NATIVE=native_fp8(),
-        BLOCK_R=block_r,
-        BLOCK_L=block_l,
-        INT64=x.numel() >= INT64_MIN_NUMEL,
-        num_warps=NUM_WARPS,
-        **launch_options(),
-    )
-    return out
+    launch = _prepare_scaled(x, amax, fmt, bound, lo, hi, emin, mbits)
+    return None if launch is None else launch(x.contiguous())
 
 
 def fake_quant_int(
@@ -235,6 +253,17 @@ def fake_quant_int(
     return _launch_scaled(x, amax, _FMT_INT, bound, lo, hi)
 
 
+def _prepare_int(
+    x: torch.Tensor, amax: torch.Tensor, num_bits: int, unsigned: bool, narrow_range: bool
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    bound, lo, hi = int_range(num_bits, unsigned, narrow_range)
+    return _prepare_scaled(x, amax, _FMT_INT, bound, lo, hi)
+
+
+#: ``fake_quant_int.prepare(x, amax, ...)``: the launch resolved once (see _prepare_scaled).
+fake_quant_int.prepare = _prepare_int  # type: ignore[attr-defined]
+
+
 def fake_quant_fp8(x: torch.Tensor, amax: torch.Tensor, exponent_bits: int) -> torch.Tensor | None:
     """FP8 fake quant (``exponent_bits`` 4: E4M3, 5: E5M2) with amax broadcastable to ``x``."""
     elem = FP8_BY_EXPONENT_BITS.get(exponent_bits)
@@ -242,6 +271,19 @@ def fake_quant_fp8(x: torch.Tensor, amax: torch.Tensor, exponent_bits: int) -> t
         raise ValueError(f"exponent_bits must be 4 (E4M3) or 5 (E5M2), got {exponent_bits}")
     emin, mbits, fmax = MINIFLOATS[elem]
     return _launch_scaled(x, amax, _FMT_FLOAT, fmax, -fmax, fmax, emin, mbits)
+
+
+def _prepare_fp8(
+    x: torch.Tensor, amax: torch.Tensor, exponent_bits: int
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    elem = FP8_BY_EXPONENT_BITS.get(exponent_bits)
+    if elem is None:
+        return None
+    emin, mbits, fmax = MINIFLOATS[elem]
+    return _prepare_scaled(x, amax, _FMT_FLOAT, fmax, -fmax, fmax, emin, mbits)
+
+
+fake_quant_fp8.prepare = _prepare_fp8  # type: ignore[attr-defined]
 
 
 def ste_backward(

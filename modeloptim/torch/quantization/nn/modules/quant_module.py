@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from modeloptim.torch.opt.dynamic import DynamicModule
@@ -97,35 +98,35 @@ class QuantModule(DynamicModule):
 _CACHE = "_quantized_weight_cache"
 
 
-def _signature(quantizer: nn.Module) -> tuple[Any, ...] | None:
+def _signature(quantizer: nn.Module, pins: list[Any]) -> tuple[Any, ...] | None:
     """Everything a quantizer's output depends on besides its input (None: do not cache).
 
-    Objects are kept (not their ids) so that they stay alive and cannot be recycled.
+    A flat tuple of ids, versions and flags, so that comparing two keys is one C-level tuple
+    comparison (this runs on every cached weight read). The objects behind the ids go into
+    ``pins``, which the cache entry keeps alive, so an id cannot be recycled while cached.
     """
     if isinstance(quantizer, SequentialQuantizer):
-        parts = tuple(_signature(q) for q in quantizer)
-        return None if any(p is None for p in parts) else parts
+        parts: list[Any] = []
+        for q in quantizer:
+            sig = _signature(q, pins)
+            if sig is None:
+                return None
+            parts.extend(sig)
+        return tuple(parts)
     if not isinstance(quantizer, TensorQuantizer) or quantizer._if_calib:
         return None
-    tensors = tuple(
-        (t, t._version) if t is not None else None
-        for t in (quantizer.amax, quantizer.pre_quant_scale)
-    )
+    amax, pqs, fmt = quantizer._amax, quantizer._pre_quant_scale, quantizer._format
+    pins.extend((amax, pqs, fmt))
     return (
-        quantizer.format,
-        quantizer.is_enabled,
+        id(fmt),
+        quantizer._disabled,
         quantizer._if_quant,
-        quantizer.fake_quant,
-        tensors,
+        quantizer._cfg.fake_quant,
+        id(amax),
+        -1 if amax is None else amax._version,
+        id(pqs),
+        -1 if pqs is None else pqs._version,
     )
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, tuple) and isinstance(b, tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return a is b
-    return bool(a is b or a == b)
 
 
 def _quantized_weight(module: nn.Module, weight: Any) -> Any:
@@ -135,14 +136,21 @@ def _quantized_weight(module: nn.Module, weight: Any) -> Any:
     cache = module.__dict__.get(_CACHE)
     if cache is None or torch.is_grad_enabled():
         return quantizer(weight)
-    key = (weight, weight._version, _signature(quantizer))
-    if key[2] is None:
+    return _cached(cache, quantizer, weight)
+
+
+def _cached(cache: dict[int, Any], quantizer: nn.Module, weight: torch.Tensor) -> Any:
+    """``quantizer(weight)``, reused while the weight and the quantizer's state are unchanged."""
+    pins: list[Any] = [weight]
+    sig = _signature(quantizer, pins)
+    if sig is None:
         return quantizer(weight)
+    key = (id(weight), weight._version, *sig)
     hit = cache.get(id(weight))
-    if hit is not None and _same(hit[0], key):
+    if hit is not None and hit[0] == key:
         return hit[1]
     out = quantizer(weight)
-    cache[id(weight)] = (key, out)
+    cache[id(weight)] = (key, out, pins)
     return out
 
 
@@ -157,11 +165,49 @@ def cache_quantized_weights(model: nn.Module) -> Iterator[nn.Module]:
     layers = [m for m in model.modules() if isinstance(m, QuantModule)]
     for layer in layers:
         layer.__dict__[_CACHE] = {}
+        layer.__dict__[_FAST_LINEAR] = _plain_linear(layer)
     try:
         yield model
     finally:
         for layer in layers:
             layer.__dict__.pop(_CACHE, None)
+            layer.__dict__.pop(_FAST_LINEAR, None)
+
+
+_FAST_LINEAR = "_fast_linear_forward"
+
+
+def _plain_linear(layer: nn.Module) -> bool:
+    """Whether ``layer``'s forward is exactly quantized ``nn.Linear`` math (fast path allowed).
+
+    True for a quantized ``nn.Linear`` (or subclass that keeps its forward) converted with the
+    stock wrapper: its forward is ``F.linear(input_q, weight_q, bias)`` then the output
+    quantizer, which the fast path runs without the per-read attribute machinery.
+    """
+    original = getattr(layer, "_original_cls", None)
+    return (
+        isinstance(original, type)
+        and issubclass(original, nn.Linear)
+        and original.forward is nn.Linear.forward
+        and type(layer).forward is QuantLinearConvBase.forward
+        and isinstance(layer._modules.get("weight_quantizer"), QuantizerLike)
+    )
+
+
+def _linear_fast_forward(layer: nn.Module, input: torch.Tensor) -> Any:
+    """Cached-weight inference forward of a quantized ``nn.Linear`` (see ``_plain_linear``).
+
+    Same operations as the generic path (input quantizer, cached weight, ``F.linear``, output
+    quantizer) without entering the weight-read context or the dynamic attribute lookup,
+    which cost tens of microseconds of host time per layer and call.
+    """
+    modules = layer._modules
+    x = modules["input_quantizer"](input)  # type: ignore[misc]
+    weight = layer._parameters["weight"]
+    assert weight is not None
+    w = _cached(layer.__dict__[_CACHE], modules["weight_quantizer"], weight)  # type: ignore[arg-type]
+    out = F.linear(x, w, layer._parameters.get("bias"))
+    return modules["output_quantizer"](out)  # type: ignore[misc]
 
 
 class QuantInputBase(QuantModule):
@@ -196,6 +242,13 @@ class QuantLinearConvBase(QuantInputBase):
 
     def forward(self, input: Any, *args: Any, **kwargs: Any) -> Any:
         """Run the wrapped layer with its weight fake-quantized."""
+        if (
+            not args
+            and not kwargs
+            and self.__dict__.get(_FAST_LINEAR, False)
+            and not torch.is_grad_enabled()
+        ):
+            return _linear_fast_forward(self, input)
         with self.quantize_weight():
             return super().forward(input, *args, **kwargs)
 

@@ -1,0 +1,84 @@
+"""The word-wise INT4 GEMV (8 nibbles per int32, bf16 bit-pattern decode) vs float64 math.
+
+Runs in Triton's CPU interpreter (conftest.py). Each case also checks that the word kernel was
+the one that ran (the byte kernel would hide a broken word kernel).
+"""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from modeloptim.torch.quantization import backends as B
+from modeloptim.torch.quantization.backends import w4a16
+
+
+def _rel(y, ref):
+    return ((y.double() - ref).norm() / ref.norm()).item()
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    seen = []
+    real = w4a16._gemv_words
+    monkeypatch.setattr(w4a16, "_gemv_words", lambda *a: seen.append(1) or real(*a))
+    return seen
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fold", [True, False])
+@pytest.mark.parametrize(
+    ("group", "block_k", "k"),
+    [(128, 256, 512), (32, 256, 384), (256, 64, 512), (64, 64, 192)],
+)
+def test_words_gemv_matches_float64(monkeypatch, calls, dtype, fold, group, block_k, k):
+    monkeypatch.setattr(w4a16, "GEMV_WORDS_FOLD", fold)
+    monkeypatch.setattr(w4a16, "GEMV_WORDS_BLOCK_K", block_k)
+    monkeypatch.setattr(w4a16, "GEMV_WORDS_BLOCK_N", 8)
+    torch.manual_seed(0)
+    n = 20  # not a multiple of BLOCK_N: masked rows
+    w = torch.randn(n, k)
+    qw = B.quantize_int4(w.to(dtype), group)
+    x = torch.randn(2, k).to(dtype)
+    bias = torch.randn(n).to(dtype)
+    ref = x.double() @ qw.dequantize(torch.float64).T + bias.double()
+    y = w4a16.w4a16_linear(x, qw, bias)
+    assert calls, "the word kernel did not run"
+    assert y.dtype == dtype
+    # output rounding dominates (the interpreter stores bf16 by truncation: ~3x the rounding
+    # error of round-to-nearest); a wrong nibble order or scale gives ~1
+    assert _rel(y, ref) < (1e-3 if dtype == torch.float16 else 8e-3)
+
+
+def test_words_gemv_every_code_and_position(calls):
+    # one weight row per (code, nibble position): catches a swapped half or shift
+    k = 64
+    rows = []
+    for code in range(-7, 8):
+        for pos in range(8):
+            r = torch.zeros(k)
+            r[pos::8] = float(code)
+            r[0] = 7.0 if code != 7 else -7.0  # fixes the group scale to 1
+            rows.append(r)
+    w = torch.stack(rows)
+    qw = B.quantize_int4(w, 64)
+    assert torch.equal(qw.dequantize(torch.float32), w)
+    x = torch.arange(1, k + 1, dtype=torch.float16)[None, :] / 64
+    y = w4a16.w4a16_linear(x, qw, None)
+    assert calls
+    ref = x.double() @ w.double().T
+    assert torch.allclose(y.double(), ref, rtol=2e-3, atol=1e-3)
+
+
+def test_words_layout_rejected_when_misaligned():
+    w = torch.randn(4, 64)
+    qw = B.quantize_int4(w, 64)
+    odd = B.QuantizedWeight(
+        qw.format,
+        torch.empty(4 * 32 + 1, dtype=torch.uint8)[1:].view(4, 32),
+        qw.scale,
+        qw.shape,
+        qw.group_size,
+    )
+    assert not w4a16._words_layout_ok(odd)
+    assert w4a16._words_layout_ok(qw)

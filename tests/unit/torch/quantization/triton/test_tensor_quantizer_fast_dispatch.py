@@ -1,0 +1,112 @@
+"""``TensorQuantizer``'s CUDA fast dispatch (a kernel call resolved once per input signature).
+
+Lives here because it needs the kernels: Triton's CPU interpreter runs them on CPU tensors
+(conftest.py), and the plan is replayed directly (``forward`` takes it only for CUDA inputs).
+The oracle is the format's PyTorch path, which the kernels equal bit for bit.
+"""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from modeloptim.torch.quantization.nn.modules.tensor_quantizer import (
+    TensorQuantizer,
+)
+
+NVFP4 = {"num_bits": (2, 1), "block_sizes": {-1: 16, "type": "dynamic", "scale_bits": (4, 3)}}
+CASES = [
+    ("fp8 per-tensor", {"num_bits": (4, 3), "axis": None}, (6, 64), ()),
+    ("int8 per-tensor", {"num_bits": 8, "axis": None}, (2, 3, 32), ()),
+    ("int8 per-row", {"num_bits": 8, "axis": 0}, (24, 48), (24, 1)),
+    ("int4 static block128", {"num_bits": 4, "block_sizes": {-1: 128}}, (4, 256), (8, 1)),
+    ("nvfp4 static global amax", NVFP4, (8, 64), ()),
+]
+
+
+def _quantizer(cfg, shape, amax_shape, dtype):
+    torch.manual_seed(0)
+    x = (torch.randn(shape) * 3).to(dtype)
+    q = TensorQuantizer(cfg)
+    amax = q.format.compute_amax(x)
+    assert amax is not None
+    q.amax = amax.reshape(amax_shape) * 0.8  # some values clip
+    return q, x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("name", "cfg", "shape", "amax_shape"), CASES, ids=[c[0] for c in CASES])
+def test_plan_equals_format_path(name, cfg, shape, amax_shape, dtype):
+    q, x = _quantizer(cfg, shape, amax_shape, dtype)
+    plan = q._plan_fast(x, q.amax)
+    assert plan is not None, name
+    ref = q.format.fake_quant(x, q.amax)  # CPU: the PyTorch path
+    for _ in range(2):  # first call plans, second replays
+        out = q._fast_fake_quant(x, q.amax)
+        assert out is not None
+        assert out.dtype == x.dtype
+        assert torch.equal(out, ref)
+
+
+def test_plan_is_redone_when_amax_or_shape_changes():
+    q, x = _quantizer({"num_bits": 8, "axis": None}, (4, 32), (), torch.float32)
+    first = q._fast_fake_quant(x, q.amax)
+    key = q._fast_plan[0]
+    with torch.no_grad():
+        q.amax.mul_(0.25)  # in place: same tensor, new version
+    second = q._fast_fake_quant(x, q.amax)
+    assert q._fast_plan[0] != key
+    assert torch.equal(second, q.format.fake_quant(x, q.amax))
+    assert not torch.equal(first, second)
+    x2 = torch.randn(3, 32)
+    assert torch.equal(q._fast_fake_quant(x2, q.amax), q.format.fake_quant(x2, q.amax))
+
+
+@pytest.mark.parametrize(
+    ("cfg", "shape", "why"),
+    [
+        ({"num_bits": (4, 3), "block_sizes": {-1: 32, "type": "dynamic"}}, (4, 64), "dynamic"),
+        ({"num_bits": 4, "block_sizes": {-1: 128}}, (4, 200), "padded blocks"),
+    ],
+)
+def test_no_plan_where_the_view_or_scales_depend_on_more(cfg, shape, why):
+    x = torch.randn(shape)
+    q = TensorQuantizer(cfg)
+    amax = q.format.compute_amax(x)
+    if amax is not None:
+        q.amax = amax
+    assert q._plan_fast(x, q.amax if q.amax is not None else torch.tensor(1.0)) is None, why
+
+
+def test_non_contiguous_input_gets_no_plan():
+    q, x = _quantizer({"num_bits": 8, "axis": None}, (8, 32), (), torch.float32)
+    assert q._plan_fast(x.t(), q.amax) is None
+
+
+def test_prepared_launchers_equal_the_wrappers():
+    from modeloptim.torch.quantization.triton import blockwise as bw
+    from modeloptim.torch.quantization.triton import elementwise as ew
+
+    torch.manual_seed(3)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = (torch.randn(16, 64) * 4).to(dtype)
+        row = x.float().abs().amax(dim=1, keepdim=True) * 0.7
+        one = x.float().abs().amax() * 0.9
+        pairs = [
+            (
+                ew.fake_quant_int.prepare(x, row, 8, False, True),
+                ew.fake_quant_int(x, row, 8, False, True),
+            ),
+            (ew.fake_quant_fp8.prepare(x, one, 4), ew.fake_quant_fp8(x, one, 4)),
+            (
+                bw.fake_quant_nvfp4.prepare(x.view(-1, 16), one),
+                bw.fake_quant_nvfp4(x.view(-1, 16), one),
+            ),
+        ]
+        for launch, ref in pairs:
+            assert launch is not None
+            x_in = x if ref.shape == x.shape else x.view(-1, 16)
+            out = launch(x_in)
+            assert torch.equal(out, ref)
+            assert torch.equal(launch(x_in * 0.5), launch(x_in * 0.5))  # reusable
+    assert ew.fake_quant_fp8.prepare(x, torch.ones(3, 3), 4) is None  # layout not taken
