@@ -13,7 +13,10 @@ combination has no checkpoint form (the message names the layer and the supporte
 All checks run before anything is written or changed.
 
 Before writing, layers that read the same tensor (q/k/v, gate/up) get one input amax and one
-``pre_quant_scale`` (:mod:`.fused`), in place, as the fused serving kernels require.
+``pre_quant_scale`` (:mod:`.fused`), in place, as the fused serving kernels require; then the
+few static scales whose multiplier no float32 engine scale expresses are snapped to the
+nearest one that is (:func:`~.scales.snap_model_scales`, in place, about one ulp), so the
+checkpoint's scales alone reproduce the model bit for bit (:func:`~.loader.load_hf_checkpoint`).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from modeloptim.torch.export.modelopt_writer import (
     modelopt_quant_configs,
 )
 from modeloptim.torch.export.packers import UnsupportedFormatError, pack_weight
+from modeloptim.torch.export.scales import snap_model_scales
 from modeloptim.torch.export.writer import (
     check_free_space,
     copy_side_files,
@@ -72,28 +76,9 @@ __all__ = [
 ]
 
 QUANTIZERS_FILE = "modeloptim_quantizers.json"
-#: exact float32 quantizer values for our loader (engines read the safetensors' scales, which
-#: are rounded inversions of these): INT/FP8 weight multipliers and activation/KV amaxes.
+#: no longer written: the reload is exact from the engine-facing scales (:mod:`.scales`).
+#: The name stays for code that checks for it.
 EXACT_FILE = "modeloptim_scales.pth"
-
-
-def _exact_values(
-    layers: list[LayerExport], packed: dict[str, QTensor], kv: list[tuple[str, Any, Any]]
-) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for spec in layers:
-        qt = packed[spec.name]
-        if "scale" in qt.scales and qt.scales["scale"].is_floating_point():
-            out[f"{spec.name}.weight_multiplier"] = qt.scales["scale"].detach().cpu()
-        if len(spec.weight_stages) > 1 and spec.weight_stages[1].amax is not None:
-            out[f"{spec.name}.weight_stage2_amax"] = spec.weight_stages[1].amax.detach().cpu()
-        if spec.input_quantizer is not None and spec.input_quantizer.amax is not None:
-            out[f"{spec.name}.input_amax"] = spec.input_quantizer.amax.detach().cpu()
-    for name, k, v in kv:
-        for key, q in (("k_amax", k), ("v_amax", v)):
-            if q.amax is not None:
-                out[f"{name}.{key}"] = q.amax.detach().cpu()
-    return out
 
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -121,6 +106,7 @@ class ExportReport:
         weight_bytes: bytes of all tensors written.
         quantized_weight_bits: storage bits per quantized weight (codes + scales).
         harmonized_groups: fused groups whose input scales were unified.
+        snapped: quantizers whose scale was snapped to an engine-expressible value.
     """
 
     export_dir: str
@@ -133,6 +119,7 @@ class ExportReport:
     weight_bytes: int
     quantized_weight_bits: float
     harmonized_groups: list[list[str]] = field(default_factory=list)
+    snapped: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form (for ``--json``)."""
@@ -356,10 +343,15 @@ def export_hf_checkpoint(
     if any(s.input_quantizer is not None or s.pre_quant_scale is not None for s in layers):
         groups = find_shared_input_groups(model, _default_run(model, sample_input))
         groups = harmonize_groups(model, groups)
-        if groups:  # weights may have been re-smoothed: pack again
-            layers, excluded = collect_layers(model)
-            packed = {s.name: _packed_weight(s) for s in layers}
+    snapped = snap_model_scales(model)
+    if groups or snapped:  # weights may have been re-smoothed or re-scaled: pack again
+        layers, excluded = collect_layers(model)
+        packed = {s.name: _packed_weight(s) for s in layers}
     result = LAYOUTS.get(lay.value)(layers, packed, excluded, kv)
+    if lay is ExportLayout.MODELOPT:  # TensorRT-LLM wants smoothing factors in the model dtype
+        for key, t in result.tensors.items():
+            if key.endswith(".pre_quant_scale"):
+                result.tensors[key] = t.to(out_dtype)
     for info in result.layer_info.values():  # dequantize to the exported float dtype
         info["dtype"] = str(out_dtype).removeprefix("torch.")
     tensors = _base_tensors(model, set(packed), out_dtype)
@@ -389,8 +381,7 @@ def export_hf_checkpoint(
         for fname, obj in result.extra_files.items():
             write_json(tmp / fname, obj)
         write_json(tmp / QUANTIZERS_FILE, quantizers)
-        torch.save(_exact_values(layers, packed, kv), tmp / EXACT_FILE)
-        files += ["config.json", *result.extra_files, QUANTIZERS_FILE, EXACT_FILE]
+        files += ["config.json", *result.extra_files, QUANTIZERS_FILE]
         files += copy_side_files(model, tmp, tokenizer)
     n_q = sum(p.shape.numel() for p in packed.values())
     q_bytes = sum(p.nbytes for p in packed.values())
@@ -406,6 +397,7 @@ def export_hf_checkpoint(
         weight_bytes=tensors_nbytes(tensors),
         quantized_weight_bits=8.0 * q_bytes / max(1, n_q),
         harmonized_groups=groups,
+        snapped=snapped,
     )
 
 

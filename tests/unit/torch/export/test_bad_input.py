@@ -34,7 +34,7 @@ def test_partly_quantized_exports_rest_in_float(tmp_path):
     assert report.quantized_layers == 8  # q/k/v/o of two layers
     loaded = load_hf_checkpoint(tmp_path / "c")
     assert loaded.model.layers[0].mlp.down_proj.weight.dtype == torch.float32
-    torch.testing.assert_close(logits(loaded), logits(model), rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits(loaded), logits(model), rtol=0, atol=0)
 
 
 def test_unsupported_combination_names_the_layer(tmp_path):
