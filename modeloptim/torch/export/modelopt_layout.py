@@ -87,8 +87,9 @@ _INT_RULES = {"int8": ReciprocalRule(127.0), "int4_block": ReciprocalRule(7.0)}
 def _weight_scale_shape(ws: torch.Tensor, qt: QTensor) -> torch.Tensor:
     if ws.numel() == 1:
         return ws.reshape(())
-    if ws.ndim == 2 and ws.shape[1] == 1 and qt.meta.get("block") is None:
-        return ws.reshape(-1)  # per-output-channel [out, 1] -> [out]
+    per_channel = qt.format_name in ("int8", "fp8_e4m3") and qt.meta.get("block") is None
+    if per_channel and ws.ndim == 2 and ws.shape[1] == 1:
+        return ws.reshape(-1)  # per-output-channel [out, 1] -> [out]; INT4 stays [out, in/g]
     return ws
 
 
