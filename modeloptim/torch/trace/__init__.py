@@ -12,6 +12,9 @@ why. How it works:
   row-major products of union-find atoms. Layer rules (`SymMap`) and node processors
   (one class per op family) tie layouts; concat/split/reshape refine atoms instead of
   giving up, so DenseNet offsets, SwiGLU halves, flatten blocks and GQA heads come out.
+- ``shared_input_groups(model, example_input)`` groups linear layers by the graph value they
+  read (q/k/v, gate/up, experts, any fan-out) with the producer to fold scales into; the
+  quantization algorithms and export use it (runtime fallback for untraceable parts).
 - Whatever cannot change safely (model inputs/outputs, unknown ops, hard-coded sizes in
   view/expand/split, sizes that decide Python branches) is frozen with a reason.
 """
@@ -19,8 +22,12 @@ why. How it works:
 from modeloptim.torch.trace.analyzer import analyze_symbols
 from modeloptim.torch.trace.api import analyze, dependency_groups, register_trace_context
 from modeloptim.torch.trace.fixups import register_attr_fixup
+from modeloptim.torch.trace.linear_layouts import LINEAR_LAYOUTS, get_weight_2d, set_weight_2d
 from modeloptim.torch.trace.report import TraceReport, print_trace_report, trace_report
 from modeloptim.torch.trace.result import AnalysisResult, ChannelGroup, GroupMember
+from modeloptim.torch.trace.runtime_readers import find_shared_input_groups
+from modeloptim.torch.trace.shared_group import GroupSource, SharedInputGroup
+from modeloptim.torch.trace.shared_inputs import shared_input_groups
 from modeloptim.torch.trace.slicing import prune_group
 from modeloptim.torch.trace.symbols import (
     SYM_RULES,
@@ -40,13 +47,16 @@ from modeloptim.torch.trace.tracer import (
 )
 
 __all__ = [
+    "LINEAR_LAYOUTS",
     "SYM_RULES",
     "AnalysisResult",
     "CLType",
     "ChannelGroup",
     "GraphCollection",
     "GroupMember",
+    "GroupSource",
     "RobustTracer",
+    "SharedInputGroup",
     "SymInfo",
     "SymMap",
     "SymMapRegistry",
@@ -56,6 +66,8 @@ __all__ = [
     "analyze",
     "analyze_symbols",
     "dependency_groups",
+    "find_shared_input_groups",
+    "get_weight_2d",
     "print_trace_report",
     "prune_group",
     "recursive_trace",
@@ -63,5 +75,7 @@ __all__ = [
     "register_leaf",
     "register_trace_context",
     "register_trace_forward",
+    "set_weight_2d",
+    "shared_input_groups",
     "trace_report",
 ]
