@@ -12,7 +12,8 @@ all is refused with a ``ValueError`` (use ``save_pretrained``); so is any layer 
 combination has no checkpoint form (the message names the layer and the supported pairs).
 All checks run before anything is written or changed.
 
-Before writing, layers that read the same tensor (q/k/v, gate/up) get one input amax and one
+Before writing, layers that read the same tensor (q/k/v, gate/up; found by
+:func:`modeloptim.torch.trace.shared_input_groups`) get one input amax and one
 ``pre_quant_scale`` (:mod:`.fused`), in place, as the fused serving kernels require; then the
 few static scales whose multiplier no float32 engine scale expresses are snapped to the
 nearest one that is (:func:`~.scales.snap_model_scales`, in place, about one ulp), so the
@@ -38,7 +39,7 @@ from modeloptim.torch.export.ct_layout import (
     ct_quant_config,
     layer_scheme,
 )
-from modeloptim.torch.export.fused import find_shared_input_groups, harmonize_groups
+from modeloptim.torch.export.fused import harmonize_groups
 from modeloptim.torch.export.layers import (
     LayerExport,
     collect_layers,
@@ -62,7 +63,8 @@ from modeloptim.torch.export.writer import (
 )
 from modeloptim.torch.quantization.compress import CompressedWeight
 from modeloptim.torch.quantization.conversion import named_quantizers
-from modeloptim.torch.quantization.nn import SequentialQuantizer
+from modeloptim.torch.quantization.nn import SequentialQuantizer, TensorQuantizer
+from modeloptim.torch.quantization.nn.modules.quant_module import QuantModule
 from modeloptim.torch.quantization.qtensor import QTensor
 from modeloptim.utils.io import atomic_dir
 
@@ -274,6 +276,22 @@ def _default_run(model: nn.Module, sample_input: Any) -> Callable[[nn.Module], A
     return run
 
 
+def _is_layer(_name: str, module: nn.Module) -> bool:
+    return isinstance(module, QuantModule) and isinstance(
+        module._modules.get("weight_quantizer"), (TensorQuantizer, SequentialQuantizer)
+    )
+
+
+def _shared_groups(model: nn.Module, sample_input: Any) -> list[list[str]]:
+    """Quantized layers grouped by the tensor they read (the trace module's finder)."""
+    from modeloptim.torch.trace import shared_input_groups
+
+    run = _default_run(model, sample_input)
+    with torch.no_grad():
+        found = shared_input_groups(model, forward_loop=run, predicate=_is_layer)
+    return [g.names for g in found]
+
+
 def _check_args(model: Any, export_dir: Any, dtype: Any, layout: Any) -> ExportLayout:
     if not isinstance(model, nn.Module) or not hasattr(model, "config"):
         raise TypeError(
@@ -341,8 +359,7 @@ def export_hf_checkpoint(
     packed = {s.name: _packed_weight(s) for s in layers}  # validates every layer first
     groups: list[list[str]] = []
     if any(s.input_quantizer is not None or s.pre_quant_scale is not None for s in layers):
-        groups = find_shared_input_groups(model, _default_run(model, sample_input))
-        groups = harmonize_groups(model, groups)
+        groups = harmonize_groups(model, _shared_groups(model, sample_input))
     snapped = snap_model_scales(model)
     if groups or snapped:  # weights may have been re-smoothed or re-scaled: pack again
         layers, excluded = collect_layers(model)
