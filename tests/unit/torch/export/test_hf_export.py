@@ -182,5 +182,20 @@ def test_real_awq_and_smoothquant_roundtrip(tmp_path, name, algo):
     hfq = json.loads((tmp_path / "c" / "hf_quant_config.json").read_text())["quantization"]
     if algo != "INT8_SQ":
         assert hfq["pre_quant_scale"] is True
+    # fused groups (found by the trace module) carry one input scale and one smoothing factor
+    # (a no-op when the calibration already shared them: harmonized_groups is then empty)
+    checked = 0
+    for i in range(2):
+        for group in (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")):
+            part = "self_attn" if group[0] == "q_proj" else "mlp"
+            keys = [f"model.layers.{i}.{part}.{p}" for p in group]
+            for suffix in ("input_scale", "pre_quant_scale"):
+                if f"{keys[0]}.{suffix}" in t:
+                    first = t[f"{keys[0]}.{suffix}"]
+                    assert all(torch.equal(t[f"{k}.{suffix}"], first) for k in keys[1:])
+                    checked += 1
+    # every fused group's input_scale (W4A16 has none); AWQ/SmoothQuant folded those groups'
+    # smoothing into the norms, so they carry no pre_quant_scale
+    assert checked == (0 if algo == "W4A16_AWQ" else 4)
     loaded = load_hf_checkpoint(tmp_path / "c")
     torch.testing.assert_close(logits(loaded), logits(model), rtol=0, atol=0)
