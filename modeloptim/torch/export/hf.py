@@ -52,7 +52,7 @@ from modeloptim.torch.export.modelopt_writer import (
     modelopt_layer_tensors,
     modelopt_quant_configs,
 )
-from modeloptim.torch.export.packers import UnsupportedFormatError, pack_weight
+from modeloptim.torch.export.packers import UnsupportedFormatError, leaf_quantizers, pack_weight
 from modeloptim.torch.export.scales import snap_model_scales
 from modeloptim.torch.export.writer import (
     check_free_space,
@@ -248,7 +248,20 @@ def _base_tensors(
     return out
 
 
+def _packed_stages(model: nn.Module) -> set[int]:
+    """The ids of weight-quantizer stages that mtq.compress disabled because the codes hold them."""
+    out: set[int] = set()
+    for module in model.modules():
+        stored = module._modules.get("weight")
+        if isinstance(stored, CompressedWeight):
+            leaves = leaf_quantizers(module._modules.get("weight_quantizer"))
+            if stored.packed_stage < len(leaves):
+                out.add(id(leaves[stored.packed_stage]))
+    return out
+
+
 def _quantizer_description(model: nn.Module) -> dict[str, Any]:
+    packed = _packed_stages(model)  # described as enabled: the loader packs them again
     out: dict[str, Any] = {}
     for name, q, _ in named_quantizers(model):
         members = q.quantizers() if isinstance(q, SequentialQuantizer) else [q]
@@ -258,7 +271,7 @@ def _quantizer_description(model: nn.Module) -> dict[str, Any]:
             cfg.pop("enable", None)
             cfgs.append(cfg)
         out[name] = {
-            "enable": [m.is_enabled for m in members],
+            "enable": [m.is_enabled or id(m) in packed for m in members],
             "quant": [bool(getattr(m, "_if_quant", True)) for m in members],
             "cfg": cfgs if isinstance(q, SequentialQuantizer) else cfgs[0],
         }
