@@ -24,7 +24,7 @@ FORMATS = {
     # likewise; + the FP8 stage's float32 weight_scale_2
     "W4A8_AWQ_BETA_CFG": ("W4A8_AWQ", lambda o, i: 4.25 + 32 / (o * i)),
     # max calibration; float32 per-channel scales
-    "INT8_SMOOTHQUANT_CFG": ("INT8_SQ", lambda o, i: 8 + 32 / i),
+    "INT8_SMOOTHQUANT_CFG": ("W8A8_SQ_PER_CHANNEL", lambda o, i: 8 + 32 / i),
     "MXFP8_DEFAULT_CFG": ("MXFP8", lambda o, i: 8.25),
     "INT8_WEIGHT_ONLY_CFG": ("W8A16", lambda o, i: 8 + 32 / i),
 }
@@ -162,7 +162,7 @@ def test_export_dtype_bf16(tmp_path):
     [
         ("INT4_AWQ_CFG", "W4A16_AWQ"),
         ("W4A8_AWQ_BETA_CFG", "W4A8_AWQ"),
-        ("INT8_SMOOTHQUANT_CFG", "INT8_SQ"),
+        ("INT8_SMOOTHQUANT_CFG", "W8A8_SQ_PER_CHANNEL"),
     ],
 )
 def test_real_awq_and_smoothquant_roundtrip(tmp_path, name, algo):
@@ -180,7 +180,7 @@ def test_real_awq_and_smoothquant_roundtrip(tmp_path, name, algo):
         layer = model.get_submodule(k.removesuffix(".pre_quant_scale"))
         torch.testing.assert_close(t[k], layer.input_quantizer.pre_quant_scale.reshape(-1))
     hfq = json.loads((tmp_path / "c" / "hf_quant_config.json").read_text())["quantization"]
-    if algo != "INT8_SQ":
+    if algo != "W8A8_SQ_PER_CHANNEL":
         assert hfq["pre_quant_scale"] is True
     # fused groups (found by the trace module) carry one input scale and one smoothing factor
     # (a no-op when the calibration already shared them: harmonized_groups is then empty)

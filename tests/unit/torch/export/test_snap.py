@@ -41,7 +41,8 @@ def test_snapped_scales_are_expressible_and_close():
 
 
 @pytest.mark.parametrize(
-    ("name", "algo"), [("INT8_SMOOTHQUANT_CFG", "INT8_SQ"), ("W4A8_AWQ_BETA_CFG", "W4A8_AWQ")]
+    ("name", "algo"),
+    [("INT8_SMOOTHQUANT_CFG", "W8A8_SQ_PER_CHANNEL"), ("W4A8_AWQ_BETA_CFG", "W4A8_AWQ")],
 )
 def test_compressed_model_reloads_exactly(tmp_path, name, algo):
     model = quantized(tiny_llama(), preset(name))
