@@ -20,6 +20,14 @@ tensor              content                                                     
 
 KV cache: ``<attn>.k_proj.k_scale`` and ``<attn>.v_proj.v_scale`` (``amax/448`` for FP8).
 
+W4A8_AWQ as TensorRT-LLM reads it (``W4A8_AWQ_LinearMethod``, NVIDIA/TensorRT-LLM
+``tensorrt_llm/_torch/modules/linear.py``): int4 value ``code * weight_scale`` (group of
+``group_size`` input columns), FP8 weight ``fp8(value / weight_scale_2)``, GEMM rescaled by
+``input_scale * weight_scale_2``; ``pre_quant_scale`` must have the model dtype. Known gap:
+TensorRT-LLM casts ``weight_scale`` to float16 when loading, so its int4 values match ours
+only where the float32 per-group scales are float16-representable (not enforced here), and it
+requires ``in_features % group_size == 0`` (we pad the last group instead).
+
 Each format is one :class:`WeightCodec` registered with :data:`WEIGHT_CODECS` (keyed by the
 :class:`QTensor` format name): ``encode`` gives the checkpoint tensors, ``decode`` rebuilds the
 packed tensor. Every codec decodes bit for bit: FP8 weights store ``fl(1/m)``, the factor the
