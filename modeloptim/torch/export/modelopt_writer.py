@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -42,6 +43,15 @@ def modelopt_layer_tensors(
     description is what :func:`~.modelopt_layout.decode_weight` needs to rebuild it.
     """
     tensors, extra = encode_weight(qt)
+    block = qt.meta.get("block_size") if qt.format_name == "int4_block" else None
+    if block and qt.shape[-1] % block:
+        warnings.warn(
+            f"layer {spec.name!r}: in_features {qt.shape[-1]} is not a multiple of the INT4 "
+            f"group size {block}; the last group is zero-padded here, but TensorRT-LLM "
+            "refuses such W4A16_AWQ/W4A8_AWQ layers",
+            UserWarning,
+            stacklevel=3,
+        )
     if len(spec.weight_stages) > 1:  # W4A8: the FP8 per-tensor step of the weight
         second = spec.weight_stages[1]
         if second.amax is None:
