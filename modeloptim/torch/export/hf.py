@@ -51,6 +51,7 @@ from modeloptim.torch.export.modelopt_writer import (
     activation_scale,
     modelopt_layer_tensors,
     modelopt_quant_configs,
+    warn_unaligned_int4,
 )
 from modeloptim.torch.export.packers import UnsupportedFormatError, leaf_quantizers, pack_weight
 from modeloptim.torch.export.scales import snap_model_scales
@@ -170,6 +171,7 @@ def _modelopt_layout(
 ) -> LayoutOutput:
     tensors: dict[str, torch.Tensor] = {}
     info: dict[str, Any] = {}
+    warn_unaligned_int4(packed)
     for spec in layers:
         t, extra = modelopt_layer_tensors(spec, packed[spec.name])
         tensors.update({f"{spec.name}.{k}": v for k, v in t.items()})

@@ -14,7 +14,13 @@ from modeloptim.torch.export.scales import activation_rule
 from modeloptim.torch.quantization.nn import TensorQuantizer
 from modeloptim.torch.quantization.qtensor import QTensor
 
-__all__ = ["KV_ALGOS", "activation_scale", "modelopt_layer_tensors", "modelopt_quant_configs"]
+__all__ = [
+    "KV_ALGOS",
+    "activation_scale",
+    "modelopt_layer_tensors",
+    "modelopt_quant_configs",
+    "warn_unaligned_int4",
+]
 
 #: KV-cache quantizer kind -> kv_cache_quant_algo.
 KV_ALGOS = {"fp8": "FP8", "nvfp4": "NVFP4"}
@@ -34,6 +40,28 @@ def activation_scale(q: TensorQuantizer) -> torch.Tensor | None:
     return rule.encode(q.amax)[0].reshape(())
 
 
+def warn_unaligned_int4(packed: dict[str, QTensor]) -> list[str]:
+    """Warn once about INT4 layers whose group size does not divide ``in_features``.
+
+    Returns:
+        Their names (the last group is zero-padded here; TensorRT-LLM refuses them).
+    """
+    bad = [
+        name
+        for name, qt in packed.items()
+        if qt.format_name == "int4_block" and qt.shape[-1] % qt.meta["block_size"]
+    ]
+    if bad:
+        warnings.warn(
+            f"{len(bad)} layers (e.g. {bad[0]!r}) have in_features that are not a multiple of "
+            "the INT4 group size; their last group is zero-padded here, but TensorRT-LLM "
+            "refuses such W4A16_AWQ/W4A8_AWQ layers",
+            UserWarning,
+            stacklevel=3,
+        )
+    return bad
+
+
 def modelopt_layer_tensors(
     spec: LayerExport, qt: QTensor
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -43,15 +71,6 @@ def modelopt_layer_tensors(
     description is what :func:`~.modelopt_layout.decode_weight` needs to rebuild it.
     """
     tensors, extra = encode_weight(qt)
-    block = qt.meta.get("block_size") if qt.format_name == "int4_block" else None
-    if block and qt.shape[-1] % block:
-        warnings.warn(
-            f"layer {spec.name!r}: in_features {qt.shape[-1]} is not a multiple of the INT4 "
-            f"group size {block}; the last group is zero-padded here, but TensorRT-LLM "
-            "refuses such W4A16_AWQ/W4A8_AWQ layers",
-            UserWarning,
-            stacklevel=3,
-        )
     if len(spec.weight_stages) > 1:  # W4A8: the FP8 per-tensor step of the weight
         second = spec.weight_stages[1]
         if second.amax is None:
