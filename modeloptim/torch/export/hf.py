@@ -12,8 +12,12 @@ all is refused with a ``ValueError`` (use ``save_pretrained``); so is any layer 
 combination has no checkpoint form (the message names the layer and the supported pairs).
 All checks run before anything is written or changed.
 
-Before writing, layers that read the same tensor (q/k/v, gate/up) get one input amax and one
-``pre_quant_scale`` (:mod:`.fused`), in place, as the fused serving kernels require.
+Before writing, layers that read the same tensor (q/k/v, gate/up; found by
+:func:`modeloptim.torch.trace.shared_input_groups`) get one input amax and one
+``pre_quant_scale`` (:mod:`.fused`), in place, as the fused serving kernels require; then the
+few static scales whose multiplier no float32 engine scale expresses are snapped to the
+nearest one that is (:func:`~.scales.snap_model_scales`, in place, about one ulp), so the
+checkpoint's scales alone reproduce the model bit for bit (:func:`~.loader.load_hf_checkpoint`).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from modeloptim.torch.export.ct_layout import (
     ct_quant_config,
     layer_scheme,
 )
-from modeloptim.torch.export.fused import find_shared_input_groups, harmonize_groups
+from modeloptim.torch.export.fused import harmonize_groups
 from modeloptim.torch.export.layers import (
     LayerExport,
     collect_layers,
@@ -47,8 +51,10 @@ from modeloptim.torch.export.modelopt_writer import (
     activation_scale,
     modelopt_layer_tensors,
     modelopt_quant_configs,
+    warn_unaligned_int4,
 )
-from modeloptim.torch.export.packers import UnsupportedFormatError, pack_weight
+from modeloptim.torch.export.packers import UnsupportedFormatError, leaf_quantizers, pack_weight
+from modeloptim.torch.export.scales import snap_model_scales
 from modeloptim.torch.export.writer import (
     check_free_space,
     copy_side_files,
@@ -58,7 +64,8 @@ from modeloptim.torch.export.writer import (
 )
 from modeloptim.torch.quantization.compress import CompressedWeight
 from modeloptim.torch.quantization.conversion import named_quantizers
-from modeloptim.torch.quantization.nn import SequentialQuantizer
+from modeloptim.torch.quantization.nn import SequentialQuantizer, TensorQuantizer
+from modeloptim.torch.quantization.nn.modules.quant_module import QuantModule
 from modeloptim.torch.quantization.qtensor import QTensor
 from modeloptim.utils.io import atomic_dir
 
@@ -72,28 +79,9 @@ __all__ = [
 ]
 
 QUANTIZERS_FILE = "modeloptim_quantizers.json"
-#: exact float32 quantizer values for our loader (engines read the safetensors' scales, which
-#: are rounded inversions of these): INT/FP8 weight multipliers and activation/KV amaxes.
+#: no longer written: the reload is exact from the engine-facing scales (:mod:`.scales`).
+#: The name stays for code that checks for it.
 EXACT_FILE = "modeloptim_scales.pth"
-
-
-def _exact_values(
-    layers: list[LayerExport], packed: dict[str, QTensor], kv: list[tuple[str, Any, Any]]
-) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for spec in layers:
-        qt = packed[spec.name]
-        if "scale" in qt.scales and qt.scales["scale"].is_floating_point():
-            out[f"{spec.name}.weight_multiplier"] = qt.scales["scale"].detach().cpu()
-        if len(spec.weight_stages) > 1 and spec.weight_stages[1].amax is not None:
-            out[f"{spec.name}.weight_stage2_amax"] = spec.weight_stages[1].amax.detach().cpu()
-        if spec.input_quantizer is not None and spec.input_quantizer.amax is not None:
-            out[f"{spec.name}.input_amax"] = spec.input_quantizer.amax.detach().cpu()
-    for name, k, v in kv:
-        for key, q in (("k_amax", k), ("v_amax", v)):
-            if q.amax is not None:
-                out[f"{name}.{key}"] = q.amax.detach().cpu()
-    return out
 
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -121,6 +109,7 @@ class ExportReport:
         weight_bytes: bytes of all tensors written.
         quantized_weight_bits: storage bits per quantized weight (codes + scales).
         harmonized_groups: fused groups whose input scales were unified.
+        snapped: quantizers whose scale was snapped to an engine-expressible value.
     """
 
     export_dir: str
@@ -133,6 +122,7 @@ class ExportReport:
     weight_bytes: int
     quantized_weight_bits: float
     harmonized_groups: list[list[str]] = field(default_factory=list)
+    snapped: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form (for ``--json``)."""
@@ -181,6 +171,7 @@ def _modelopt_layout(
 ) -> LayoutOutput:
     tensors: dict[str, torch.Tensor] = {}
     info: dict[str, Any] = {}
+    warn_unaligned_int4(packed)
     for spec in layers:
         t, extra = modelopt_layer_tensors(spec, packed[spec.name])
         tensors.update({f"{spec.name}.{k}": v for k, v in t.items()})
@@ -259,7 +250,20 @@ def _base_tensors(
     return out
 
 
+def _packed_stages(model: nn.Module) -> set[int]:
+    """The ids of weight-quantizer stages that mtq.compress disabled because the codes hold them."""
+    out: set[int] = set()
+    for module in model.modules():
+        stored = module._modules.get("weight")
+        if isinstance(stored, CompressedWeight):
+            leaves = leaf_quantizers(module._modules.get("weight_quantizer"))
+            if stored.packed_stage < len(leaves):
+                out.add(id(leaves[stored.packed_stage]))
+    return out
+
+
 def _quantizer_description(model: nn.Module) -> dict[str, Any]:
+    packed = _packed_stages(model)  # described as enabled: the loader packs them again
     out: dict[str, Any] = {}
     for name, q, _ in named_quantizers(model):
         members = q.quantizers() if isinstance(q, SequentialQuantizer) else [q]
@@ -269,7 +273,7 @@ def _quantizer_description(model: nn.Module) -> dict[str, Any]:
             cfg.pop("enable", None)
             cfgs.append(cfg)
         out[name] = {
-            "enable": [m.is_enabled for m in members],
+            "enable": [m.is_enabled or id(m) in packed for m in members],
             "quant": [bool(getattr(m, "_if_quant", True)) for m in members],
             "cfg": cfgs if isinstance(q, SequentialQuantizer) else cfgs[0],
         }
@@ -285,6 +289,22 @@ def _default_run(model: nn.Module, sample_input: Any) -> Callable[[nn.Module], A
         return m(input_ids=ids)
 
     return run
+
+
+def _is_layer(_name: str, module: nn.Module) -> bool:
+    return isinstance(module, QuantModule) and isinstance(
+        module._modules.get("weight_quantizer"), (TensorQuantizer, SequentialQuantizer)
+    )
+
+
+def _shared_groups(model: nn.Module, sample_input: Any) -> list[list[str]]:
+    """Quantized layers grouped by the tensor they read (the trace module's finder)."""
+    from modeloptim.torch.trace import shared_input_groups
+
+    run = _default_run(model, sample_input)
+    with torch.no_grad():
+        found = shared_input_groups(model, forward_loop=run, predicate=_is_layer)
+    return [g.names for g in found]
 
 
 def _check_args(model: Any, export_dir: Any, dtype: Any, layout: Any) -> ExportLayout:
@@ -354,12 +374,16 @@ def export_hf_checkpoint(
     packed = {s.name: _packed_weight(s) for s in layers}  # validates every layer first
     groups: list[list[str]] = []
     if any(s.input_quantizer is not None or s.pre_quant_scale is not None for s in layers):
-        groups = find_shared_input_groups(model, _default_run(model, sample_input))
-        groups = harmonize_groups(model, groups)
-        if groups:  # weights may have been re-smoothed: pack again
-            layers, excluded = collect_layers(model)
-            packed = {s.name: _packed_weight(s) for s in layers}
+        groups = harmonize_groups(model, _shared_groups(model, sample_input))
+    snapped = snap_model_scales(model)
+    if groups or snapped:  # weights may have been re-smoothed or re-scaled: pack again
+        layers, excluded = collect_layers(model)
+        packed = {s.name: _packed_weight(s) for s in layers}
     result = LAYOUTS.get(lay.value)(layers, packed, excluded, kv)
+    if lay is ExportLayout.MODELOPT:  # TensorRT-LLM wants smoothing factors in the model dtype
+        for key, t in result.tensors.items():
+            if key.endswith(".pre_quant_scale"):
+                result.tensors[key] = t.to(out_dtype)
     for info in result.layer_info.values():  # dequantize to the exported float dtype
         info["dtype"] = str(out_dtype).removeprefix("torch.")
     tensors = _base_tensors(model, set(packed), out_dtype)
@@ -389,8 +413,7 @@ def export_hf_checkpoint(
         for fname, obj in result.extra_files.items():
             write_json(tmp / fname, obj)
         write_json(tmp / QUANTIZERS_FILE, quantizers)
-        torch.save(_exact_values(layers, packed, kv), tmp / EXACT_FILE)
-        files += ["config.json", *result.extra_files, QUANTIZERS_FILE, EXACT_FILE]
+        files += ["config.json", *result.extra_files, QUANTIZERS_FILE]
         files += copy_side_files(model, tmp, tokenizer)
     n_q = sum(p.shape.numel() for p in packed.values())
     q_bytes = sum(p.nbytes for p in packed.values())
@@ -406,6 +429,7 @@ def export_hf_checkpoint(
         weight_bytes=tensors_nbytes(tensors),
         quantized_weight_bits=8.0 * q_bytes / max(1, n_q),
         harmonized_groups=groups,
+        snapped=snapped,
     )
 
 

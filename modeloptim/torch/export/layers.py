@@ -98,8 +98,10 @@ for _w, _i, _a in (
     ("nvfp4", "fp8", "W4A8_NVFP4_FP8"),
     ("int4_block", None, "W4A16_AWQ"),
     ("int4_block+fp8", "fp8", "W4A8_AWQ"),
-    ("int8_pc", "int8", "INT8_SQ"),
-    ("int8", "int8", "INT8_SQ"),
+    # ModelOpt's int8_sq qformat is W8A8_SQ_PER_CHANNEL in checkpoints (TensorRT-LLM QuantAlgo;
+    # process_layer_quant_config in NVIDIA/Model-Optimizer modelopt/torch/export/quant_utils.py)
+    ("int8_pc", "int8", "W8A8_SQ_PER_CHANNEL"),
+    ("int8", "int8", "W8A8_SQ_PER_TENSOR_PLUGIN"),
     ("int8_pc", None, "W8A16"),
     ("mxfp8", "mxfp8", "MXFP8"),
     ("mxfp8", None, "MXFP8"),

@@ -4,11 +4,11 @@ The model is built from ``config.json`` (random init, then every tensor is overw
 layers get their quantizers back from ``modeloptim_quantizers.json``, and each quantized
 layer receives its packed weight as a :class:`~modeloptim.torch.quantization.compress.
 CompressedWeight` decoded from the checkpoint tensors (the weight quantizer stage it encodes
-is disabled). Activation and KV amaxes come from ``input_scale`` / ``k_scale`` / ``v_scale``
-(``amax = scale * maxbound``), smoothing factors from ``pre_quant_scale``. Those checkpoint
-scales are rounded inversions of our float32 values, and deep W8A8 models amplify one-ulp
-differences (an FP8 activation code flips); so the export also writes ``modeloptim_scales.pth``
-with the exact values, which this loader prefers. With it the reload is bit-exact.
+is disabled). Activation, KV and W4A8 second-stage amaxes come from ``input_scale`` /
+``k_scale`` / ``v_scale`` / ``weight_scale_2`` through the rules of :mod:`.scales` (an amax
+whose multiplier is ``fl(1 / scale)``), smoothing factors from ``pre_quant_scale``. Only the
+tensors engines read are used: the reload is bit-exact for every format (the export snaps the
+few scales that a float32 engine scale cannot express; see :mod:`.scales`).
 
 Only the ModelOpt layout is read here; compressed-tensors checkpoints are read by the
 ``compressed-tensors`` package (e.g. through ``transformers``).
@@ -24,15 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from modeloptim.torch.export.hf import EXACT_FILE, QUANTIZERS_FILE
+from modeloptim.torch.export.hf import QUANTIZERS_FILE
 from modeloptim.torch.export.modelopt_layout import decode_weight
 from modeloptim.torch.export.packers import leaf_quantizers
+from modeloptim.torch.export.scales import activation_rule
 from modeloptim.torch.quantization.compress import compress_layer
 from modeloptim.torch.quantization.nn import TensorQuantizer
 
 __all__ = ["load_hf_checkpoint", "load_safetensors_folder"]
-
-_FP8_MAX = 448.0
 
 
 def load_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:
@@ -88,8 +87,10 @@ def _restore_quantizers(model: nn.Module, desc: dict[str, Any]) -> None:
 
 
 def _set_activation_amax(q: TensorQuantizer, scale: torch.Tensor) -> None:
-    bound = q.maxbound * (_FP8_MAX if q.format.describe().startswith("nvfp4") else 1.0)
-    q.amax = scale.float().reshape(()) * bound
+    rule = activation_rule(q)
+    if rule is None:
+        raise ValueError(f"path: a static scale was stored for dynamic {q.format.describe()}")
+    q.amax = rule.decode(scale.float().reshape(()))
 
 
 def load_hf_checkpoint(
@@ -133,12 +134,6 @@ def load_hf_checkpoint(
     model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     _restore_quantizers(model, desc["quantizers"])
     tensors = load_safetensors_folder(folder)
-    exact_file = folder / EXACT_FILE
-    exact: dict[str, torch.Tensor] = (
-        torch.load(exact_file, map_location="cpu", weights_only=True)
-        if exact_file.is_file()
-        else {}
-    )
     used: set[str] = set()
     for name, extra in desc["layers"].items():
         module = model.get_submodule(name)
@@ -152,21 +147,13 @@ def load_hf_checkpoint(
         ]
         if not stages:
             raise ValueError(f"path: layer {name!r} is packed but its weight quantizer is off")
-        if f"{name}.weight_stage2_amax" in exact and len(stages) > 1:
-            stages[1].amax = exact[f"{name}.weight_stage2_amax"]
-        elif "weight_scale_2" in local and len(stages) > 1:
+        if "weight_scale_2" in local and len(stages) > 1:
             _set_activation_amax(stages[1], local["weight_scale_2"])
         qt = decode_weight(local, extra)
-        if f"{name}.weight_multiplier" in exact:  # exact, not the checkpoint's rounded inverse
-            qt.scales["scale"] = exact[f"{name}.weight_multiplier"].reshape(
-                qt.scales["scale"].shape
-            )
         compress_layer(module, qt, stages[:1])  # type: ignore[arg-type]
         iq = module._modules.get("input_quantizer")
         if isinstance(iq, TensorQuantizer):
-            if f"{name}.input_amax" in exact:
-                iq.amax = exact[f"{name}.input_amax"]
-            elif "input_scale" in local:
+            if "input_scale" in local:
                 _set_activation_amax(iq, local["input_scale"])
             if "pre_quant_scale" in local:
                 iq.pre_quant_scale = local["pre_quant_scale"]
@@ -178,11 +165,7 @@ def load_hf_checkpoint(
             if key.endswith(suffix):
                 attn_name = key.removesuffix(suffix)
                 q = model.get_submodule(attn_name)._modules[attr]
-                exact_key = f"{attn_name}.{attr[0]}_amax"
-                if exact_key in exact:
-                    q.amax = exact[exact_key]  # type: ignore[union-attr]
-                else:
-                    _set_activation_amax(q, t)  # type: ignore[arg-type]
+                _set_activation_amax(q, t)  # type: ignore[arg-type]
                 used.add(key)
     rest = {k: v for k, v in tensors.items() if k not in used}
     result = model.load_state_dict(rest, strict=False)

@@ -5,7 +5,8 @@ Per quantized linear ``<name>`` the safetensors hold:
 ==================  ==============================================================  ==========
 tensor              content                                                         formats
 ==================  ==============================================================  ==========
-``weight``          packed codes: float8_e4m3fn / int8 / uint8 (two 4-bit codes)    all
+``weight``          packed codes: float8_e4m3fn / int8 ``[out, in]``; uint8 two      all
+                    4-bit codes: INT4 ``[out/2, in]`` (row pairs), FP4 ``[out, in/2]``
 ``weight_scale``    dequantization multiplier: float32 ``amax/448`` (0-d FP8,       all
                     ``[out]`` per-channel, ``[out/br, in/bc]`` blocks), ``amax/127``
                     ``[out]`` (INT8), ``block_amax/7`` ``[out, in/g]`` float32 (INT4),
@@ -19,10 +20,19 @@ tensor              content                                                     
 
 KV cache: ``<attn>.k_proj.k_scale`` and ``<attn>.v_proj.v_scale`` (``amax/448`` for FP8).
 
+W4A8_AWQ as TensorRT-LLM reads it (``W4A8_AWQ_LinearMethod``, NVIDIA/TensorRT-LLM
+``tensorrt_llm/_torch/modules/linear.py``): int4 value ``code * weight_scale`` (group of
+``group_size`` input columns), FP8 weight ``fp8(value / weight_scale_2)``, GEMM rescaled by
+``input_scale * weight_scale_2``; ``pre_quant_scale`` must have the model dtype. Known gap:
+TensorRT-LLM casts ``weight_scale`` to float16 when loading, so its int4 values match ours
+only where the float32 per-group scales are float16-representable (not enforced here), and it
+requires ``in_features % group_size == 0`` (we pad the last group instead).
+
 Each format is one :class:`WeightCodec` registered with :data:`WEIGHT_CODECS` (keyed by the
 :class:`QTensor` format name): ``encode`` gives the checkpoint tensors, ``decode`` rebuilds the
-packed tensor. Integer and FP8 multipliers are stored inverted (``1 / scale``), so decoding
-may differ from the in-memory value by one float32 rounding; NVFP4 and MX decode exactly.
+packed tensor. Every codec decodes bit for bit: FP8 weights store ``fl(1/m)``, the factor the
+codes are multiplied by; INT weights store an ``s`` with ``fl(1/s) == m`` (see
+:mod:`.scales`); NVFP4 and MX scales are stored as they are.
 """
 
 from __future__ import annotations
@@ -33,10 +43,20 @@ from typing import Any
 
 import torch
 
-from modeloptim.torch.quantization.qtensor import QTENSOR_TYPES, QTensor
+from modeloptim.torch.export.packers import UnsupportedFormatError
+from modeloptim.torch.export.scales import ReciprocalRule, decode_fp8_weight_multiplier
+from modeloptim.torch.quantization.qtensor import QTENSOR_TYPES, INT4BlockQTensor, QTensor
 from modeloptim.torch.quantization.qtensor.base import true_div
+from modeloptim.torch.quantization.qtensor.packing import pack_nibbles
 
-__all__ = ["WEIGHT_CODECS", "WeightCodec", "decode_weight", "encode_weight"]
+__all__ = [
+    "WEIGHT_CODECS",
+    "WeightCodec",
+    "decode_weight",
+    "encode_weight",
+    "pack_int4_rows",
+    "unpack_int4_rows",
+]
 
 
 @dataclass(frozen=True)
@@ -68,25 +88,94 @@ def _build(extra: dict[str, Any], data: torch.Tensor, scales: dict[str, torch.Te
     return cls(data, scales, tuple(extra["shape"]), getattr(torch, extra["dtype"]), extra["meta"])
 
 
-def _inverse_encode(qt: QTensor) -> dict[str, torch.Tensor]:
-    scale = qt.scales["scale"]
-    ws = true_div(1.0, scale)
+# the same rules as snap_model_scales uses for these weights (bound = largest code)
+_INT_RULES = {"int8": ReciprocalRule(127.0), "int4_block": ReciprocalRule(7.0)}
+
+
+def _weight_scale_shape(ws: torch.Tensor, qt: QTensor) -> torch.Tensor:
     if ws.numel() == 1:
-        ws = ws.reshape(())
-    elif ws.ndim == 2 and ws.shape[1] == 1 and qt.meta.get("block") is None:
-        ws = ws.reshape(-1)  # per-output-channel [out, 1] -> [out]
-    return {"weight": qt.data, "weight_scale": ws.float().contiguous()}
+        return ws.reshape(())
+    per_channel = qt.format_name in ("int8", "fp8_e4m3") and qt.meta.get("block") is None
+    if per_channel and ws.ndim == 2 and ws.shape[1] == 1:
+        return ws.reshape(-1)  # per-output-channel [out, 1] -> [out]; INT4 stays [out, in/g]
+    return ws
 
 
-def _inverse_decode(t: dict[str, torch.Tensor], extra: dict[str, Any]) -> QTensor:
+def _int_weight_scale(qt: QTensor) -> torch.Tensor:
+    m = qt.scales["scale"].float()
+    # fl(1/s) == m: snap_model_scales made every INT multiplier expressible
+    s, _ = _INT_RULES[qt.format_name].encode_multiplier(m)
+    s = torch.where(torch.isnan(s), true_div(1.0, m), s)
+    return _weight_scale_shape(s, qt).contiguous()
+
+
+def _int8_encode(qt: QTensor) -> dict[str, torch.Tensor]:
+    return {"weight": qt.data, "weight_scale": _int_weight_scale(qt)}
+
+
+def _int_decode_scale(t: dict[str, torch.Tensor], extra: dict[str, Any]) -> torch.Tensor:
     shape = tuple(extra["scale_shapes"]["scale"])
-    return _build(
-        extra, t["weight"], {"scale": true_div(1.0, t["weight_scale"].float()).reshape(shape)}
-    )
+    return true_div(1.0, t["weight_scale"].float()).reshape(shape)
 
 
-for _name in ("int8", "int4_block", "fp8_e4m3"):
-    WEIGHT_CODECS.register(_name, WeightCodec(_inverse_encode, _inverse_decode))
+def _int8_decode(t: dict[str, torch.Tensor], extra: dict[str, Any]) -> QTensor:
+    return _build(extra, t["weight"], {"scale": _int_decode_scale(t, extra)})
+
+
+WEIGHT_CODECS.register("int8", WeightCodec(_int8_encode, _int8_decode))
+
+
+def pack_int4_rows(codes: torch.Tensor) -> torch.Tensor:
+    """``[out, in]`` int4 codes -> ``[out / 2, in]`` uint8, row ``2i`` in the low nibble.
+
+    The ModelOpt INT4 (W4A16_AWQ / W4A8_AWQ) checkpoint layout: pairs of *output* rows share
+    a byte (``pack_int4_in_uint8`` in NVIDIA/Model-Optimizer
+    ``modelopt/torch/export/quant_utils.py``); TensorRT-LLM reads it as ``weight.T`` of shape
+    ``[in, out / 2]`` (``W4A8_AWQ_LinearMethod`` / ``W4A16_AWQ_LinearMethod`` in
+    NVIDIA/TensorRT-LLM ``tensorrt_llm/_torch/modules/linear.py``).
+    """
+    if codes.ndim != 2 or codes.shape[0] % 2:
+        raise UnsupportedFormatError(
+            f"weight: INT4 checkpoints pack pairs of output rows; shape {tuple(codes.shape)} "
+            "needs a 2-D weight with an even number of rows"
+        )
+    c = codes.to(torch.int16) & 0x0F
+    return (c[0::2] | (c[1::2] << 4)).to(torch.uint8).contiguous()
+
+
+def unpack_int4_rows(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_int4_rows`: int8 codes in [-8, 7], ``[out, in]``."""
+    p = packed.to(torch.int16)
+    rows = torch.stack((p & 0x0F, p >> 4), dim=1).reshape(-1, p.shape[1])
+    return torch.where(rows >= 8, rows - 16, rows).to(torch.int8)
+
+
+def _int4_encode(qt: QTensor) -> dict[str, torch.Tensor]:
+    assert isinstance(qt, INT4BlockQTensor)
+    return {"weight": pack_int4_rows(qt.codes()), "weight_scale": _int_weight_scale(qt)}
+
+
+def _int4_decode(t: dict[str, torch.Tensor], extra: dict[str, Any]) -> QTensor:
+    codes = unpack_int4_rows(t["weight"])
+    return _build(extra, pack_nibbles(codes), {"scale": _int_decode_scale(t, extra)})
+
+
+WEIGHT_CODECS.register("int4_block", WeightCodec(_int4_encode, _int4_decode))
+
+
+def _fp8_encode(qt: QTensor) -> dict[str, torch.Tensor]:
+    # fl(1/m) is the factor our dequantization multiplies the codes by: engines use the same
+    ws = true_div(1.0, qt.scales["scale"].float())
+    return {"weight": qt.data, "weight_scale": _weight_scale_shape(ws, qt).contiguous()}
+
+
+def _fp8_decode(t: dict[str, torch.Tensor], extra: dict[str, Any]) -> QTensor:
+    shape = tuple(extra["scale_shapes"]["scale"])
+    m = decode_fp8_weight_multiplier(t["weight_scale"]).reshape(shape)
+    return _build(extra, t["weight"], {"scale": m})
+
+
+WEIGHT_CODECS.register("fp8_e4m3", WeightCodec(_fp8_encode, _fp8_decode))
 
 
 def _nvfp4_encode(qt: QTensor) -> dict[str, torch.Tensor]:

@@ -2,34 +2,64 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 
 from modeloptim import __version__
-from modeloptim.torch.export.layers import LayerExport, format_kind
+from modeloptim.torch.export.layers import LayerExport
 from modeloptim.torch.export.modelopt_layout import encode_weight
+from modeloptim.torch.export.scales import activation_rule
 from modeloptim.torch.quantization.nn import TensorQuantizer
 from modeloptim.torch.quantization.qtensor import QTensor
 
-__all__ = ["KV_ALGOS", "activation_scale", "modelopt_layer_tensors", "modelopt_quant_configs"]
+__all__ = [
+    "KV_ALGOS",
+    "activation_scale",
+    "modelopt_layer_tensors",
+    "modelopt_quant_configs",
+    "warn_unaligned_int4",
+]
 
 #: KV-cache quantizer kind -> kv_cache_quant_algo.
 KV_ALGOS = {"fp8": "FP8", "nvfp4": "NVFP4"}
-_FP8_MAX = 448.0
 
 
 def activation_scale(q: TensorQuantizer) -> torch.Tensor | None:
-    """Static scale of an activation quantizer as engines use it (``amax / maxbound``).
+    """Static scale of an activation quantizer as engines use it (``≈ amax / maxbound``).
 
-    NVFP4 activations store their global scale ``amax / (6 * 448)``. ``None`` for dynamic
+    FP8 / INT8: the float32 ``s`` with ``fl(1 / s)`` equal to the quantizer's multiplier
+    (:class:`~.scales.ReciprocalRule`; exact after :func:`~.scales.snap_model_scales`).
+    NVFP4 activations store their global scale ``fl(amax / (6 * 448))``. ``None`` for dynamic
     quantizers (per-token FP8, MX).
     """
-    kind = format_kind(q.format)
-    if kind in ("fp8_dyn", "mxfp8", "mxfp4") or q.amax is None:
+    rule = activation_rule(q)
+    if rule is None or q.amax is None:
         return None
-    bound = q.maxbound * (_FP8_MAX if kind == "nvfp4" else 1.0)
-    return (q.amax.float() / bound).reshape(())
+    return rule.encode(q.amax)[0].reshape(())
+
+
+def warn_unaligned_int4(packed: dict[str, QTensor]) -> list[str]:
+    """Warn once about INT4 layers whose group size does not divide ``in_features``.
+
+    Returns:
+        Their names (the last group is zero-padded here; TensorRT-LLM refuses them).
+    """
+    bad = [
+        name
+        for name, qt in packed.items()
+        if qt.format_name == "int4_block" and qt.shape[-1] % qt.meta["block_size"]
+    ]
+    if bad:
+        warnings.warn(
+            f"{len(bad)} layers (e.g. {bad[0]!r}) have in_features that are not a multiple of "
+            "the INT4 group size; their last group is zero-padded here, but TensorRT-LLM "
+            "refuses such W4A16_AWQ/W4A8_AWQ layers",
+            UserWarning,
+            stacklevel=3,
+        )
+    return bad
 
 
 def modelopt_layer_tensors(
@@ -45,12 +75,17 @@ def modelopt_layer_tensors(
         second = spec.weight_stages[1]
         if second.amax is None:
             raise ValueError(f"layer {spec.name!r}: second weight stage has no amax")
-        tensors["weight_scale_2"] = (second.amax.float() / second.maxbound).reshape(())
+        scale_2 = activation_scale(second)  # FP8 per-tensor: amax / 448, reciprocal rule
+        if scale_2 is None:
+            raise ValueError(f"layer {spec.name!r}: second weight stage is not static FP8")
+        tensors["weight_scale_2"] = scale_2
     if spec.input_quantizer is not None:
         scale = activation_scale(spec.input_quantizer)
         if scale is not None:
             tensors["input_scale"] = scale
     if spec.pre_quant_scale is not None:
+        # TensorRT-LLM asserts pre_quant_scale.dtype == the model dtype (W4A8/W4A16 AWQ
+        # load_weights); the layout function casts it with the other float tensors.
         tensors["pre_quant_scale"] = spec.pre_quant_scale.float().reshape(-1).contiguous()
     return tensors, extra
 

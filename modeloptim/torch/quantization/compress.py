@@ -19,7 +19,14 @@ from torch import nn
 from modeloptim.torch.quantization.nn.modules.quant_module import QuantModule
 from modeloptim.torch.quantization.qtensor import QTENSOR_TYPES, QTensor
 
-__all__ = ["CompressedWeight", "compress", "is_compressed", "weight_nbytes"]
+__all__ = [
+    "CompressedWeight",
+    "compress",
+    "compress_layers",
+    "is_compressed",
+    "restore_layers",
+    "weight_nbytes",
+]
 
 _CALLBACKS = "_dm_attribute_callbacks"
 
@@ -119,26 +126,22 @@ def _shared_weight_ids(model: nn.Module) -> set[int]:
     return {i for i, n in seen.items() if n > 1}
 
 
-def compress(model: nn.Module) -> nn.Module:
-    """Pack the weights of every quantized layer in place (``mtq.compress``).
-
-    Layers whose weight quantizer is disabled, and weights shared with another module (tied
-    embeddings), stay in float. All layers are checked before any is changed.
-
-    Args:
-        model: a model quantized with ``mtq.quantize`` (and calibrated).
+def compress_layers(model: nn.Module) -> dict[str, Any]:
+    """Pack every quantized layer's weight in place; the work behind the ``compress`` mode.
 
     Returns:
-        ``model`` itself, with packed weights.
+        Plain-data metadata: for each packed layer, its :meth:`CompressedWeight.
+        get_extra_state` and the shape/dtype of every buffer, so that :func:`restore_layers`
+        can rebuild empty packed weights for ``load_state_dict`` to fill.
 
     Raises:
-        ValueError: the model has no quantized layer, or a layer's format cannot be packed
-            (nothing is changed then).
+        ValueError: no quantized layer, or a layer's format cannot be packed (nothing is
+            changed then).
     """
     from modeloptim.torch.export.packers import leaf_quantizers, pack_weight
 
     shared = _shared_weight_ids(model)
-    plan: list[tuple[QuantModule, QTensor, list[Any]]] = []
+    plan: list[tuple[str, QuantModule, QTensor, list[Any]]] = []
     for name, module in model.named_modules():
         if not isinstance(module, QuantModule) or is_compressed(module):
             continue
@@ -153,12 +156,78 @@ def compress(model: nn.Module) -> nn.Module:
         except ValueError as err:
             raise ValueError(f"model: layer {name!r}: {err}") from None
         used = [q for q in leaf_quantizers(quantizer) if q.is_enabled and q not in rest]
-        plan.append((module, qt, used))
+        plan.append((name, module, qt, used))
     if not plan:
         raise ValueError("model: no quantized layer with an enabled weight quantizer to compress")
-    for module, qt, used in plan:
+    layers: dict[str, Any] = {}
+    for name, module, qt, used in plan:
         compress_layer(module, qt, used)
+        cw = module._modules["weight"]
+        assert isinstance(cw, CompressedWeight)
+        layers[name] = {
+            "extra": cw.get_extra_state(),
+            "buffers": {
+                k: [list(v.shape), str(v.dtype).removeprefix("torch.")]
+                for k, v in cw._buffers.items()
+                if v is not None
+            },
+        }
+    return {"layers": layers}
+
+
+def restore_layers(model: nn.Module, metadata: dict[str, Any]) -> nn.Module:
+    """Give the layers named in ``metadata`` empty packed weights (``load_state_dict`` fills them).
+
+    Raises:
+        ValueError: a named layer is missing, not quantized, or has another weight shape.
+    """
+    from modeloptim.torch.export.packers import leaf_quantizers
+
+    for name, info in metadata["layers"].items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"model: compressed layer {name!r} not found") from None
+        if not isinstance(module, QuantModule):
+            raise ValueError(f"model: compressed layer {name!r} is not a quantized layer")
+        sd = {
+            k: torch.zeros(shape, dtype=getattr(torch, dtype))
+            for k, (shape, dtype) in info["buffers"].items()
+        }
+        extra = info["extra"]
+        qt = QTensor.from_state_dict(sd, extra)
+        weight = module._parameters.get("weight")
+        if weight is None:
+            raise ValueError(f"model: compressed layer {name!r} has no float weight to replace")
+        qt.shape = weight.shape
+        leaves = leaf_quantizers(module._modules.get("weight_quantizer"))
+        stage = int(extra.get("packed_stage", 0))
+        compress_layer(module, qt, leaves[stage : stage + 1])
     return model
+
+
+def compress(model: nn.Module) -> nn.Module:
+    """Pack the weights of every quantized layer in place (``mtq.compress``).
+
+    Recorded as the ``compress`` mode, so ``mto.save`` / ``mto.restore`` give back the
+    packed model. It may follow ``quantize`` / ``calibrate``; nothing (no re-calibration) may
+    follow it. Layers whose weight quantizer is disabled, and weights shared with another
+    module (tied embeddings), stay in float. All layers are checked before any is changed.
+
+    Args:
+        model: a model quantized with ``mtq.quantize`` (and calibrated).
+
+    Returns:
+        ``model`` itself, with packed weights.
+
+    Raises:
+        ValueError: the model has no quantized layer, a layer's format cannot be packed, or
+            the model's last mode may not be followed by ``compress`` (nothing is changed).
+    """
+    from modeloptim.torch.opt.state import apply_mode
+    from modeloptim.torch.quantization import mode as _mode  # noqa: F401  (registers modes)
+
+    return apply_mode(model, [("compress", {})])
 
 
 def weight_nbytes(model: nn.Module) -> int:

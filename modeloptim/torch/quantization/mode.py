@@ -9,6 +9,11 @@ rebuilt exactly on restore. Calibrated tensors (``_amax``, ``_pre_quant_scale``)
 model's ``state_dict``; the quantizers create their buffers when loading.
 
 ``calibrate`` records a re-calibration; it changes only tensors, so its replay does nothing.
+
+``compress`` (:func:`mtq.compress`) packs the quantized weights; its metadata lists the packed
+layers with their buffer shapes, so its replay installs empty packed weights that the saved
+``state_dict`` then fills. It may follow ``quantize`` / ``calibrate``; nothing may follow it
+(a packed weight cannot be re-calibrated).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from modeloptim.torch.quantization.algorithms.registry import (
     AlgorithmConfig,
     calibration_algorithms,
 )
+from modeloptim.torch.quantization.compress import compress_layers, restore_layers
 from modeloptim.torch.quantization.config.quantize import QuantizeConfig
 from modeloptim.torch.quantization.config.quantizer import QuantizerAttributeConfig
 from modeloptim.torch.quantization.conversion import (
@@ -34,11 +40,16 @@ from modeloptim.torch.quantization.conversion import (
 from modeloptim.torch.quantization.nn.modules.sequential_quantizer import SequentialQuantizer
 from modeloptim.torch.quantization.nn.modules.tensor_quantizer import TensorQuantizer
 
-__all__ = ["CalibrateModeConfig", "apply_quantizer_state", "quantizer_state"]
+__all__ = [
+    "CalibrateModeConfig",
+    "CompressModeConfig",
+    "apply_quantizer_state",
+    "quantizer_state",
+]
 
 # Modes that may follow a quantized model. Structural modes (pruning, NAS) may not: they would
 # slice weights under calibrated per-channel amax and scales.
-QUANTIZE_NEXT_MODES = frozenset({"calibrate"})
+QUANTIZE_NEXT_MODES = frozenset({"calibrate", "compress"})
 
 
 def _one_state(q: TensorQuantizer) -> dict[str, Any]:
@@ -140,3 +151,20 @@ class CalibrateModeConfig(BaseModel):
 def convert_calibrate(model: nn.Module, config: BaseModel) -> tuple[nn.Module, dict[str, Any]]:
     """Record a calibration (the work itself is done by :func:`mtq.calibrate`)."""
     return model, {}
+
+
+class CompressModeConfig(BaseModel):
+    """Config of the ``compress`` mode (no options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@MODES.register(
+    "compress",
+    CompressModeConfig,
+    restore=lambda model, cfg, meta: restore_layers(model, meta),
+    next_modes=frozenset(),
+)
+def convert_compress(model: nn.Module, config: BaseModel) -> tuple[nn.Module, dict[str, Any]]:
+    """Replace fake-quantized weights by packed real quantized weights (``mtq.compress``)."""
+    return model, compress_layers(model)
