@@ -159,6 +159,11 @@ def layer_export(name: str, module: nn.Module) -> LayerExport | None:
     """
     if not isinstance(module, QuantModule):
         return None
+    if getattr(module, "weight_transposed", False):
+        raise UnsupportedFormatError(
+            f"layer {name!r}: {type(module).__name__} stores its weight [in, out] (HF Conv1D, "
+            "GPT-2 family); checkpoints are written for nn.Linear-layout layers only"
+        )
     wq = module._modules.get("weight_quantizer")
     leaves = leaf_quantizers(wq)
     stored = module._modules.get("weight")

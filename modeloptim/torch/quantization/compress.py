@@ -151,6 +151,11 @@ def compress_layers(model: nn.Module) -> dict[str, Any]:
             continue
         if id(weight) in shared:
             continue
+        if getattr(module, "weight_transposed", False):
+            raise ValueError(
+                f"model: layer {name!r} stores its weight [in, out] (HF Conv1D); compress packs "
+                "nn.Linear-layout weights only (the model is unchanged)"
+            )
         try:
             qt, rest = pack_weight(quantizer, weight)
         except ValueError as err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,3 +81,21 @@ def test_gpt2_quantizes_every_projection_and_restores() -> None:
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.equal(fresh(x).logits, out)
+
+
+def test_compress_and_export_refuse_conv1d_before_changing_anything(tmp_path: Path) -> None:
+    from modeloptim.torch.export import export_hf_checkpoint
+
+    model = _gpt2()
+    x = torch.randint(0, 128, (2, 16))
+    mtq.quantize(model, copy.deepcopy(mtq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG), _loop(x))
+    with torch.no_grad():
+        before = model(x).logits
+    with pytest.raises(ValueError, match=r"stores its weight \[in, out\]"):
+        mtq.compress(model)
+    with pytest.raises(ValueError, match=r"stores its weight \[in, out\]"):
+        export_hf_checkpoint(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not any(type(m).__name__ == "CompressedWeight" for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, before)
