@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from modeloptim.onnx.ort_utils import Feed, make_session, run_capture
+from modeloptim.onnx.quantization.activation import ActivationType, QParams
 from modeloptim.onnx.quantization.formats import QuantFormat
 from modeloptim.onnx.quantization.qdq import QdqPlan, QdqReport, quantize_weight
 
@@ -43,8 +44,14 @@ def node_sensitivity(
     amax: dict[str, float],
     fmt: QuantFormat,
     feeds: Sequence[Feed],
+    act: ActivationType | None = None,
+    qparams: dict[str, QParams] | None = None,
 ) -> dict[str, float]:
-    """Local relative output error of each planned node when its inputs are quantized."""
+    """Local relative output error of each planned node when its inputs are quantized.
+
+    Activations are fake-quantized with ``act`` and ``qparams`` when given (asymmetric
+    types), else symmetrically from ``amax`` in ``fmt``.
+    """
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -84,8 +91,13 @@ def node_sensitivity(
                 ref_feed[tensor] = base
                 if tensor in quantized:
                     fixed = quantized[tensor]
-                    scale = fmt.scale_from_amax(amax.get(tensor, 0.0))
-                    q_feed[tensor] = fixed if fixed is not None else _act_fq(fmt, base, scale)
+                    if fixed is not None:
+                        q_feed[tensor] = fixed
+                    elif act is not None and qparams is not None and tensor in qparams:
+                        q_feed[tensor] = act.fake_quantize(base, *qparams[tensor])
+                    else:
+                        scale = fmt.scale_from_amax(amax.get(tensor, 0.0))
+                        q_feed[tensor] = _act_fq(fmt, base, scale)
                 else:
                     q_feed[tensor] = base
             ref = session.run(None, ref_feed)
