@@ -107,4 +107,3 @@ def fold_conv_affine(model: onnx.ModelProto) -> int:
         del graph.node[:]
         graph.node.extend(kept)
     return folded
-

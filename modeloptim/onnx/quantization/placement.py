@@ -106,3 +106,109 @@ def add_output_qdq(
         uses.extend(u for u in consumers[tensor] if (u[0].name, u[1]) not in known)
         added.append(tensor)
     return added
+
+
+RangeRule = Callable[["onnx.NodeProto", dict[str, float]], tuple[float, float]]
+
+
+class ReaderRanges:
+    """op type -> the input range outside which the op's output no longer changes.
+
+    A tensor read only by such ops can be quantized over the intersection of its calibrated
+    range with the union of these ranges at no cost: e.g. HardSwish is 0 below -3, so the
+    Q in front of it need not spend levels on ``[-100, -3]``.
+    """
+
+    def __init__(self) -> None:
+        self._rules: dict[str, RangeRule] = {}
+
+    def register(self, *op_types: str) -> Callable[[RangeRule], RangeRule]:
+        """Decorator registering a rule for ``op_types``."""
+
+        def deco(fn: RangeRule) -> RangeRule:
+            for op in op_types:
+                self._rules[op] = fn
+            return fn
+
+        return deco
+
+    def live_range(
+        self, node: onnx.NodeProto, consts: dict[str, float]
+    ) -> tuple[float, float] | None:
+        """Input range that reaches ``node``'s output, or None if unknown / unbounded."""
+        rule = self._rules.get(node.op_type)
+        return rule(node, consts) if rule and not node.domain else None
+
+
+READER_RANGES = ReaderRanges()
+_INF = float("inf")
+
+
+@READER_RANGES.register("HardSwish")
+def _hardswish_range(node, consts) -> tuple[float, float]:
+    return -3.0, _INF
+
+
+@READER_RANGES.register("Relu")
+def _relu_range(node, consts) -> tuple[float, float]:
+    return 0.0, _INF
+
+
+@READER_RANGES.register("HardSigmoid")
+def _hardsigmoid_range(node, consts) -> tuple[float, float]:
+    attrs = {a.name: a.f for a in node.attribute}
+    alpha, beta = attrs.get("alpha", 0.2), attrs.get("beta", 0.5)
+    if alpha <= 0:
+        return -_INF, _INF
+    return -beta / alpha, (1.0 - beta) / alpha
+
+
+@READER_RANGES.register("Clip")
+def _clip_range(node, consts) -> tuple[float, float]:
+    lo = consts.get(node.input[1], -_INF) if len(node.input) > 1 and node.input[1] else -_INF
+    hi = consts.get(node.input[2], _INF) if len(node.input) > 2 and node.input[2] else _INF
+    return lo, hi
+
+
+def narrow_ranges(
+    model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]
+) -> dict[str, tuple[float, float]]:
+    """Intersect each calibrated range with what its readers can see (:data:`READER_RANGES`).
+
+    Only tensors that every reader clamps (and that are not graph outputs) change.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    consts = {
+        i.name: float(numpy_helper.to_array(i).reshape(-1)[0])
+        for i in graph.initializer
+        if np_size(i) == 1
+    }
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    out = dict(ranges)
+    for tensor, (lo, hi) in ranges.items():
+        nodes = readers.get(tensor, [])
+        if tensor in outputs or not nodes:
+            continue
+        live = [READER_RANGES.live_range(n, consts) for n in nodes]
+        if any(r is None for r in live):
+            continue
+        need_lo = min(r[0] for r in live if r is not None)
+        need_hi = max(r[1] for r in live if r is not None)
+        new_lo, new_hi = max(lo, need_lo), min(hi, need_hi)
+        if new_lo < new_hi:
+            out[tensor] = (new_lo, new_hi)
+    return out
+
+
+def np_size(tensor: onnx.TensorProto) -> int:
+    """Number of elements of an initializer."""
+    size = 1
+    for d in tensor.dims:
+        size *= d
+    return size

@@ -11,6 +11,7 @@ from typing import Any
 
 from modeloptim.onnx import fold_affine
 from modeloptim.onnx.calib_data import make_feeds
+from modeloptim.onnx.fuse_activations import fuse_hardswish
 from modeloptim.onnx.model_io import default_output_path, load_model, save_model_atomic
 from modeloptim.onnx.ort_utils import float_tensor_names, run_capture
 from modeloptim.onnx.quantization.activation import ACTIVATION_TYPES
@@ -23,7 +24,7 @@ from modeloptim.onnx.quantization.int4 import (
     plan_int4,
 )
 from modeloptim.onnx.quantization.int4_graph import apply_int4
-from modeloptim.onnx.quantization.placement import add_output_qdq
+from modeloptim.onnx.quantization.placement import add_output_qdq, narrow_ranges
 from modeloptim.onnx.quantization.qdq import (
     DEFAULT_OP_TYPES,
     QdqPlan,
@@ -31,7 +32,11 @@ from modeloptim.onnx.quantization.qdq import (
     apply_qdq,
     plan_qdq,
 )
-from modeloptim.onnx.quantization.sensitivity import drop_sensitive, node_sensitivity
+from modeloptim.onnx.quantization.sensitivity import (
+    drop_sensitive,
+    node_sensitivity,
+    output_sensitivity,
+)
 from modeloptim.onnx.sanitize import default_opset, remove_unused_initializers, sanitize
 
 _LOG = logging.getLogger(__name__)
@@ -39,6 +44,7 @@ _LOG = logging.getLogger(__name__)
 QUANTIZE_MODES = ("int8", "fp8", "int4")
 HIGH_PRECISION_DTYPES = ("fp32", "fp16", "bf16")
 QDQ_PLACEMENTS = ("units", "inputs")
+SENSITIVITY_METRICS = ("local", "output")
 DEFAULT_METHOD = {"int8": "max", "fp8": "max", "int4": "awq_clip"}
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 # Oldest opset we upgrade from: the version converter is unreliable below it.
@@ -58,6 +64,7 @@ class QuantizeResult:
     notes: list[str] = field(default_factory=list)
     input_bytes: int = 0
     output_bytes: int = 0
+    sensitivity: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""
@@ -102,6 +109,9 @@ def quantize(
     activation_type: str | None = None,
     qdq_placement: str = "units",
     fold_conv_affine: bool = True,
+    fuse_activations: bool = True,
+    sensitivity_metric: str = "local",
+    sensitivity_samples: int = 4,
 ) -> QuantizeResult:
     """Quantize an ONNX model and write the result next to it (or to ``output_path``).
 
@@ -136,6 +146,13 @@ def quantize(
             outputs whose runtime kernel needs them (``DQ -> Conv -> Q``, fused into
             ``QLinearConv``; see :mod:`~modeloptim.onnx.quantization.placement`);
             ``"inputs"``: on inputs only (the runtime then runs those ops in float).
+        fuse_activations: int8/fp8: rewrite exported activation chains as one op
+            (``x * Clip(x + 3, 0, 6) / 6`` -> ``HardSwish``, opset 14).
+        sensitivity_metric: how ``skip_sensitive_nodes`` ranks nodes: ``"local"`` (the
+            node's own output error with its inputs quantized; fast) or ``"output"`` (the
+            model's output error with that node alone quantized; one onnxruntime session per
+            node, sees how errors propagate to the result).
+        sensitivity_samples: calibration samples used to measure sensitivity.
         fold_conv_affine: int8/fp8: fold constant ``Mul``/``Add`` after a Conv into its
             weight and bias first (what onnxruntime does to the float model).
 
@@ -148,6 +165,15 @@ def quantize(
             f"skip_sensitive_nodes: expected a non-negative int, got {skip_sensitive_nodes!r}"
         )
     act_name = _validate_activation(quantize_mode, activation_type)
+    if sensitivity_metric not in SENSITIVITY_METRICS:
+        raise ValueError(
+            f"sensitivity_metric: unknown {sensitivity_metric!r}, expected one of "
+            f"{list(SENSITIVITY_METRICS)}"
+        )
+    if not isinstance(sensitivity_samples, int) or sensitivity_samples < 1:
+        raise ValueError(
+            f"sensitivity_samples: expected a positive int, got {sensitivity_samples!r}"
+        )
     if qdq_placement not in QDQ_PLACEMENTS:
         raise ValueError(
             f"qdq_placement: unknown {qdq_placement!r}, expected one of {list(QDQ_PLACEMENTS)}"
@@ -189,6 +215,10 @@ def quantize(
         if fold_conv_affine:
             folded = fold_affine.fold_conv_affine(model)
             result.notes.append(f"folded {folded} constant Mul/Add into the preceding Conv")
+        if fuse_activations:
+            model, fused = fuse_hardswish(model)
+            result.notes.append(f"rewrote {fused} x*Clip(x+3,0,6)/6 chains as HardSwish")
+            result.opset = default_opset(model)
         report = QdqReport()
         _quantize_qdq(
             model,
@@ -201,6 +231,8 @@ def quantize(
                 skip_sensitive_nodes,
                 act_name,
                 qdq_placement,
+                sensitivity_metric,
+                sensitivity_samples,
             ),
             feeds or [],
             report,
@@ -234,6 +266,8 @@ class QdqOptions:
     skip_sensitive_nodes: int
     activation_type: str
     placement: str
+    sensitivity_metric: str = "local"
+    sensitivity_samples: int = 4
 
 
 def _quantize_qdq(model, opts: QdqOptions, feeds, report: QdqReport, result) -> None:
@@ -255,10 +289,24 @@ def _quantize_qdq(model, opts: QdqOptions, feeds, report: QdqReport, result) -> 
     calib = run_calibration(
         model, [*plan.activation_names(), *candidates], feeds, opts.method, opts.percentile
     )
-    ranges = calib.ranges()
+    ranges = narrow_ranges(model, calib.ranges())
     qparams = {t: act.params(lo, hi) for t, (lo, hi) in ranges.items()}
     if opts.skip_sensitive_nodes:
-        scores = node_sensitivity(model, plan, calib.amax(), fmt, feeds[:4], act, qparams)
+        if opts.sensitivity_metric == "output":
+
+            def quantize_only(copy, sub: QdqPlan) -> None:
+                if units:
+                    add_output_qdq(copy, sub, fold_act)
+                apply_qdq(copy, sub, calib.amax(), fmt, QdqReport(), qparams)
+
+            scores = output_sensitivity(
+                model, plan, quantize_only, feeds[: opts.sensitivity_samples]
+            )
+        else:
+            scores = node_sensitivity(
+                model, plan, calib.amax(), fmt, feeds[: opts.sensitivity_samples], act, qparams
+            )
+        result.sensitivity = scores
         worst = drop_sensitive(plan, scores, opts.skip_sensitive_nodes, report)
         result.notes.append(f"kept float (most sensitive): {worst}")
     if units:

@@ -9,7 +9,7 @@ error of its outputs, ``||y_q - y|| / ||y||``. The ``count`` worst nodes stay fl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -132,3 +132,53 @@ def drop_sensitive(
     }
     plan.nodes = [n for n in plan.nodes if n not in drop]
     return worst
+
+
+def output_sensitivity(
+    model: onnx.ModelProto,
+    plan: QdqPlan,
+    quantize_only: Callable[[onnx.ModelProto, QdqPlan], None],
+    feeds: Sequence[Feed],
+    progress: str | None = "output sensitivity",
+) -> dict[str, float]:
+    """End-to-end sensitivity: the model's output error with one planned node quantized.
+
+    For every node in ``plan``, a copy of ``model`` gets the Q/DQ of that node alone (by
+    ``quantize_only(copy, sub_plan)``, which must insert them in place) and runs on
+    ``feeds``; the score is the relative L2 error of all graph outputs against the float
+    model, ``||y_q - y|| / ||y||``. Unlike the local score this sees how an error propagates
+    to the result (e.g. a detection head's probability map, a recognizer's logits).
+    """
+    import onnx
+    from tqdm.auto import tqdm
+
+    ref_session = make_session(model)
+    refs = [ref_session.run(None, f) for f in feeds]
+    scores: dict[str, float] = {}
+    for name in tqdm(plan.nodes, desc=progress, disable=progress is None):
+        sub = QdqPlan(
+            {
+                t: kept
+                for t, uses in plan.activations.items()
+                if (kept := [(n, i) for n, i in uses if n.name == name])
+            },
+            [w for w in plan.weights if w[0].name == name],
+            [name],
+        )
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        nodes = {n.name: n for n in copy.graph.node}
+        # The plan refers to ``model``'s node objects: point it at the copy's.
+        sub.activations = {
+            t: [(nodes[n.name], i) for n, i in u] for t, u in sub.activations.items()
+        }
+        sub.weights = [(nodes[n.name], i, a) for n, i, a in sub.weights]
+        quantize_only(copy, sub)
+        session = make_session(copy)
+        num = den = 0.0
+        for feed, ref in zip(feeds, refs, strict=True):
+            for r, g in zip(ref, session.run(None, feed), strict=True):
+                num += float(np.sum((np.asarray(g, np.float64) - r) ** 2))
+                den += float(np.sum(np.asarray(r, np.float64) ** 2))
+        scores[name] = float(np.sqrt(num / den)) if den > 0 else 0.0
+    return scores
