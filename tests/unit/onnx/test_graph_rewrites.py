@@ -64,7 +64,8 @@ def test_fuse_hardswish_rewrites_the_chain_and_upgrades_opset():
     model = make_model(nodes, [fvi("x", [64])], [fvi("z", [64])], consts, opset=13)
     x = np.linspace(-6, 6, 64, dtype=np.float32)
     model, count = fuse_hardswish(model)
-    assert count == 1 and default_opset(model) == 14
+    assert count == 1
+    assert default_opset(model) == 14
     assert [n.op_type for n in model.graph.node] == ["HardSwish", "Add"]
     got = run(model, {"x": x}, optimize=False)[0]
     np.testing.assert_allclose(got, hardswish_reference(x) + 3.0, rtol=0, atol=1e-5)
@@ -83,4 +84,6 @@ def test_fuse_hardswish_leaves_other_chains():
     ]
     model = make_model(nodes, [fvi("x", [8])], [fvi("y", [8])], consts, opset=13)
     model, count = fuse_hardswish(model)
-    assert count == 0 and default_opset(model) == 13 and len(model.graph.node) == 4
+    assert count == 0
+    assert default_opset(model) == 13
+    assert len(model.graph.node) == 4

@@ -16,12 +16,15 @@ from modeloptim.onnx.quantization.calibrators import CALIBRATORS
 from modeloptim.onnx.quantization.placement import narrow_ranges
 from tests.unit.onnx.conftest import fvi, make_model, run
 
+
 def optimized_ops(path, tmp_path) -> collections.Counter:
     """Op types of the graph onnxruntime actually runs (after its QDQ fusions)."""
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(tmp_path / "ort_optimized.onnx")
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+    return collections.Counter(
+        n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node
+    )
 
 
 def _hardswish_nodes(x, out, tag):
@@ -91,7 +94,9 @@ def test_units_placement_runs_integer_convs_in_onnxruntime(cnn_path, tmp_path, a
     assert ops_inputs["Conv"] + ops_inputs["FusedConv"] == 3 - accidental
     # The folded affine and the rewritten HardSwish are in the saved graph.
     saved = collections.Counter(n.op_type for n in onnx.load(units).graph.node)
-    assert saved["HardSwish"] == 1 and saved["Mul"] == 0 and saved["Div"] == 0
+    assert saved["HardSwish"] == 1
+    assert saved["Mul"] == 0
+    assert saved["Div"] == 0
     assert res.opset == 14
     # The integer kernels compute what the QDQ graph says: run it literally (no fusion).
     fused, literal = run(str(units), {"x": x}), run(str(units), {"x": x}, optimize=False)
@@ -109,10 +114,12 @@ def test_relu_folds_into_uint8_q_only(cnn_path, tmp_path):
     model = onnx.load(out)
     q_inputs = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
     # uint8: one Q after the Relu (onnxruntime drops the Relu into it); zero point 0 there.
-    assert "r1" in q_inputs and "b1" not in q_inputs
+    assert "r1" in q_inputs
+    assert "b1" not in q_inputs
     zp = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     q_r1 = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "r1")
-    assert zp[q_r1.input[2]].dtype == np.uint8 and int(zp[q_r1.input[2]]) == 0
+    assert zp[q_r1.input[2]].dtype == np.uint8
+    assert int(zp[q_r1.input[2]]) == 0
     # HardSwish reads the conv2 output: its Q range starts at -3 (below that HardSwish is 0).
     q_c2 = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "c2")
     scale, z = float(zp[q_c2.input[1]]), int(zp[q_c2.input[2]])
@@ -134,9 +141,11 @@ def test_uint8_params_hand_computed_and_match_onnxruntime():
     act = ACTIVATION_TYPES.get("uint8")
     scale, zp = act.params(-1.0, 3.0)
     assert float(scale) == pytest.approx(4.0 / 255.0)
-    assert zp.dtype == np.uint8 and int(zp) == 64  # round(1 / (4/255)) = round(63.75)
+    assert zp.dtype == np.uint8
+    assert int(zp) == 64
     scale0, zp0 = act.params(0.5, 2.0)  # the range is widened to include 0
-    assert int(zp0) == 0 and float(scale0) == pytest.approx(2.0 / 255.0)
+    assert int(zp0) == 0
+    assert float(scale0) == pytest.approx(2.0 / 255.0)
     x = np.linspace(-2, 4, 97, dtype=np.float32).reshape(1, -1)
     nodes = [
         helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
@@ -147,7 +156,8 @@ def test_uint8_params_hand_computed_and_match_onnxruntime():
     got = run(model, {"x": x}, optimize=False)[0]
     np.testing.assert_allclose(act.fake_quantize(x, scale, zp), got, rtol=0, atol=1e-6)
     # Saturation at both ends of [lo, hi], exactly zero at 0.
-    assert got.min() == pytest.approx(-64 * 4 / 255) and got.max() == pytest.approx(191 * 4 / 255)
+    assert got.min() == pytest.approx(-64 * 4 / 255)
+    assert got.max() == pytest.approx(191 * 4 / 255)
 
 
 def test_calibrator_ranges_track_min_and_max():
@@ -160,7 +170,8 @@ def test_calibrator_ranges_track_min_and_max():
     for p in (0, 1):
         pct.observe("t", values, p)
     lo, hi = pct.ranges()["t"]
-    assert lo == -0.5 and hi < 2.0  # the outlier is clipped, the low side stays observed
+    assert lo == -0.5
+    assert hi < 2.0
 
 
 def test_narrow_ranges_only_when_every_reader_clamps():

@@ -138,7 +138,8 @@ def test_fanout_shares_one_q_and_residual_add_is_left_alone(tmp_path):
     q_nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert sorted(n.input[0] for n in q_nodes) == ["a", "b", "x"]
     add = next(n for n in model.graph.node if n.name == "residual")
-    assert add.input[0].endswith("_dq") and add.input[1] == "x"
+    assert add.input[0].endswith("_dq")
+    assert add.input[1] == "x"
     out2 = str(tmp_path / "fan_q2.onnx")
     quantize(
         path,
