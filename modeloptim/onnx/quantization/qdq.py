@@ -1,7 +1,9 @@
 """QuantizeLinear/DequantizeLinear placement for INT8 and FP8 post-training quantization.
 
 Placement follows what a TensorRT-style backend fuses: the *inputs* of compute ops (Conv,
-ConvTranspose, Gemm, MatMul, and any other op type the user lists) get a Q/DQ pair; weights
+ConvTranspose, Gemm, MatMul, and any other op type the user lists) get a Q/DQ pair (the
+outputs that a runtime needs quantized to fuse ``DQ -> op -> Q`` are added by
+:mod:`modeloptim.onnx.quantization.placement`); weights
 are stored already quantized (per output channel) behind a DequantizeLinear only; a tensor
 read by several quantized ops gets one shared Q/DQ pair (fan-out); residual ``Add`` inputs
 are only quantized when ``Add`` is asked for explicitly. Which inputs of an op are
