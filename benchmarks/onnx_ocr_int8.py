@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--skip-sensitive", type=int, default=None)
+    ap.add_argument("--det-method", default="max", help="det calibration method")
+    ap.add_argument("--rec-method", default="max", help="rec calibration method")
     args = ap.parse_args()
     lines = text_lines()
     order = np.random.default_rng(0).permutation(len(lines))
@@ -50,7 +52,9 @@ def main() -> None:
     for k, text in enumerate(calib):
         fp32.read(render_line(text, k))
     fp32.recording = False
-    kw = {} if args.skip_sensitive is None else {"skip_sensitive": args.skip_sensitive}
+    kw: dict = {"calibration_methods": {"det": args.det_method, "rec": args.rec_method}}
+    if args.skip_sensitive is not None:
+        kw["skip_sensitive"] = args.skip_sensitive
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         paths = quantize_ocr_int8(fp32.det_inputs, fp32.rec_inputs, tmp, **kw)

@@ -176,10 +176,11 @@ def quantize_ocr_int8(
     skip_sensitive: int | None = None,
     sensitivity_metric: str = "output",
     sensitivity_samples: int = 4,
+    calibration_methods: dict[str, str] | None = None,
 ) -> dict[str, pathlib.Path]:
     """INT8 recipe for PP-OCRv4 det + rec for onnxruntime CPU: returns the quantized paths.
 
-    Both models: ``max`` calibration, uint8 asymmetric activations with per-channel int8
+    Both models: ``max`` calibration (or ``calibration_methods[key]``), uint8 asymmetric activations with per-channel int8
     weights (onnxruntime's U8S8 kernels), ``DQ -> Conv -> Q`` node units (every Conv runs as
     ``QLinearConv``), and the nodes whose quantization alone changes the model's output most
     (measured with onnxruntime, ``sensitivity_metric``) kept float: ``skip_sensitive`` per
@@ -195,7 +196,7 @@ def quantize_ocr_int8(
             paths[key],
             "int8",
             calibration_data=list(calib),
-            calibration_method="max",
+            calibration_method=(calibration_methods or {}).get(key, "max"),
             output_path=out / f"{key}.int8.onnx",
             activation_type="uint8",
             skip_sensitive_nodes=(
