@@ -184,7 +184,8 @@ def quantize_ocr_int8(
     activations with per-channel int8 weights (onnxruntime's U8S8 kernels), ``DQ -> Conv -> Q``
     node units (every Conv runs as ``QLinearConv``), and the nodes whose quantization alone
     changes the model's output most (measured with onnxruntime, ``sensitivity_metric``) kept
-    float: ``skip_sensitive`` per model, default :data:`OCR_SKIP_SENSITIVE`. No node is excluded by name or position.
+    float: ``skip_sensitive`` per model, default :data:`OCR_SKIP_SENSITIVE`. No node is
+    excluded by name or position.
     """
     from modeloptim.onnx.quantization import quantize
 
