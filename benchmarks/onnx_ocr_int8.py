@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--skip-sensitive", type=int, default=None)
+    ap.add_argument("--sensitivity-samples", type=int, default=4)
     ap.add_argument("--det-method", default="max", help="det calibration method")
     ap.add_argument("--rec-method", default="max", help="rec calibration method")
     args = ap.parse_args()
@@ -52,7 +53,10 @@ def main() -> None:
     for k, text in enumerate(calib):
         fp32.read(render_line(text, k))
     fp32.recording = False
-    kw: dict = {"calibration_methods": {"det": args.det_method, "rec": args.rec_method}}
+    kw: dict = {
+        "calibration_methods": {"det": args.det_method, "rec": args.rec_method},
+        "sensitivity_samples": args.sensitivity_samples,
+    }
     if args.skip_sensitive is not None:
         kw["skip_sensitive"] = args.skip_sensitive
     with tempfile.TemporaryDirectory() as tmp:
