@@ -289,7 +289,14 @@ def _quantize_qdq(model, opts: QdqOptions, feeds, report: QdqReport, result) -> 
     calib = run_calibration(
         model, [*plan.activation_names(), *candidates], feeds, opts.method, opts.percentile
     )
-    ranges = narrow_ranges(model, calib.ranges())
+    ranges = calib.ranges()
+    # Output Qs exist for the runtime's fusion and feed float ops: keep their full observed
+    # range (histogram methods clipping a Conv output measured magika 0.807 -> 0.0 agreement).
+    inputs = set(plan.activation_names())
+    ranges.update(
+        {t: (calib.low[t], calib.high[t]) for t in candidates if t not in inputs and t in calib.low}
+    )
+    ranges = narrow_ranges(model, ranges)
     qparams = {t: act.params(lo, hi) for t, (lo, hi) in ranges.items()}
     if opts.skip_sensitive_nodes:
         if opts.sensitivity_metric == "output":
