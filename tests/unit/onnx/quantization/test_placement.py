@@ -246,3 +246,34 @@ def test_bad_new_options_raise_before_writing(cnn_path, tmp_path, kwargs, match)
         quantize(cnn_path, calibration_data=_data(2), output_path=out, **kwargs)
     assert not out.exists()
     assert cnn_path.read_bytes() == before
+
+
+def test_output_q_keeps_full_range_with_histogram_calibration(cnn_path, tmp_path):
+    x = _data()
+    out = tmp_path / "p.onnx"
+    quantize(
+        cnn_path,
+        "int8",
+        calibration_data=x,
+        calibration_method="percentile",
+        percentile=50.0,  # clips the inputs of the Convs hard
+        activation_type="uint8",
+        output_path=out,
+    )
+    model = onnx.load(out)
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    q_c2 = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "c2")
+    scale, zp = float(values[q_c2.input[1]]), int(values[q_c2.input[2]])
+    c2_max = _float_max(cnn_path, x, "c2")
+    # The Conv output's Q only exists for the QLinearConv fusion: its top is the observed max.
+    assert (255 - zp) * scale == pytest.approx(c2_max, rel=0.01)
+    q_r1 = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "r1")
+    r1_top = (255 - int(values[q_r1.input[2]])) * float(values[q_r1.input[1]])
+    assert r1_top < 0.9 * _float_max(cnn_path, x, "r1")  # a Conv input: clipped by percentile
+
+
+def _float_max(path, x, tensor):
+    from modeloptim.onnx.ort_utils import with_outputs
+
+    model = with_outputs(onnx.load(path), [tensor])
+    return float(run(model, {"x": x})[0].max())
