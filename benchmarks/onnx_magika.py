@@ -37,16 +37,22 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         variants = {"fp32": str(src)}
-        for mode, method in (("int8", "entropy"), ("int8", "max"), ("fp8", "max")):
+        for mode, method, act in (
+            ("int8", "entropy", "int8"),
+            ("int8", "max", "int8"),
+            ("int8", "max", "uint8"),
+            ("fp8", "max", "fp8"),
+        ):
             res = quantize(
                 src,
                 mode,
                 calibration_data=calib,
                 calibration_method=method,
-                output_path=Path(tmp) / f"{mode}_{method}.onnx",
+                output_path=Path(tmp) / f"{mode}_{method}_{act}.onnx",
                 calibration_batch_size=16,
+                activation_type=act,
             )
-            variants[f"{mode} ({method})"] = res.output_path
+            variants[f"{mode} ({method}, {act} activations)"] = res.output_path
         ac = convert_to_mixed_precision(
             src, "fp16", reference_data=calib, output_path=Path(tmp) / "fp16.onnx"
         )

@@ -54,17 +54,32 @@ class Calibrator:
 
     def __init__(self, **_: Any) -> None:
         self.absmax: dict[str, float] = {}
+        self.low: dict[str, float] = {}
+        self.high: dict[str, float] = {}
 
     def observe(self, name: str, value: np.ndarray, pass_index: int = 0) -> None:
         """Record one captured tensor (any shape) in pass ``pass_index``."""
         if pass_index == 0 and value.size:
-            peak = float(np.max(np.abs(value.astype(np.float32, copy=False))))
-            if np.isfinite(peak):
-                self.absmax[name] = max(self.absmax.get(name, 0.0), peak)
+            v = value.astype(np.float32, copy=False)
+            lo, hi = float(np.min(v)), float(np.max(v))
+            if np.isfinite(lo) and np.isfinite(hi):
+                self.low[name] = min(self.low.get(name, lo), lo)
+                self.high[name] = max(self.high.get(name, hi), hi)
+                self.absmax[name] = max(-self.low[name], self.high[name], 0.0)
 
     def amax(self) -> dict[str, float]:
         """Return the calibrated amax per tensor."""
         return dict(self.absmax)
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """Calibrated ``(lo, hi)`` per tensor: the observed min/max clipped to ``[-amax, amax]``.
+
+        Asymmetric activation types use this; for ``max`` it is the observed min and max.
+        """
+        return {
+            name: (max(self.low[name], -peak), min(self.high[name], peak))
+            for name, peak in self.amax().items()
+        }
 
 
 @CALIBRATORS.register("max")

@@ -41,6 +41,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--matmul-nbits", action="store_true", help="int4: write onnxruntime MatMulNBits"
     )
     parser.add_argument("--batch-size", type=int, default=1, help="calibration batch size")
+    parser.add_argument(
+        "--activation-type",
+        default=None,
+        choices=["int8", "uint8", "fp8"],
+        help="int8 mode: int8 (symmetric, TensorRT) or uint8 (asymmetric, onnxruntime CPU)",
+    )
+    parser.add_argument(
+        "--placement",
+        dest="qdq_placement",
+        default="units",
+        choices=["units", "inputs"],
+        help="units: DQ -> op -> Q that runtimes fuse (default); inputs: Q/DQ on inputs only",
+    )
+    parser.add_argument(
+        "--skip-sensitive",
+        type=int,
+        default=0,
+        help="keep this many most sensitive nodes (measured) in float",
+    )
+    parser.add_argument(
+        "--sensitivity-metric",
+        default="local",
+        choices=["local", "output"],
+        help="rank nodes by their own output error (local) or the model's (output)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -60,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
         block_size=args.block_size,
         use_matmul_nbits=args.matmul_nbits,
         calibration_batch_size=args.batch_size,
+        activation_type=args.activation_type,
+        qdq_placement=args.qdq_placement,
+        skip_sensitive_nodes=args.skip_sensitive,
+        sensitivity_metric=args.sensitivity_metric,
     )
     rows = {
         "output": result.output_path,

@@ -1,7 +1,9 @@
 """QuantizeLinear/DequantizeLinear placement for INT8 and FP8 post-training quantization.
 
 Placement follows what a TensorRT-style backend fuses: the *inputs* of compute ops (Conv,
-ConvTranspose, Gemm, MatMul, and any other op type the user lists) get a Q/DQ pair; weights
+ConvTranspose, Gemm, MatMul, and any other op type the user lists) get a Q/DQ pair (the
+outputs that a runtime needs quantized to fuse ``DQ -> op -> Q`` are added by
+:mod:`modeloptim.onnx.quantization.placement`); weights
 are stored already quantized (per output channel) behind a DequantizeLinear only; a tensor
 read by several quantized ops gets one shared Q/DQ pair (fan-out); residual ``Add`` inputs
 are only quantized when ``Add`` is asked for explicitly. Which inputs of an op are
@@ -241,8 +243,14 @@ def apply_qdq(
     amax: dict[str, float],
     fmt: QuantFormat,
     report: QdqReport,
+    qparams: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> None:
-    """Insert the planned Q/DQ nodes into ``model`` (in place)."""
+    """Insert the planned Q/DQ nodes into ``model`` (in place).
+
+    Activation scales come from ``qparams`` (tensor -> ``(scale, zero_point)`` 0-d arrays,
+    see :mod:`modeloptim.onnx.quantization.activation`) when given, else symmetric from
+    ``amax`` in ``fmt``.
+    """
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -262,13 +270,21 @@ def apply_qdq(
 
     for tensor, uses in plan.activations.items():
         peak = amax.get(tensor)
-        if peak is None or not np.isfinite(peak):
+        if peak is None or not np.isfinite(peak) or (qparams is not None and tensor not in qparams):
             for node, _ in uses:
                 report.skipped.setdefault(node.name, f"no calibration range for {tensor!r}")
             continue
         scale_name = _unique(f"{tensor}_scale", taken)
-        new_inits.append(numpy_helper.from_array(fmt.scale_from_amax(peak).reshape(()), scale_name))
-        zp_name = zero_point(tensor, ())
+        if qparams is None:
+            new_inits.append(
+                numpy_helper.from_array(fmt.scale_from_amax(peak).reshape(()), scale_name)
+            )
+            zp_name = zero_point(tensor, ())
+        else:
+            scale, zp = qparams[tensor]
+            new_inits.append(numpy_helper.from_array(scale.reshape(()), scale_name))
+            zp_name = _unique(f"{tensor}_zero_point", taken)
+            new_inits.append(numpy_helper.from_array(zp.reshape(()), zp_name))
         q_out, dq_out = _unique(f"{tensor}_quantized", taken), _unique(f"{tensor}_dq", taken)
         q = helper.make_node(
             "QuantizeLinear",

@@ -9,10 +9,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modeloptim.onnx import fold_affine
 from modeloptim.onnx.calib_data import make_feeds
+from modeloptim.onnx.fuse_activations import fuse_hardswish
 from modeloptim.onnx.model_io import default_output_path, load_model, save_model_atomic
 from modeloptim.onnx.ort_utils import float_tensor_names, run_capture
-from modeloptim.onnx.quantization.calibrators import CALIBRATORS
+from modeloptim.onnx.quantization.activation import ACTIVATION_TYPES
+from modeloptim.onnx.quantization.calibrators import CALIBRATORS, Calibrator
 from modeloptim.onnx.quantization.formats import FORMATS
 from modeloptim.onnx.quantization.int4 import (
     DEFAULT_INT4_OP_TYPES,
@@ -21,14 +24,27 @@ from modeloptim.onnx.quantization.int4 import (
     plan_int4,
 )
 from modeloptim.onnx.quantization.int4_graph import apply_int4
-from modeloptim.onnx.quantization.qdq import DEFAULT_OP_TYPES, QdqReport, apply_qdq, plan_qdq
-from modeloptim.onnx.quantization.sensitivity import drop_sensitive, node_sensitivity
+from modeloptim.onnx.quantization.placement import add_output_qdq, narrow_ranges
+from modeloptim.onnx.quantization.qdq import (
+    DEFAULT_OP_TYPES,
+    QdqPlan,
+    QdqReport,
+    apply_qdq,
+    plan_qdq,
+)
+from modeloptim.onnx.quantization.sensitivity import (
+    drop_sensitive,
+    node_sensitivity,
+    output_sensitivity,
+)
 from modeloptim.onnx.sanitize import default_opset, remove_unused_initializers, sanitize
 
 _LOG = logging.getLogger(__name__)
 
 QUANTIZE_MODES = ("int8", "fp8", "int4")
 HIGH_PRECISION_DTYPES = ("fp32", "fp16", "bf16")
+QDQ_PLACEMENTS = ("units", "inputs")
+SENSITIVITY_METRICS = ("local", "output")
 DEFAULT_METHOD = {"int8": "max", "fp8": "max", "int4": "awq_clip"}
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 # Oldest opset we upgrade from: the version converter is unreliable below it.
@@ -48,6 +64,7 @@ class QuantizeResult:
     notes: list[str] = field(default_factory=list)
     input_bytes: int = 0
     output_bytes: int = 0
+    sensitivity: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""
@@ -89,6 +106,12 @@ def quantize(
     upgrade_opset: bool = True,
     disable_mha_qdq: bool = False,
     skip_sensitive_nodes: int = 0,
+    activation_type: str | None = None,
+    qdq_placement: str = "units",
+    fold_conv_affine: bool = True,
+    fuse_activations: bool = True,
+    sensitivity_metric: str = "local",
+    sensitivity_samples: int = 4,
 ) -> QuantizeResult:
     """Quantize an ONNX model and write the result next to it (or to ``output_path``).
 
@@ -116,6 +139,22 @@ def quantize(
         disable_mha_qdq: int8/fp8: leave MatMuls between two activations (attention) float.
         skip_sensitive_nodes: int8/fp8: keep this many nodes in float, those whose outputs
             change most (measured with onnxruntime on calibration data) when quantized.
+        activation_type: int8 mode: ``"int8"`` (symmetric, default; TensorRT) or ``"uint8"``
+            (asymmetric; onnxruntime CPU's native U8S8 layout, see
+            :mod:`~modeloptim.onnx.quantization.activation`); fp8 mode: ``"fp8"``.
+        qdq_placement: ``"units"`` (default): Q/DQ on the inputs of quantized ops and on the
+            outputs whose runtime kernel needs them (``DQ -> Conv -> Q``, fused into
+            ``QLinearConv``; see :mod:`~modeloptim.onnx.quantization.placement`);
+            ``"inputs"``: on inputs only (the runtime then runs those ops in float).
+        fuse_activations: int8/fp8: rewrite exported activation chains as one op
+            (``x * Clip(x + 3, 0, 6) / 6`` -> ``HardSwish``, opset 14).
+        sensitivity_metric: how ``skip_sensitive_nodes`` ranks nodes: ``"local"`` (the
+            node's own output error with its inputs quantized; fast) or ``"output"`` (the
+            model's output error with that node alone quantized; one onnxruntime session per
+            node, sees how errors propagate to the result).
+        sensitivity_samples: calibration samples used to measure sensitivity.
+        fold_conv_affine: int8/fp8: fold constant ``Mul``/``Add`` after a Conv into its
+            weight and bias first (what onnxruntime does to the float model).
 
     Returns:
         A :class:`QuantizeResult` with the output path and what was quantized.
@@ -124,6 +163,20 @@ def quantize(
     if not isinstance(skip_sensitive_nodes, int) or skip_sensitive_nodes < 0:
         raise ValueError(
             f"skip_sensitive_nodes: expected a non-negative int, got {skip_sensitive_nodes!r}"
+        )
+    act_name = _validate_activation(quantize_mode, activation_type)
+    if sensitivity_metric not in SENSITIVITY_METRICS:
+        raise ValueError(
+            f"sensitivity_metric: unknown {sensitivity_metric!r}, expected one of "
+            f"{list(SENSITIVITY_METRICS)}"
+        )
+    if not isinstance(sensitivity_samples, int) or sensitivity_samples < 1:
+        raise ValueError(
+            f"sensitivity_samples: expected a positive int, got {sensitivity_samples!r}"
+        )
+    if qdq_placement not in QDQ_PLACEMENTS:
+        raise ValueError(
+            f"qdq_placement: unknown {qdq_placement!r}, expected one of {list(QDQ_PLACEMENTS)}"
         )
     model = load_model(onnx_path)
     fmt = FORMATS.get(quantize_mode)
@@ -159,19 +212,32 @@ def quantize(
         apply_int4(model, targets, block_size, method, feeds, use_matmul_nbits, i4)
         result.quantized_nodes, result.skipped = i4.quantized_nodes, i4.skipped
     else:
+        if fold_conv_affine:
+            folded = fold_affine.fold_conv_affine(model)
+            result.notes.append(f"folded {folded} constant Mul/Add into the preceding Conv")
+        if fuse_activations:
+            model, fused = fuse_hardswish(model)
+            result.notes.append(f"rewrote {fused} x*Clip(x+3,0,6)/6 chains as HardSwish")
+            result.opset = default_opset(model)
         report = QdqReport()
-        op_types = list(op_types_to_quantize or DEFAULT_OP_TYPES)
-        plan = plan_qdq(
-            model, op_types, nodes_to_exclude, float_tensor_names(model), report, disable_mha_qdq
+        _quantize_qdq(
+            model,
+            QdqOptions(
+                list(op_types_to_quantize or DEFAULT_OP_TYPES),
+                nodes_to_exclude,
+                method,
+                percentile,
+                disable_mha_qdq,
+                skip_sensitive_nodes,
+                act_name,
+                qdq_placement,
+                sensitivity_metric,
+                sensitivity_samples,
+            ),
+            feeds or [],
+            report,
+            result,
         )
-        amax = calibrate_activations(
-            model, plan.activation_names(), feeds or [], method, percentile
-        )
-        if skip_sensitive_nodes:
-            scores = node_sensitivity(model, plan, amax, fmt, (feeds or [])[:4])
-            worst = drop_sensitive(plan, scores, skip_sensitive_nodes, report)
-            result.notes.append(f"kept float (most sensitive): {worst}")
-        apply_qdq(model, plan, amax, fmt, report)
         result.quantized_nodes, result.skipped = report.quantized_nodes, report.skipped
     remove_unused_initializers(model)
     if high_precision_dtype != "fp32":
@@ -188,14 +254,102 @@ def quantize(
     return result
 
 
-def calibrate_activations(
+@dataclass(frozen=True)
+class QdqOptions:
+    """The int8/fp8 settings of one :func:`quantize` call."""
+
+    op_types: list[str]
+    nodes_to_exclude: Sequence[str] | None
+    method: str
+    percentile: float
+    disable_mha_qdq: bool
+    skip_sensitive_nodes: int
+    activation_type: str
+    placement: str
+    sensitivity_metric: str = "local"
+    sensitivity_samples: int = 4
+
+
+def _quantize_qdq(model, opts: QdqOptions, feeds, report: QdqReport, result) -> None:
+    """Plan, calibrate and insert Q/DQ for int8/fp8 (``model`` changed in place)."""
+    fmt = FORMATS.get(result.quantize_mode)
+    act = ACTIVATION_TYPES.get(opts.activation_type)
+    plan = plan_qdq(
+        model,
+        opts.op_types,
+        opts.nodes_to_exclude,
+        float_tensor_names(model),
+        report,
+        opts.disable_mha_qdq,
+    )
+    units = opts.placement == "units"
+    fold_act = act.name == "uint8"  # Relu/Clip fold into Q only with an asymmetric range
+    # Calibrate every tensor output placement could add, before sensitivity shrinks the plan.
+    candidates = add_output_qdq(model, _shallow(plan), fold_act) if units else []
+    calib = run_calibration(
+        model, [*plan.activation_names(), *candidates], feeds, opts.method, opts.percentile
+    )
+    ranges = calib.ranges()
+    # Output Qs exist for the runtime's fusion and feed float ops: keep their full observed
+    # range (histogram methods clipping a Conv output measured magika 0.807 -> 0.0 agreement).
+    inputs = set(plan.activation_names())
+    ranges.update(
+        {t: (calib.low[t], calib.high[t]) for t in candidates if t not in inputs and t in calib.low}
+    )
+    ranges = narrow_ranges(model, ranges)
+    qparams = {t: act.params(lo, hi) for t, (lo, hi) in ranges.items()}
+    if opts.skip_sensitive_nodes:
+        if opts.sensitivity_metric == "output":
+
+            def quantize_only(copy, sub: QdqPlan) -> None:
+                if units:
+                    add_output_qdq(copy, sub, fold_act)
+                apply_qdq(copy, sub, calib.amax(), fmt, QdqReport(), qparams)
+
+            scores = output_sensitivity(
+                model, plan, quantize_only, feeds[: opts.sensitivity_samples]
+            )
+        else:
+            scores = node_sensitivity(
+                model, plan, calib.amax(), fmt, feeds[: opts.sensitivity_samples], act, qparams
+            )
+        result.sensitivity = scores
+        worst = drop_sensitive(plan, scores, opts.skip_sensitive_nodes, report)
+        result.notes.append(f"kept float (most sensitive): {worst}")
+    if units:
+        outs = add_output_qdq(model, plan, fold_act)
+        result.notes.append(f"quantized {len(outs)} op outputs (DQ -> op -> Q units)")
+    apply_qdq(model, plan, calib.amax(), fmt, report, qparams)
+    result.notes.append(f"activations: {act.name}")
+
+
+def _shallow(plan: QdqPlan) -> QdqPlan:
+    return QdqPlan(
+        {t: list(u) for t, u in plan.activations.items()}, list(plan.weights), list(plan.nodes)
+    )
+
+
+def _validate_activation(mode: str, activation_type: str | None) -> str:
+    allowed = {"int8": ["int8", "uint8"], "fp8": ["fp8"], "int4": []}[mode]
+    if activation_type is None:
+        return allowed[0] if allowed else ""
+    if activation_type not in allowed:
+        raise ValueError(
+            f"activation_type: {activation_type!r} is not available for quantize_mode={mode!r}, "
+            f"expected one of {allowed}"
+        )
+    return activation_type
+
+
+def run_calibration(
     model, names: Sequence[str], feeds, method: str, percentile: float = 99.99
-) -> dict[str, float]:
-    """Run ``feeds`` through ``model`` and return the calibrated amax of each tensor."""
+) -> Calibrator:
+    """Run ``feeds`` through ``model`` observing ``names``; returns the filled calibrator."""
     kwargs = {"percentile": percentile} if method == "percentile" else {}
     calib = CALIBRATORS.create(method, **kwargs)
+    names = list(dict.fromkeys(names))
     if not names:
-        return {}
+        return calib
     for pass_index in range(calib.passes):
 
         def observe(values, pass_index=pass_index):
@@ -205,4 +359,11 @@ def calibrate_activations(
         run_capture(
             model, names, feeds, observe, progress=f"calibrate {method} pass {pass_index + 1}"
         )
-    return calib.amax()
+    return calib
+
+
+def calibrate_activations(
+    model, names: Sequence[str], feeds, method: str, percentile: float = 99.99
+) -> dict[str, float]:
+    """Run ``feeds`` through ``model`` and return the calibrated amax of each tensor."""
+    return run_calibration(model, names, feeds, method, percentile).amax()

@@ -9,12 +9,13 @@ error of its outputs, ``||y_q - y|| / ||y||``. The ``count`` worst nodes stay fl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from modeloptim.onnx.ort_utils import Feed, make_session, run_capture
+from modeloptim.onnx.quantization.activation import ActivationType, QParams
 from modeloptim.onnx.quantization.formats import QuantFormat
 from modeloptim.onnx.quantization.qdq import QdqPlan, QdqReport, quantize_weight
 
@@ -43,8 +44,14 @@ def node_sensitivity(
     amax: dict[str, float],
     fmt: QuantFormat,
     feeds: Sequence[Feed],
+    act: ActivationType | None = None,
+    qparams: dict[str, QParams] | None = None,
 ) -> dict[str, float]:
-    """Local relative output error of each planned node when its inputs are quantized."""
+    """Local relative output error of each planned node when its inputs are quantized.
+
+    Activations are fake-quantized with ``act`` and ``qparams`` when given (asymmetric
+    types), else symmetrically from ``amax`` in ``fmt``.
+    """
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -84,8 +91,13 @@ def node_sensitivity(
                 ref_feed[tensor] = base
                 if tensor in quantized:
                     fixed = quantized[tensor]
-                    scale = fmt.scale_from_amax(amax.get(tensor, 0.0))
-                    q_feed[tensor] = fixed if fixed is not None else _act_fq(fmt, base, scale)
+                    if fixed is not None:
+                        q_feed[tensor] = fixed
+                    elif act is not None and qparams is not None and tensor in qparams:
+                        q_feed[tensor] = act.fake_quantize(base, *qparams[tensor])
+                    else:
+                        scale = fmt.scale_from_amax(amax.get(tensor, 0.0))
+                        q_feed[tensor] = _act_fq(fmt, base, scale)
                 else:
                     q_feed[tensor] = base
             ref = session.run(None, ref_feed)
@@ -120,3 +132,53 @@ def drop_sensitive(
     }
     plan.nodes = [n for n in plan.nodes if n not in drop]
     return worst
+
+
+def output_sensitivity(
+    model: onnx.ModelProto,
+    plan: QdqPlan,
+    quantize_only: Callable[[onnx.ModelProto, QdqPlan], None],
+    feeds: Sequence[Feed],
+    progress: str | None = "output sensitivity",
+) -> dict[str, float]:
+    """End-to-end sensitivity: the model's output error with one planned node quantized.
+
+    For every node in ``plan``, a copy of ``model`` gets the Q/DQ of that node alone (by
+    ``quantize_only(copy, sub_plan)``, which must insert them in place) and runs on
+    ``feeds``; the score is the relative L2 error of all graph outputs against the float
+    model, ``||y_q - y|| / ||y||``. Unlike the local score this sees how an error propagates
+    to the result (e.g. a detection head's probability map, a recognizer's logits).
+    """
+    import onnx
+    from tqdm.auto import tqdm
+
+    ref_session = make_session(model)
+    refs = [ref_session.run(None, f) for f in feeds]
+    scores: dict[str, float] = {}
+    for name in tqdm(plan.nodes, desc=progress, disable=progress is None):
+        sub = QdqPlan(
+            {
+                t: kept
+                for t, uses in plan.activations.items()
+                if (kept := [(n, i) for n, i in uses if n.name == name])
+            },
+            [w for w in plan.weights if w[0].name == name],
+            [name],
+        )
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        nodes = {n.name: n for n in copy.graph.node}
+        # The plan refers to ``model``'s node objects: point it at the copy's.
+        sub.activations = {
+            t: [(nodes[n.name], i) for n, i in u] for t, u in sub.activations.items()
+        }
+        sub.weights = [(nodes[n.name], i, a) for n, i, a in sub.weights]
+        quantize_only(copy, sub)
+        session = make_session(copy)
+        num = den = 0.0
+        for feed, ref in zip(feeds, refs, strict=True):
+            for r, g in zip(ref, session.run(None, feed), strict=True):
+                num += float(np.sum((np.asarray(g, np.float64) - r) ** 2))
+                den += float(np.sum(np.asarray(r, np.float64) ** 2))
+        scores[name] = float(np.sqrt(num / den)) if den > 0 else 0.0
+    return scores

@@ -73,3 +73,17 @@ def test_python_m_entry_point(tmp_path):
     )
     assert proc.returncode == 2
     assert "no such ONNX file" in proc.stderr
+
+
+def test_onnx_quantize_cli_uint8_units(conv_matmul_model, tmp_path, capsys):
+    path = conv_matmul_model[0]
+    data = tmp_path / "calib.npy"
+    np.save(data, np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32))
+    out = tmp_path / "q8.onnx"
+    args = ["onnx-quantize", path, "--calibration-data", str(data), "--output", str(out)]
+    code = main([*args, "--activation-type", "uint8", "--skip-sensitive", "1", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["details"]["quantized_nodes"]) == 1  # one of conv/mm measured fragile
+    zps = [i for i in onnx.load(out).graph.initializer if i.name.endswith("_zero_point")]
+    assert onnx.TensorProto.UINT8 in {z.data_type for z in zps}

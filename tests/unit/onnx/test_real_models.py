@@ -6,6 +6,8 @@ Full-size figures: ``benchmarks/onnx_ocr_int8.py``, ``benchmarks/onnx_magika.py`
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import onnx
 import pytest
@@ -17,6 +19,19 @@ pytestmark = pytest.mark.slow
 
 def _check(path):
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def _ort_kernels(path) -> collections.Counter:
+    """Op types of the graph onnxruntime runs after its QDQ fusions."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.optimized_model_filepath = str(path) + ".ort.onnx"
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return collections.Counter(
+        n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node
+    )
 
 
 def test_ocr_int8_same_text_as_fp32(tmp_path):
@@ -40,16 +55,25 @@ def test_ocr_int8_same_text_as_fp32(tmp_path):
     for k, text in enumerate(calib):
         fp32.read(render_line(text, k))
     fp32.recording = False
-    paths = quantize_ocr_int8(fp32.det_inputs, fp32.rec_inputs, tmp_path)
+    paths = quantize_ocr_int8(fp32.det_inputs, fp32.rec_inputs, tmp_path, sensitivity_samples=2)
     for path in paths.values():
         _check(path)
+    # onnxruntime runs the int8 models with integer kernels: every Conv but the few kept
+    # float (at most 6 in det, 8 in rec) is a QLinearConv.
+    kernels = {k: _ort_kernels(p) for k, p in paths.items()}
+    for key, convs, kept in (("det", 62, 6), ("rec", 38, 8)):
+        k = kernels[key]
+        assert k["QLinearConv"] + k["Conv"] + k["FusedConv"] == convs, k
+        assert k["QLinearConv"] >= convs - kept, k
+    assert kernels["rec"]["QLinearMatMul"] + kernels["rec"]["MatMulIntegerToFloat"] >= 5
     images = [render_line(text, k) for k, text in enumerate(evaluation)]
     ref = fp32.read_all(images)
     got = OcrPipeline(paths["det"], paths["rec"]).read_all(images)
     rate = exact_match_rate(ref, got)
-    # The issue asks for >= 95%; this recipe measures 92.5% on 200 lines (benchmark), most
-    # mismatches being lines the fp32 model itself misreads. The CI bar is what it reaches.
-    assert rate >= 0.9, [(a, b) for a, b in zip(ref, got, strict=True) if a != b]
+    # The issue asks for >= 95%. On 200 held-out lines (benchmarks/onnx_ocr_int8.py) this
+    # recipe measures 94.0% (int8 == ground truth 95.0%, as often as fp32); these 40 lines
+    # measure >= 95%. The bar leaves one line of margin below that.
+    assert rate >= 0.925, [(a, b) for a, b in zip(ref, got, strict=True) if a != b]
     # Sanity: the fp32 OCR reads most rendered lines correctly, so the comparison is meaningful.
     assert exact_match_rate(evaluation, ref) >= 0.8
     assert {k: file_sha256(p) for k, p in rapidocr_model_paths().items()} == hashes
@@ -78,6 +102,9 @@ def test_magika_int8_and_fp16_agree_with_fp32(tmp_path):
         calibration_method="max",
         output_path=tmp_path / "m8.onnx",
         calibration_batch_size=16,
+        # onnxruntime CPU's U8S8 layout: 0.995 here; symmetric int8 activations with the
+        # Conv's output quantized too (DQ -> Conv -> Q) measure 0.985.
+        activation_type="uint8",
     )
     h = convert_to_mixed_precision(
         path, "fp16", reference_data=calib, output_path=tmp_path / "m16.onnx"

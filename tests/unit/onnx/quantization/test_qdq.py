@@ -118,12 +118,28 @@ def test_fanout_shares_one_q_and_residual_add_is_left_alone(tmp_path):
     onnx.save(_fanout_residual_model(), path)
     x = np.random.default_rng(0).standard_normal((1, 3, 4, 4)).astype(np.float32)
     out = str(tmp_path / "fan_q.onnx")
-    quantize(path, "int8", calibration_data=x, calibration_method="max", output_path=out)
+    quantize(
+        path,
+        "int8",
+        calibration_data=x,
+        calibration_method="max",
+        output_path=out,
+        qdq_placement="inputs",
+    )
     model = onnx.load(out)
     q_nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert [n.input[0] for n in q_nodes] == ["x"]  # one shared Q for both convs
     add = next(n for n in model.graph.node if n.name == "residual")
     assert list(add.input) == ["a", "x"]  # the residual path stays float
+    # Node units: the conv outputs get their Q too, the residual input x still reads float.
+    out_u = str(tmp_path / "fan_u.onnx")
+    quantize(path, "int8", calibration_data=x, calibration_method="max", output_path=out_u)
+    model = onnx.load(out_u)
+    q_nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert sorted(n.input[0] for n in q_nodes) == ["a", "b", "x"]
+    add = next(n for n in model.graph.node if n.name == "residual")
+    assert add.input[0].endswith("_dq")
+    assert add.input[1] == "x"
     out2 = str(tmp_path / "fan_q2.onnx")
     quantize(
         path,
