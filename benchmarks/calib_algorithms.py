@@ -59,6 +59,10 @@ ROWS: dict[str, list[tuple[str, Callable[[], dict[str, Any]]]]] = {
         ("INT4 b128 awq_lite", lambda: _with_algo("INT4_AWQ_CFG", {"method": "awq_lite"})),
         ("INT4 b128 awq_full", lambda: _with_algo("INT4_AWQ_CFG", {"method": "awq_full"})),
         ("INT4 b128 gptq", lambda: _with_algo("INT4_AWQ_CFG", {"method": "gptq"})),
+        (
+            "INT4 b128 gptq one-pass",
+            lambda: _with_algo("INT4_AWQ_CFG", {"method": "gptq", "sequential": False}),
+        ),
     ],
     "int4b64": [
         ("INT4 b64 RTN (max)", lambda: _with_algo("INT4_AWQ_CFG", "max", 64)),
@@ -71,6 +75,10 @@ ROWS: dict[str, list[tuple[str, Callable[[], dict[str, Any]]]]] = {
         ("NVFP4 W4A4 awq_lite", lambda: _with_algo("NVFP4_DEFAULT_CFG", {"method": "awq_lite"})),
         ("NVFP4 W4A4 awq_full", lambda: _with_algo("NVFP4_DEFAULT_CFG", {"method": "awq_full"})),
         ("NVFP4 W4A4 gptq", lambda: _with_algo("NVFP4_DEFAULT_CFG", {"method": "gptq"})),
+        (
+            "NVFP4 W4A4 gptq one-pass",
+            lambda: _with_algo("NVFP4_DEFAULT_CFG", {"method": "gptq", "sequential": False}),
+        ),
     ],
     "ablations": [
         (
@@ -110,6 +118,8 @@ def main() -> None:
     ap.add_argument("--auto-bits", default="4.5,6,8", help="auto_quantize budgets ('' = skip)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--windows", help="torch file {'calib': [n,T], 'eval': [n,T]} of token ids")
+    ap.add_argument("--only", default="", help="keep rows whose label contains one of these")
+    ap.add_argument("--skip", default="", help="drop rows whose label contains one of these")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.threads:
@@ -142,8 +152,12 @@ def main() -> None:
     ]
     print(f"one forward over calibration data: {fwd_s:.2f} s; fp32 perplexity {ppl_fp:.3f}")
 
+    only = [w for w in args.only.split(",") if w]
+    skip = [w for w in args.skip.split(",") if w]
     for group in [g for g in args.rows.split(",") if g]:
         for label, make in ROWS[group]:
+            if (only and not any(w in label for w in only)) or any(w in label for w in skip):
+                continue
             model = copy.deepcopy(base)
             t0 = time.perf_counter()
             mtq.quantize(model, make(), loop)

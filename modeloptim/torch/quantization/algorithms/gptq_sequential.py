@@ -1,0 +1,162 @@
+"""Sequential GPTQ: block by block, each Hessian from the already quantized model's activations.
+
+Steps (``GptqConfig.sequential``, the default):
+
+1. :func:`plan_blocks` finds the repeated blocks (:func:`.blocks.find_block_list`) and assigns
+   every shared-input group of quantized layers to its block (groups outside every block, such
+   as a quantized ``lm_head``, are done at the end);
+2. max calibration runs the forward loop once while :class:`.blocks.BlockInputCapture` records
+   the inputs of block 0 and the other arguments of every block;
+3. for each block ``k``: with ``true_sequential``, for each group in execution order, block
+   ``k`` runs on its cached inputs while a hook accumulates the group's Hessian, and the
+   group's layers are rounded at once — so later groups see the outputs of already rounded
+   layers (q/k/v, then o, then gate/up, then down in a LLaMA layer); otherwise one run of the
+   block (its own weights in full precision) gives all its Hessians. Then the quantized block
+   runs once more and its outputs become block ``k + 1``'s inputs;
+4. groups outside the blocks get their Hessians from one pass of the whole quantized model.
+
+Hessians are summed over data-parallel ranks before each solve, so all ranks round the same
+way and stay in step. Memory: the hidden states entering one block for the whole calibration
+set (``n_tokens x hidden`` floats) plus references to the blocks' other arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import distributed as D
+from .blocks import BlockInputCapture, BlockList, BlockReplayer, find_block_list
+from .gptq import GptqConfig, hessian_hooks, solve_group
+from .gptq_solver import HessianAccumulator
+from .registry import ForwardLoop
+from .sharing import SharedInputGroup
+
+__all__ = ["BlockPlan", "plan_blocks", "sequential_gptq"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Blocks and the groups to solve in each (in execution order), plus the rest."""
+
+    blocks: BlockList
+    per_block: tuple[tuple[SharedInputGroup, ...], ...]
+    outside: tuple[SharedInputGroup, ...]
+
+
+def plan_blocks(model: nn.Module, groups: list[SharedInputGroup]) -> BlockPlan | str:
+    """Assign ``groups`` (in first-run order) to the model's blocks.
+
+    Returns:
+        The plan, or a string saying why the model cannot be processed block by block.
+    """
+    found = find_block_list(model, [m for g in groups for m in g.modules])
+    if isinstance(found, str):
+        return found
+    per_block: list[list[SharedInputGroup]] = [[] for _ in found.blocks]
+    outside: list[SharedInputGroup] = []
+    for g in groups:
+        where = {found.index_of(m) for m in g.modules}
+        if len(where) != 1:
+            return f"layers {g.names} read one tensor but lie in different blocks of {found.name!r}"
+        k = where.pop()
+        (outside if k is None else per_block[k]).append(g)
+    return BlockPlan(found, tuple(tuple(p) for p in per_block), tuple(outside))
+
+
+@contextmanager
+def _weights_unquantized(groups: tuple[SharedInputGroup, ...]) -> Iterator[None]:
+    """Within the context the groups' weight quantizers are off (their float weights run)."""
+    qs = [m.weight_quantizer for g in groups for m in g.modules if m.weight_quantizer.is_enabled]
+    for q in qs:
+        q.disable()
+    try:
+        yield
+    finally:
+        for q in qs:
+            q.enable()
+
+
+def _collect_and_solve(
+    replayer: BlockReplayer, k: int, stage: tuple[SharedInputGroup, ...], cfg: GptqConfig
+) -> None:
+    accs = [HessianAccumulator(g.in_features) for g in stage]
+    handles = hessian_hooks(stage, accs)
+    try:
+        if cfg.true_sequential:
+            replayer.run_block(k)
+        else:
+            with _weights_unquantized(stage):
+                replayer.run_block(k)
+    finally:
+        for h in handles:
+            h.remove()
+    for g, acc in zip(stage, accs, strict=True):
+        solve_group(g, acc, cfg)
+
+
+def _capture(model: nn.Module, forward_loop: ForwardLoop, blocks: BlockList) -> BlockInputCapture:
+    """Max calibration, recording the blocks' inputs in the same pass when it runs one."""
+    from .max import max_calibrate, run_forward_loop
+    from .quant_utils import full_precision
+
+    capture = BlockInputCapture(blocks)
+    with capture:
+        max_calibrate(model, forward_loop, None)
+    if not capture.hidden:  # weight-only configs: max calibration ran no forward pass
+        capture = BlockInputCapture(blocks)
+        with capture, full_precision(model):
+            run_forward_loop(model, forward_loop, "gptq: capture block inputs")
+    return capture
+
+
+def sequential_gptq(
+    model: nn.Module, forward_loop: ForwardLoop, plan: BlockPlan, cfg: GptqConfig
+) -> bool:
+    """Run steps 2-4 of the module docstring.
+
+    Returns:
+        ``False`` (with a logged reason, after max calibration, before any weight changed)
+        when the recorded block calls cannot be replayed; the caller then runs the one-pass
+        algorithm.
+    """
+    capture = _capture(model, forward_loop, plan.blocks)
+    # Every rank must take the same path: one rank's failed capture sends all to one pass.
+    bad = torch.tensor([0.0 if capture.problem is None else 1.0])
+    if float(D.all_reduce_sum(bad)) > 0:
+        logger.warning(
+            "gptq: processing all layers in one pass: %s",
+            capture.problem or "another rank could not replay its blocks",
+        )
+        return False
+    replayer = BlockReplayer(capture)
+    del capture
+    for k in tqdm(range(len(replayer)), desc="gptq blocks", unit="block"):
+        groups = plan.per_block[k]
+        if groups:
+            stages = [(g,) for g in groups] if cfg.true_sequential else [groups]
+            for stage in stages:
+                _collect_and_solve(replayer, k, stage, cfg)
+        if k + 1 < len(replayer):
+            replayer.advance(k)
+    if plan.outside:
+        from .max import run_forward_loop
+
+        accs = [HessianAccumulator(g.in_features) for g in plan.outside]
+        handles = hessian_hooks(plan.outside, accs)
+        try:
+            run_forward_loop(model, forward_loop, "gptq: layers outside the blocks")
+        finally:
+            for h in handles:
+                h.remove()
+        for g, acc in zip(plan.outside, accs, strict=True):
+            solve_group(g, acc, cfg)
+    return True
