@@ -4,16 +4,18 @@ Steps (``GptqConfig.sequential``, the default):
 
 1. :func:`plan_blocks` finds the repeated blocks (:func:`.blocks.find_block_list`) and assigns
    every shared-input group of quantized layers to its block (groups outside every block, such
-   as a quantized ``lm_head``, are done at the end);
+   as a quantized ``lm_head``, are done before or after the blocks, as they run);
 2. max calibration runs the forward loop once while :class:`.blocks.BlockInputCapture` records
-   the inputs of block 0 and the other arguments of every block;
+   the inputs of block 0 and the other arguments of every block (quantized layers that run
+   before the blocks take their Hessians from that full-precision pass, are rounded, and the
+   block inputs are recorded again from one more pass);
 3. for each block ``k``: with ``true_sequential``, for each group in execution order, block
    ``k`` runs on its cached inputs while a hook accumulates the group's Hessian, and the
    group's layers are rounded at once — so later groups see the outputs of already rounded
    layers (q/k/v, then o, then gate/up, then down in a LLaMA layer); otherwise one run of the
    block (its own weights in full precision) gives all its Hessians. Then the quantized block
    runs once more and its outputs become block ``k + 1``'s inputs;
-4. groups outside the blocks get their Hessians from one pass of the whole quantized model.
+4. groups after the blocks get their Hessians from one pass of the whole quantized model.
 
 Hessians are summed over data-parallel ranks before each solve, so all ranks round the same
 way and stay in step. Memory: the hidden states entering one block for the whole calibration
@@ -45,11 +47,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BlockPlan:
-    """Blocks and the groups to solve in each (in execution order), plus the rest."""
+    """Blocks and the groups to solve in each (in execution order), plus the groups outside.
+
+    ``before``: groups outside the blocks that first ran before any block's group (e.g. a
+    quantized input projection); ``after``: the other groups outside (e.g. ``lm_head``).
+    """
 
     blocks: BlockList
     per_block: tuple[tuple[SharedInputGroup, ...], ...]
-    outside: tuple[SharedInputGroup, ...]
+    before: tuple[SharedInputGroup, ...]
+    after: tuple[SharedInputGroup, ...]
 
 
 def plan_blocks(model: nn.Module, groups: list[SharedInputGroup]) -> BlockPlan | str:
@@ -62,14 +69,20 @@ def plan_blocks(model: nn.Module, groups: list[SharedInputGroup]) -> BlockPlan |
     if isinstance(found, str):
         return found
     per_block: list[list[SharedInputGroup]] = [[] for _ in found.blocks]
-    outside: list[SharedInputGroup] = []
-    for g in groups:
+    before: list[SharedInputGroup] = []
+    after: list[SharedInputGroup] = []
+    for g in groups:  # in first-run order
         where = {found.index_of(m) for m in g.modules}
         if len(where) != 1:
             return f"layers {g.names} read one tensor but lie in different blocks of {found.name!r}"
         k = where.pop()
-        (outside if k is None else per_block[k]).append(g)
-    return BlockPlan(found, tuple(tuple(p) for p in per_block), tuple(outside))
+        if k is not None:
+            per_block[k].append(g)
+        elif any(per_block):
+            after.append(g)
+        else:
+            before.append(g)
+    return BlockPlan(found, tuple(tuple(p) for p in per_block), tuple(before), tuple(after))
 
 
 @contextmanager
@@ -103,18 +116,52 @@ def _collect_and_solve(
         solve_group(g, acc, cfg)
 
 
-def _capture(model: nn.Module, forward_loop: ForwardLoop, blocks: BlockList) -> BlockInputCapture:
-    """Max calibration, recording the blocks' inputs in the same pass when it runs one."""
+def _agree(capture: BlockInputCapture) -> str | None:
+    """The capture's problem, or one if any rank had one (all ranks must take one path)."""
+    bad = torch.tensor([0.0 if capture.problem is None else 1.0])
+    if float(D.all_reduce_sum(bad)) > 0:
+        return capture.problem or "another rank could not replay its blocks"
+    return None
+
+
+def _capture(
+    model: nn.Module, forward_loop: ForwardLoop, plan: BlockPlan, cfg: GptqConfig
+) -> BlockInputCapture | str:
+    """Max calibration, recording the blocks' inputs in the same pass when it runs one.
+
+    Layers before the blocks get their Hessians in that (full-precision) pass and are rounded;
+    the blocks' inputs are then recorded again from the model with those layers quantized.
+
+    Returns:
+        The capture, or why the blocks cannot be replayed (then no weight has changed).
+    """
     from .max import max_calibrate, run_forward_loop
     from .quant_utils import full_precision
 
-    capture = BlockInputCapture(blocks)
+    accs = [HessianAccumulator(g.in_features) for g in plan.before]
+    handles = hessian_hooks(plan.before, accs)
+    try:
+        capture = BlockInputCapture(plan.blocks)
+        with capture:
+            max_calibrate(model, forward_loop, None)
+        if not capture.hidden:  # weight-only configs: max calibration ran no forward pass
+            capture = BlockInputCapture(plan.blocks)
+            with capture, full_precision(model):
+                run_forward_loop(model, forward_loop, "gptq: capture block inputs")
+    finally:
+        for h in handles:
+            h.remove()
+    problem = _agree(capture)
+    if problem is not None or not plan.before:
+        return problem or capture
+    for g, acc in zip(plan.before, accs, strict=True):
+        solve_group(g, acc, cfg)
+    capture = BlockInputCapture(plan.blocks)
     with capture:
-        max_calibrate(model, forward_loop, None)
-    if not capture.hidden:  # weight-only configs: max calibration ran no forward pass
-        capture = BlockInputCapture(blocks)
-        with capture, full_precision(model):
-            run_forward_loop(model, forward_loop, "gptq: capture block inputs")
+        run_forward_loop(model, forward_loop, "gptq: capture block inputs")
+    problem = _agree(capture)
+    if problem is not None:  # the same loop replayed fine a moment ago
+        raise RuntimeError(f"gptq: the second pass over the calibration data differs: {problem}")
     return capture
 
 
@@ -128,14 +175,9 @@ def sequential_gptq(
         when the recorded block calls cannot be replayed; the caller then runs the one-pass
         algorithm.
     """
-    capture = _capture(model, forward_loop, plan.blocks)
-    # Every rank must take the same path: one rank's failed capture sends all to one pass.
-    bad = torch.tensor([0.0 if capture.problem is None else 1.0])
-    if float(D.all_reduce_sum(bad)) > 0:
-        logger.warning(
-            "gptq: processing all layers in one pass: %s",
-            capture.problem or "another rank could not replay its blocks",
-        )
+    capture = _capture(model, forward_loop, plan, cfg)
+    if isinstance(capture, str):
+        logger.warning("gptq: processing all layers in one pass: %s", capture)
         return False
     replayer = BlockReplayer(capture)
     del capture
@@ -147,16 +189,16 @@ def sequential_gptq(
                 _collect_and_solve(replayer, k, stage, cfg)
         if k + 1 < len(replayer):
             replayer.advance(k)
-    if plan.outside:
+    if plan.after:
         from .max import run_forward_loop
 
-        accs = [HessianAccumulator(g.in_features) for g in plan.outside]
-        handles = hessian_hooks(plan.outside, accs)
+        accs = [HessianAccumulator(g.in_features) for g in plan.after]
+        handles = hessian_hooks(plan.after, accs)
         try:
             run_forward_loop(model, forward_loop, "gptq: layers outside the blocks")
         finally:
             for h in handles:
                 h.remove()
-        for g, acc in zip(plan.outside, accs, strict=True):
+        for g, acc in zip(plan.after, accs, strict=True):
             solve_group(g, acc, cfg)
     return True

@@ -169,31 +169,39 @@ def test_fallback_to_one_pass_is_logged_and_equal(make, reason, caplog):
 
 
 class Chain(nn.Module):
-    """Blocks in a chain with a quantized head after them (a layer outside the blocks)."""
+    """Quantized layers before (``inp``) and after (``head``) a chain of blocks."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
+        self.inp = nn.Linear(24, 32)
         self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(32, 32), nn.Tanh()) for _ in range(3))
         self.head = nn.Linear(32, 8)
 
     def forward(self, x):
+        x = self.inp(x)
         for b in self.blocks:
             x = b(x)
         return self.head(x)
 
 
-def test_layer_after_the_blocks_gets_quantized_model_hessian(monkeypatch):
+@pytest.mark.parametrize("preset", ["INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "NVFP4_DEFAULT_CFG"])
+def test_layers_outside_the_blocks_get_quantized_model_hessians(monkeypatch, preset, caplog):
     model = Chain()
-    data = [torch.randn(64, 32, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    data = [torch.randn(64, 24, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     seen = _spy_hessians(monkeypatch)
-    mtq.quantize(model, _cfg(), lambda m: [m(x) for x in data])
-    xs = []
-    h = model.head.register_forward_pre_hook(lambda _m, a: xs.append(a[0].double()))
+    with caplog.at_level(logging.WARNING):
+        mtq.quantize(model, _cfg(preset), lambda m: [m(x) for x in data])
+    assert not caplog.records  # processed block by block
+    layers = [model.inp, *(b[0] for b in model.blocks), model.head]
+    assert len(seen) == len(layers)
+    xs: dict[int, list[torch.Tensor]] = {id(m): [] for m in layers}
+    hs = [m.register_forward_pre_hook(lambda m, a: xs[id(m)].append(a[0].double())) for m in layers]
     with torch.no_grad():
         for x in data:
             model(x)
-    h.remove()
-    x = torch.cat(xs)
-    torch.testing.assert_close(seen[id(model.head)], 2 * x.T @ x / x.shape[0], rtol=1e-5, atol=1e-6)
-    assert len(seen) == 4
+    for h in hs:
+        h.remove()
+    for m in layers:
+        x = torch.cat(xs[id(m)])
+        torch.testing.assert_close(seen[id(m)], 2 * x.T @ x / x.shape[0], rtol=1e-5, atol=1e-6)
