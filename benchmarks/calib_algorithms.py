@@ -8,10 +8,20 @@ plain forward pass over the calibration data (also measured in this run).
 
     python benchmarks/calib_algorithms.py            # full table
     python benchmarks/calib_algorithms.py --rows int4 --calib-windows 8 --eval-windows 8
+    python benchmarks/calib_algorithms.py --rows int4,nvfp4 --only gptq --auto-bits ''
 
-Figures reported for 2026-11-24 were measured on 16 CPU cores (the H100 machine's host CPU,
-CUDA hidden) with ``--calib-windows 16 --eval-windows 24 --seq-len 256 --batch-size 8
---threads 16`` and windows pre-tokenized from this machine's stdlib corpus (``--windows``).
+``gptq`` rows are sequential GPTQ (the default); ``gptq one-pass`` rows take every Hessian
+from one full-precision pass (``sequential=False``).
+
+Figures of the first 2026-11-24 table were measured on 16 CPU cores (the H100 machine's host
+CPU, CUDA hidden) with ``--calib-windows 16 --eval-windows 24 --seq-len 256 --batch-size 8
+--threads 16`` and windows pre-tokenized from the dev machine's stdlib corpus (``--windows``).
+The second table (sequential GPTQ) was measured on the 2-core dev machine, shared with other
+jobs (load average 7-12), with ``OMP_NUM_THREADS=1 nice -n 10`` and ``--calib-windows 8
+--eval-windows 16 --seq-len 256 --batch-size 8 --threads 1``, in three processes at once
+(``--rows int4,w8a8,kv --auto-bits ''``, ``--rows nvfp4 --auto-bits ''`` and
+``--rows '' --auto-bits 4.5,6,8``); every ratio divides by the forward time measured in the
+same process.
 """
 
 from __future__ import annotations
