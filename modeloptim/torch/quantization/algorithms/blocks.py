@@ -35,8 +35,13 @@ __all__ = [
     "BlockInputCapture",
     "BlockList",
     "BlockReplayer",
+    "StopBlock",
     "find_block_list",
 ]
+
+
+class StopBlock(Exception):  # noqa: N818  (a control-flow signal, not an error)
+    """Raised by a hook to end one replayed block call early (its output is not needed)."""
 
 
 @dataclass(frozen=True)
@@ -234,9 +239,19 @@ class BlockReplayer:
 
     @torch.no_grad()
     def run_block(self, k: int, on_output: Callable[[Any], None] | None = None) -> None:
-        """Run block ``k`` on its inputs (e.g. to let hooks collect statistics)."""
+        """Run block ``k`` on its inputs (e.g. to let hooks collect statistics).
+
+        A hook may raise :class:`StopBlock` to skip the rest of one call (``on_output`` is
+        then not called for it).
+        """
         self._check(k)
-        for out in self._run(k):
+        block = self.blocks.blocks[k]
+        for call, h in zip(self.calls[k], self.hidden, strict=True):
+            args, kwargs = call.with_hidden(h)
+            try:
+                out = block(*args, **kwargs)
+            except StopBlock:
+                continue
             if on_output is not None:
                 on_output(out)
 

@@ -28,13 +28,14 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed as D
-from .blocks import BlockInputCapture, BlockList, BlockReplayer, find_block_list
+from .blocks import BlockInputCapture, BlockList, BlockReplayer, StopBlock, find_block_list
 from .gptq import GptqConfig, hessian_hooks, solve_group
 from .gptq_solver import HessianAccumulator
 from .registry import ForwardLoop
@@ -98,22 +99,91 @@ def _weights_unquantized(groups: tuple[SharedInputGroup, ...]) -> Iterator[None]
             q.enable()
 
 
-def _collect_and_solve(
-    replayer: BlockReplayer, k: int, stage: tuple[SharedInputGroup, ...], cfg: GptqConfig
-) -> None:
-    accs = [HessianAccumulator(g.in_features) for g in stage]
-    handles = hessian_hooks(stage, accs)
-    try:
-        if cfg.true_sequential:
-            replayer.run_block(k)
-        else:
-            with _weights_unquantized(stage):
-                replayer.run_block(k)
-    finally:
-        for h in handles:
+class _StageHooks:
+    """Hooks on some groups' first layers during one replay of a block.
+
+    Per group ``i``: accumulate its Hessian when ``collect[i]``; count its calls in each
+    block call; when ``stop[i]`` is set, end the block call (:class:`.blocks.StopBlock`) once
+    the group has run that many times (nothing later in the block matters for its Hessian).
+    """
+
+    def __init__(
+        self,
+        block: nn.Module,
+        groups: tuple[SharedInputGroup, ...],
+        collect: tuple[bool, ...],
+        stop: tuple[int | None, ...],
+    ) -> None:
+        self.accs = [
+            HessianAccumulator(g.in_features) if c else None
+            for g, c in zip(groups, collect, strict=True)
+        ]
+        self.counts: list[list[int]] = []
+        n = len(groups)
+        self._handles = [block.register_forward_pre_hook(lambda *_: self.counts.append([0] * n))]
+        for i, g in enumerate(groups):
+
+            def hook(_m: nn.Module, args: tuple[Any, ...], i: int = i) -> None:
+                acc = self.accs[i]
+                if acc is not None and args and isinstance(args[0], torch.Tensor):
+                    acc.add(args[0])
+                self.counts[-1][i] += 1
+                if self.counts[-1][i] == stop[i]:
+                    raise StopBlock
+
+            self._handles.append(g.modules[0].register_forward_pre_hook(hook))
+
+    def calls_per_block(self) -> tuple[int | None, ...]:
+        """Per group: its calls in every block call when always the same and > 0, else None."""
+        out: list[int | None] = []
+        for i in range(len(self.accs)):
+            seen = {c[i] for c in self.counts}
+            out.append(seen.pop() if len(seen) == 1 and 0 not in seen else None)
+        return tuple(out)
+
+    def acc(self, i: int) -> HessianAccumulator:
+        """Group ``i``'s Hessian accumulator."""
+        acc = self.accs[i]
+        assert acc is not None
+        return acc
+
+    def remove(self) -> None:
+        """Remove the hooks."""
+        for h in self._handles:
             h.remove()
-    for g, acc in zip(stage, accs, strict=True):
-        solve_group(g, acc, cfg)
+
+
+def _replay(replayer: BlockReplayer, k: int, hooks: _StageHooks) -> _StageHooks:
+    try:
+        replayer.run_block(k)
+    finally:
+        hooks.remove()
+    return hooks
+
+
+def _solve_block(
+    replayer: BlockReplayer, k: int, groups: tuple[SharedInputGroup, ...], cfg: GptqConfig
+) -> None:
+    """Collect the Hessians of block ``k``'s groups and round their layers (step 3)."""
+    block = replayer.blocks.blocks[k]
+    n = len(groups)
+    if not cfg.true_sequential:
+        with _weights_unquantized(groups):
+            hooks = _replay(replayer, k, _StageHooks(block, groups, (True,) * n, (None,) * n))
+        for i, g in enumerate(groups):
+            solve_group(g, hooks.acc(i), cfg)
+        return
+    # The first group's pass runs the whole block and counts how often each group runs per
+    # block call; the later groups' passes then end every call once their group has run.
+    first = (True,) + (False,) * (n - 1)
+    hooks = _replay(replayer, k, _StageHooks(block, groups, first, (None,) * n))
+    solve_group(groups[0], hooks.acc(0), cfg)
+    counts = hooks.calls_per_block()
+    for i in range(1, n):
+        hooks = _replay(
+            replayer, k, _StageHooks(block, groups[i : i + 1], (True,), counts[i : i + 1])
+        )
+        solve_group(groups[i], hooks.acc(0), cfg)
 
 
 def _agree(capture: BlockInputCapture) -> str | None:
@@ -182,11 +252,8 @@ def sequential_gptq(
     replayer = BlockReplayer(capture)
     del capture
     for k in tqdm(range(len(replayer)), desc="gptq blocks", unit="block"):
-        groups = plan.per_block[k]
-        if groups:
-            stages = [(g,) for g in groups] if cfg.true_sequential else [groups]
-            for stage in stages:
-                _collect_and_solve(replayer, k, stage, cfg)
+        if plan.per_block[k]:
+            _solve_block(replayer, k, plan.per_block[k], cfg)
         if k + 1 < len(replayer):
             replayer.advance(k)
     if plan.after:

@@ -85,6 +85,18 @@ def test_sequential_hessians_equal_quantized_model_activations(tiny_llama, monke
     assert _rel(seen[id(last)], ref_fp[id(fp_layers[id(last)])]) > 1e-3
 
 
+def test_later_groups_stop_the_block_early(tiny_llama):
+    """After the first group's pass, each group's pass ends a block call once it has run."""
+    batches = token_batches(3, seq=32)
+    started, finished = [0], [0]
+    for blk in tiny_llama.model.layers:
+        blk.register_forward_pre_hook(lambda *_: started.__setitem__(0, started[0] + 1))
+        blk.register_forward_hook(lambda *_: finished.__setitem__(0, finished[0] + 1))
+    mtq.quantize(tiny_llama, _cfg(), lm_loop(batches))
+    # 2 blocks x 3 later groups (o_proj, gate/up, down_proj) x 3 batches stopped early
+    assert started[0] - finished[0] == 2 * 3 * 3
+
+
 def test_block_sequential_first_group_of_each_block(tiny_llama, monkeypatch):
     """true_sequential=False: the first group of block k still reads quantized blocks < k."""
     batches = token_batches(3, seq=32)
