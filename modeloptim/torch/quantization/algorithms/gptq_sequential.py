@@ -12,9 +12,11 @@ Steps (``GptqConfig.sequential``, the default):
 3. for each block ``k``: with ``true_sequential``, for each group in execution order, block
    ``k`` runs on its cached inputs while a hook accumulates the group's Hessian, and the
    group's layers are rounded at once — so later groups see the outputs of already rounded
-   layers (q/k/v, then o, then gate/up, then down in a LLaMA layer); otherwise one run of the
-   block (its own weights in full precision) gives all its Hessians. Then the quantized block
-   runs once more and its outputs become block ``k + 1``'s inputs;
+   layers (q/k/v, then o, then gate/up, then down in a LLaMA layer; the first pass counts how
+   often each group runs per block call, so the later passes end each call as soon as their
+   group has run); otherwise one run of the block (its own weights in full precision) gives
+   all its Hessians. Then the quantized block runs once more and its outputs become block
+   ``k + 1``'s inputs;
 4. groups after the blocks get their Hessians from one pass of the whole quantized model.
 
 Hessians are summed over data-parallel ranks before each solve, so all ranks round the same
