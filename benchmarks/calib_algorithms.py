@@ -8,10 +8,20 @@ plain forward pass over the calibration data (also measured in this run).
 
     python benchmarks/calib_algorithms.py            # full table
     python benchmarks/calib_algorithms.py --rows int4 --calib-windows 8 --eval-windows 8
+    python benchmarks/calib_algorithms.py --rows int4,nvfp4 --only gptq --auto-bits ''
 
-Figures reported for 2026-11-24 were measured on 16 CPU cores (the H100 machine's host CPU,
-CUDA hidden) with ``--calib-windows 16 --eval-windows 24 --seq-len 256 --batch-size 8
---threads 16`` and windows pre-tokenized from this machine's stdlib corpus (``--windows``).
+``gptq`` rows are sequential GPTQ (the default); ``gptq one-pass`` rows take every Hessian
+from one full-precision pass (``sequential=False``).
+
+Figures of the first 2026-11-24 table were measured on 16 CPU cores (the H100 machine's host
+CPU, CUDA hidden) with ``--calib-windows 16 --eval-windows 24 --seq-len 256 --batch-size 8
+--threads 16`` and windows pre-tokenized from the dev machine's stdlib corpus (``--windows``).
+The second table (sequential GPTQ) was measured on the 2-core dev machine, shared with other
+jobs (load average 7-12), with ``OMP_NUM_THREADS=1 nice -n 10`` and ``--calib-windows 8
+--eval-windows 16 --seq-len 256 --batch-size 8 --threads 1``, in three processes at once
+(``--rows int4,w8a8,kv --auto-bits ''``, ``--rows nvfp4 --auto-bits ''`` and
+``--rows '' --auto-bits 4.5,6,8``); every ratio divides by the forward time measured in the
+same process.
 """
 
 from __future__ import annotations
@@ -59,6 +69,10 @@ ROWS: dict[str, list[tuple[str, Callable[[], dict[str, Any]]]]] = {
         ("INT4 b128 awq_lite", lambda: _with_algo("INT4_AWQ_CFG", {"method": "awq_lite"})),
         ("INT4 b128 awq_full", lambda: _with_algo("INT4_AWQ_CFG", {"method": "awq_full"})),
         ("INT4 b128 gptq", lambda: _with_algo("INT4_AWQ_CFG", {"method": "gptq"})),
+        (
+            "INT4 b128 gptq one-pass",
+            lambda: _with_algo("INT4_AWQ_CFG", {"method": "gptq", "sequential": False}),
+        ),
     ],
     "int4b64": [
         ("INT4 b64 RTN (max)", lambda: _with_algo("INT4_AWQ_CFG", "max", 64)),
@@ -71,6 +85,10 @@ ROWS: dict[str, list[tuple[str, Callable[[], dict[str, Any]]]]] = {
         ("NVFP4 W4A4 awq_lite", lambda: _with_algo("NVFP4_DEFAULT_CFG", {"method": "awq_lite"})),
         ("NVFP4 W4A4 awq_full", lambda: _with_algo("NVFP4_DEFAULT_CFG", {"method": "awq_full"})),
         ("NVFP4 W4A4 gptq", lambda: _with_algo("NVFP4_DEFAULT_CFG", {"method": "gptq"})),
+        (
+            "NVFP4 W4A4 gptq one-pass",
+            lambda: _with_algo("NVFP4_DEFAULT_CFG", {"method": "gptq", "sequential": False}),
+        ),
     ],
     "ablations": [
         (
@@ -110,6 +128,8 @@ def main() -> None:
     ap.add_argument("--auto-bits", default="4.5,6,8", help="auto_quantize budgets ('' = skip)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--windows", help="torch file {'calib': [n,T], 'eval': [n,T]} of token ids")
+    ap.add_argument("--only", default="", help="keep rows whose label contains one of these")
+    ap.add_argument("--skip", default="", help="drop rows whose label contains one of these")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.threads:
@@ -142,8 +162,12 @@ def main() -> None:
     ]
     print(f"one forward over calibration data: {fwd_s:.2f} s; fp32 perplexity {ppl_fp:.3f}")
 
+    only = [w for w in args.only.split(",") if w]
+    skip = [w for w in args.skip.split(",") if w]
     for group in [g for g in args.rows.split(",") if g]:
         for label, make in ROWS[group]:
+            if (only and not any(w in label for w in only)) or any(w in label for w in skip):
+                continue
             model = copy.deepcopy(base)
             t0 = time.perf_counter()
             mtq.quantize(model, make(), loop)
