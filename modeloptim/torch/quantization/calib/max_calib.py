@@ -41,7 +41,8 @@ class MaxCalibrator(Calibrator):
         (calibration then ran ~3x a plain forward). NaN and Inf propagate through the running
         max, so checking the result once finds them all.
         """
-        if isinstance(x, torch.Tensor) and x.is_cuda:
+        on_cuda = isinstance(x, torch.Tensor) and x.is_cuda
+        if on_cuda:
             check_input(x, "x")
             x = x.detach()
         else:
@@ -50,7 +51,8 @@ class MaxCalibrator(Calibrator):
             return  # an empty batch carries no statistics
         view, _ = self._granularity.to_view(x)
         amax = self._granularity.reduce_amax(view)
-        self._check_reduced(amax, x)  # before any state changes
+        if not on_cuda:  # on CUDA: once, in compute_amax (see above)
+            self._check_reduced(amax, x)  # before any state changes
         if self._amax is None:
             self._amax = amax
             return
