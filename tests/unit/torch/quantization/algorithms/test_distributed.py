@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import copy
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import modeloptim.torch.quantization as mtq
+
+from ._gloo import run_two_ranks
 
 
 def _model() -> nn.Module:
@@ -66,29 +64,14 @@ def _quantize(name: str, batches: list[torch.Tensor]) -> dict[str, torch.Tensor]
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _worker(rank: int, port: int, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    torch.set_num_threads(1)
-    try:
-        data = _data()
-        shard = data[rank::2]  # each rank sees half of the batches
-        out[rank] = {name: _quantize(name, shard) for name in CASES}
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank: int, out: dict) -> None:
+    shard = _data()[rank::2]  # each rank sees half of the batches
+    out[rank] = {name: _quantize(name, shard) for name in CASES}
 
 
 @pytest.mark.slow
 def test_two_gloo_ranks_equal_single_process_union():
-    manager = mp.get_context("spawn").Manager()
-    out = manager.dict()
-    mp.start_processes(_worker, args=(_free_port(), out), nprocs=2, start_method="spawn")
+    out = run_two_ranks(_worker)
     single = {name: _quantize(name, _data()[0::2] + _data()[1::2]) for name in CASES}
     for name in CASES:
         r0, r1 = out[0][name], out[1][name]

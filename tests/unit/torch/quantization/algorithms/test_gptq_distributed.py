@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import modeloptim.torch.quantization as mtq
+
+from ._gloo import run_two_ranks
 
 
 class Residual(nn.Module):
@@ -63,33 +61,19 @@ def _quantize(batches: list[torch.Tensor], preset: str) -> dict[str, torch.Tenso
 PRESETS = ["INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "NVFP4_DEFAULT_CFG"]
 
 
-def _worker(rank: int, port: int, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    torch.set_num_threads(1)
+def _worker(rank: int, out: dict) -> None:
     records: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda r: records.append(r.getMessage())  # type: ignore[method-assign]
     logging.getLogger("modeloptim").addHandler(handler)
-    try:
-        shard = _data()[rank::2]  # each rank sees half of the batches
-        out[rank] = {p: _quantize(shard, p) for p in PRESETS}
-        out[f"log{rank}"] = records
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    shard = _data()[rank::2]  # each rank sees half of the batches
+    out[rank] = {p: _quantize(shard, p) for p in PRESETS}
+    out[f"log{rank}"] = records
 
 
 @pytest.mark.slow
 def test_sequential_gptq_two_gloo_ranks_equal_single_process_union():
-    manager = mp.get_context("spawn").Manager()
-    out = manager.dict()
-    mp.start_processes(_worker, args=(_free_port(), out), nprocs=2, start_method="spawn")
+    out = run_two_ranks(_worker)
     assert out["log0"] == []  # no fallback to one pass
     assert out["log1"] == []
     union = _data()[0::2] + _data()[1::2]
