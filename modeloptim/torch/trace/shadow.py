@@ -76,6 +76,8 @@ class ShadowMixin:
         value = self._run(node)
         if value is not _MISSING:
             self.values[node] = value
+            if isinstance(value, torch.Tensor):  # readers use it instead of a second run
+                node.meta["mo_shape"] = tuple(value.shape)
             if self._is_shape_only(node, value):
                 self.shape_only.add(node)
         return p
