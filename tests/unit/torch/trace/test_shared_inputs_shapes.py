@@ -20,8 +20,7 @@ from .shared_models import TinyMoE
 
 def _detail(groups: list[Any]) -> list[tuple[Any, ...]]:
     return [
-        (tuple(g.names), g.producer, g.exclusive, g.source, g.reason, g.in_features)
-        for g in groups
+        (tuple(g.names), g.producer, g.exclusive, g.source, g.reason, g.in_features) for g in groups
     ]
 
 
