@@ -164,7 +164,7 @@ class _QuantizerIndex:
     """The quantizer attributes of a model, collected once for a batch of rules.
 
     ``named_quantizers`` walks every module; doing it once per rule made applying a preset
-    cost (rules x modules) (about 14,000 walks of a 30-layer LLM's modules). Rules only swap
+    cost rules x modules (17 x 1,090 module visits for SmolLM2-135M). Rules only swap
     quantizer objects in place (same name, same parent), so each slot is updated when a rule
     replaces its quantizer and the index stays equal to a fresh walk.
     """
