@@ -121,3 +121,16 @@ def test_explain_counts_no_break_per_format(name: str):
         report = torch._dynamo.explain(model)(x)
     assert report.graph_break_count == 0, [b.reason for b in report.break_reasons]
     assert report.graph_count == 1
+
+
+def test_changing_batch_size_recompiles_dynamic_without_breaks():
+    """A second batch size makes dynamo retrace with symbolic sizes; still one graph."""
+    names = ("fp8", "int8_tensor", "int4_block_dynamic", "nvfp4", "mxfp8")
+    model, _ = _quantized(names)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for batch in (8, 5, 11):
+            x = torch.randn(batch, 64, generator=gen)
+            torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
