@@ -70,7 +70,8 @@ def zero_where(out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
     Used for the ``amax <= 2**-24`` rule (DESIGN §2). Eager: ``out`` is filled in place, and
     only when some element is masked, which almost never happens; an unconditional
-    broadcast ``masked_fill`` costs 1.5-3x the whole fake quantization on CPU. Under
+    broadcast ``masked_fill`` makes CPU fake quantization up to about 2x slower
+    (``benchmarks/zero_where_overhead.py``). Under
     ``torch.compile`` (dynamo, ``torch.export``) that check would be data-dependent Python
     control flow, i.e. a graph break, so the select is emitted unconditionally there, where
     inductor fuses it into the surrounding kernel. Both give the same bits.
