@@ -9,7 +9,8 @@ without this plugin every expert stays in full precision.
 
 Such a module is found *structurally* (:func:`is_hf_experts`: an ``num_experts`` attribute,
 3-D ``gate_up_proj``/``up_proj`` and ``down_proj`` parameters with one slice per expert and
-consistent widths, and a forward taking ``hidden_states, top_k_index, top_k_weights``), and
+consistent widths, and a forward taking ``hidden_states`` and the routing indices and weights
+positionally; GPT-OSS's transposed, biased, interleaved experts included), and
 its class is registered by :func:`register_hf_moe_experts`. Converting it gives it one child
 per expert holding two linear *views* (:class:`HFExpertProjection`, no parameters of their
 own: their ``weight`` is the expert's ``[out, in]`` slice of the 3-D parameter), each a
@@ -66,16 +67,27 @@ __all__ = [
     "register_hf_moe_experts",
 ]
 
-#: The forward contract of transformers-5 expert modules (after ``self``).
-_FORWARD_ARGS = ("hidden_states", "top_k_index", "top_k_weights")
+def _routed_forward(cls: type[nn.Module]) -> bool:
+    """Whether ``cls.forward`` is ``(hidden_states, expert indices, expert weights)``.
 
-
-def _forward_args(cls: type[nn.Module]) -> tuple[str, ...]:
+    Families name the two routing arguments differently (``top_k_index``/``top_k_weights``,
+    ``router_indices``/``routing_weights``, ...) but all pass them positionally, with
+    ``hidden_states`` first and nothing else required.
+    """
     try:
         sig = inspect.signature(cls.forward)  # follows functools.wraps (__wrapped__)
     except (TypeError, ValueError):
-        return ()
-    return tuple(p for p in sig.parameters if p != "self")
+        return False
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = [p for name, p in sig.parameters.items() if name != "self"]
+    positional = [p for p in params if p.kind in kinds]
+    required = [p for p in params if p.default is inspect.Parameter.empty and p.kind in kinds]
+    return (
+        len(positional) >= 3
+        and positional[0].name == "hidden_states"
+        and len(required) <= 3
+        and all(p in positional[:3] for p in required)
+    )
 
 
 def expert_layout(module: nn.Module) -> tuple[str, bool] | None:
@@ -111,7 +123,7 @@ def is_hf_experts(module: nn.Module) -> bool:
     """Whether ``module`` is a 3-D MoE experts module (see the module docstring)."""
     if isinstance(module, QuantModule) or expert_layout(module) is None:
         return False
-    return _forward_args(type(module))[:3] == _FORWARD_ARGS
+    return _routed_forward(type(module))
 
 
 class HFExpertProjection(nn.Module):
