@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import pytest
 import torch
 from torch import nn
 
@@ -71,3 +72,21 @@ def lm_loop(batches: list[torch.Tensor]) -> Callable[[nn.Module], None]:
 def experts_of(model: nn.Module) -> list[nn.Module]:
     """The 3-D experts modules of ``model`` in module order."""
     return [m for n, m in model.named_modules() if n.endswith("experts")]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core runner: extra threads only add contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def with_outliers(model: nn.Module, channels: tuple[int, ...] = (3, 17, 40)) -> nn.Module:
+    """Scale a few channels of every RMSNorm by 25 (activation outliers, as in trained LLMs)."""
+    with torch.no_grad():
+        for layer in model.model.layers:  # type: ignore[union-attr]
+            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+                norm.weight[list(channels)] *= 25.0
+    return model

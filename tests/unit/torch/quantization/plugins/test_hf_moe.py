@@ -13,7 +13,7 @@ from torch import nn
 import modeloptim.torch.opt as mto
 import modeloptim.torch.quantization as mtq
 
-from ._hf_moe import experts_of, family_model, lm_loop, qwen2_moe, token_batches
+from ._hf_moe import experts_of, family_model, lm_loop, one_thread, qwen2_moe, token_batches
 
 transformers = pytest.importorskip("transformers")
 
@@ -23,6 +23,8 @@ from modeloptim.torch.quantization.plugins.hf_moe import (  # noqa: E402
     is_hf_experts,
     register_hf_moe_experts,
 )
+
+__all__ = ["one_thread"]  # the autouse fixture
 
 FAMILIES = ["qwen2_moe", "qwen3_moe", "mixtral", "olmoe", "gpt_oss"]
 OFF = {"quant_cfg": [{"quantizer_name": "*", "enable": False}], "algorithm": None}
