@@ -20,7 +20,7 @@ from ._hf_moe import experts_of, lm_loop, one_thread, qwen2_moe, token_batches, 
 
 pytest.importorskip("transformers")
 
-from modeloptim.torch.quantization.algorithms.quant_utils import discover_groups  # noqa: E402
+from modeloptim.torch.quantization.algorithms.quant_utils import discover_groups
 
 __all__ = ["one_thread"]  # the autouse fixture
 
@@ -38,7 +38,10 @@ def base() -> tuple[nn.Module, list[torch.Tensor]]:
 
 def _error(model: nn.Module, ref: list[torch.Tensor]) -> float:
     with torch.no_grad():
-        errs = [((model(input_ids=b).logits - r) ** 2).mean().item() for b, r in zip(EVAL, ref)]
+        errs = [
+            ((model(input_ids=b).logits - r) ** 2).mean().item()
+            for b, r in zip(EVAL, ref, strict=True)
+        ]
     return sum(errs) / len(errs)
 
 
