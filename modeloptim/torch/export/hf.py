@@ -40,12 +40,7 @@ from modeloptim.torch.export.ct_layout import (
     layer_scheme,
 )
 from modeloptim.torch.export.fused import harmonize_groups
-from modeloptim.torch.export.layers import (
-    LayerExport,
-    collect_layers,
-    format_kind,
-    kv_quantizers,
-)
+from modeloptim.torch.export.layers import LayerExport, format_kind, kv_quantizers
 from modeloptim.torch.export.modelopt_writer import (
     KV_ALGOS,
     activation_scale,
@@ -53,6 +48,7 @@ from modeloptim.torch.export.modelopt_writer import (
     modelopt_quant_configs,
     warn_unaligned_int4,
 )
+from modeloptim.torch.export.moe import collect_export_layers, expert_base_tensors, expert_modules
 from modeloptim.torch.export.packers import UnsupportedFormatError, leaf_quantizers, pack_weight
 from modeloptim.torch.export.scales import snap_model_scales
 from modeloptim.torch.export.writer import (
@@ -363,7 +359,12 @@ def export_hf_checkpoint(
         OSError: not enough space or the folder cannot be written (nothing left behind).
     """
     lay = _check_args(model, export_dir, dtype, layout)
-    layers, excluded = collect_layers(model)
+    if lay is not ExportLayout.MODELOPT and expert_modules(model):
+        raise UnsupportedFormatError(
+            f"layout: 3-D MoE experts export in the 'modelopt' layout only, not {lay.value!r} "
+            "(nothing was written)"
+        )
+    layers, excluded = collect_export_layers(model)
     kv = kv_quantizers(model)
     if not layers and not kv:
         raise ValueError(
@@ -377,7 +378,7 @@ def export_hf_checkpoint(
         groups = harmonize_groups(model, _shared_groups(model, sample_input))
     snapped = snap_model_scales(model)
     if groups or snapped:  # weights may have been re-smoothed or re-scaled: pack again
-        layers, excluded = collect_layers(model)
+        layers, excluded = collect_export_layers(model)
         packed = {s.name: _packed_weight(s) for s in layers}
     result = LAYOUTS.get(lay.value)(layers, packed, excluded, kv)
     if lay is ExportLayout.MODELOPT:  # TensorRT-LLM wants smoothing factors in the model dtype
@@ -386,7 +387,7 @@ def export_hf_checkpoint(
                 result.tensors[key] = t.to(out_dtype)
     for info in result.layer_info.values():  # dequantize to the exported float dtype
         info["dtype"] = str(out_dtype).removeprefix("torch.")
-    tensors = _base_tensors(model, set(packed), out_dtype)
+    tensors = expert_base_tensors(model, _base_tensors(model, set(packed), out_dtype), out_dtype)
     overlap = set(tensors) & set(result.tensors)
     if overlap:
         raise ValueError(f"model: checkpoint names clash: {sorted(overlap)[:3]}")
