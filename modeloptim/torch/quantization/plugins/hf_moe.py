@@ -184,6 +184,10 @@ class QuantHFExpertProjection(QuantLinearConvBase):
     Quantized weights are not cached (each read of the view is a new tensor).
     """
 
+    #: The weight is a view of another module's parameter: code that replaces or packs a
+    #: layer's own ``weight`` parameter (``mtq.compress``) checks this flag.
+    weight_is_view: ClassVar[bool] = True
+
     def _register_weight_quantization(self) -> None:
         # The weight is a property over the owner's parameter, read by forward directly.
         pass

@@ -300,3 +300,37 @@ def test_save_restore_gives_identical_outputs(tmp_path: Path) -> None:
     a = experts_of(model)[1].expert(2).down_proj.input_quantizer.amax
     b = experts_of(fresh)[1].expert(2).down_proj.input_quantizer.amax
     assert torch.equal(a, b)
+
+
+def test_gradients_reach_the_3d_parameters_and_fold_weight_writes_them() -> None:
+    model = qwen2_moe(num_experts=4, layers=1)
+    ids = token_batches(1, 16, seed=17)
+    mtq.quantize(model, copy.deepcopy(mtq.INT8_DEFAULT_CFG), lm_loop(ids))
+    (experts,) = experts_of(model)
+    model(input_ids=ids[0]).logits.square().mean().backward()  # QAT: straight-through
+    grad = experts.gate_up_proj.grad
+    assert grad is not None
+    assert (grad.flatten(1).abs().amax(dim=1) > 0).any()
+    with torch.no_grad():
+        before = model(input_ids=ids[0]).logits
+        expected = experts.expert(2).down_proj.weight_quantizer(experts.down_proj[2].clone())
+    assert mtq.fold_weight(model) > 8  # 4 experts x 2 projections + the other linears
+    torch.testing.assert_close(experts.down_proj[2].detach(), expected, rtol=0, atol=0)
+    assert not experts.expert(2).down_proj.weight_quantizer.is_enabled
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids[0]).logits, before, rtol=1e-5, atol=1e-5)
+
+
+def test_compress_refuses_experts_before_changing_anything() -> None:
+    model = qwen2_moe(num_experts=4, layers=1)
+    ids = token_batches(1, 16, seed=19)
+    mtq.quantize(model, copy.deepcopy(mtq.FP8_DEFAULT_CFG), lm_loop(ids))
+    with torch.no_grad():
+        before = model(input_ids=ids[0]).logits
+    with pytest.raises(ValueError, match="3-D MoE experts"):
+        mtq.compress(model)
+    from modeloptim.torch.quantization.compress import is_compressed
+
+    assert not any(is_compressed(m) for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids[0]).logits, before)
