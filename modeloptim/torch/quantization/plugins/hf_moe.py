@@ -241,6 +241,10 @@ class QuantHFMoEExperts(QuantModule):
                 proj = HFExpertProjection(self, param, e, transposed)
                 setattr(box, param, QuantModuleRegistry.convert(proj))
             self.add_module(str(e), box)
+        # every expert projection, for the per-forward check of _observed
+        self.__dict__["_projections"] = [
+            p for e in range(int(self.num_experts)) for p in self.expert(e).children()
+        ]
 
     def expert(self, e: int) -> nn.Module:
         """Container of expert ``e``'s quantized projections."""
@@ -253,13 +257,12 @@ class QuantHFMoEExperts(QuantModule):
         or while a forward hook is registered on an expert projection (the shared-input
         finders and the AWQ/SmoothQuant/GPTQ statistics observe layers through hooks).
         """
-        for e in range(int(self.num_experts)):
-            for proj in self.expert(e).children():
-                if proj._forward_pre_hooks or proj._forward_hooks:
-                    return True
-                q = proj._modules.get("input_quantizer")
-                if isinstance(q, TensorQuantizer) and q.is_enabled and q._if_calib:
-                    return True
+        for proj in self.__dict__["_projections"]:
+            if proj._forward_pre_hooks or proj._forward_hooks:
+                return True
+            q = proj._modules.get("input_quantizer")
+            if isinstance(q, TensorQuantizer) and q._if_calib and q.is_enabled:
+                return True
         return False
 
     def _run_expert(self, e: int, x: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from ._hf_moe import experts_of, lm_loop, one_thread, qwen2_moe, token_batches, 
 pytest.importorskip("transformers")
 
 from modeloptim.torch.quantization.algorithms.quant_utils import discover_groups
+from modeloptim.torch.quantization.conversion import is_quantized
 
 __all__ = ["one_thread"]  # the autouse fixture
 
@@ -144,3 +145,16 @@ def test_algorithms_cover_experts_the_router_never_picks(algorithm: dict[str, st
             assert torch.isfinite(amax).all()
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def test_auto_quantize_refuses_3d_experts_instead_of_skipping_them() -> None:
+    model = qwen2_moe(num_experts=4, layers=1)
+    with pytest.raises(ValueError, match="3-D MoE experts"):
+        mtq.auto_quantize(
+            model, constraints={"effective_bits": 6.0},
+            quantization_formats=[mtq.FP8_DEFAULT_CFG], data_loader=CALIB[:1],
+            forward_step=lambda m, b: m(input_ids=b),
+            loss_func=lambda out, _b: out.logits.square().mean(),
+            num_calib_steps=1, num_score_steps=1,
+        )
+    assert not is_quantized(model)  # refused before anything was converted
