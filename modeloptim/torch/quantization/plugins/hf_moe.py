@@ -63,6 +63,7 @@ __all__ = [
     "QuantHFExpertProjection",
     "QuantHFMoEExperts",
     "expert_layout",
+    "fuse_unfused_expert_weights",
     "is_hf_experts",
     "register_hf_moe_experts",
 ]
@@ -329,3 +330,44 @@ def register_hf_moe_experts(model: nn.Module) -> list[str]:
         if QuantModuleRegistry.get(cls) is None:
             QuantModuleRegistry.register({cls: cls.__name__})(QuantHFMoEExperts)
     return sorted(c.__name__ for c in found)
+
+
+def _fuse(parts: list[torch.Tensor], interleaved: bool) -> torch.Tensor:
+    """``[gate; up]`` rows (or alternating rows when interleaved) of one expert."""
+    if len(parts) == 1:
+        return parts[0]
+    if interleaved:
+        return torch.stack(parts, dim=1).reshape(-1, *parts[0].shape[1:])
+    return torch.cat(parts, dim=0)
+
+
+def fuse_unfused_expert_weights(
+    model: nn.Module, state_dict: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Fuse per-expert entries of ``state_dict`` into ``model``'s 3-D expert parameters.
+
+    ``<experts>.<e>.gate_proj/up_proj/down_proj.weight|bias`` become ``<experts>.gate_up_proj``
+    and so on (a new dict; other entries kept). transformers 5 ``save_pretrained`` writes
+    MoE experts unfused, under the names of the original checkpoints, and fuses them again
+    in ``from_pretrained``; a state dict read directly from such a folder needs the same
+    fusion before ``load_state_dict``.
+    """
+    out = dict(state_dict)
+    for name, experts in model.named_modules():
+        if not isinstance(experts, QuantHFMoEExperts):
+            continue
+        first = experts.__dict__["_first_proj"]
+        transposed = bool(getattr(experts, "is_transposed", False))
+        interleaved = getattr(experts, "is_concatenated", True) is False
+        n = int(experts.num_experts)
+        for proj in (first, "down_proj"):
+            parts = ["gate_proj", "up_proj"] if proj == "gate_up_proj" else [proj]
+            for suffix, target in (("weight", proj), ("bias", f"{proj}_bias")):
+                keys = [[f"{name}.{e}.{p}.{suffix}" for p in parts] for e in range(n)]
+                if f"{name}.{target}" in out or not all(k in out for row in keys for k in row):
+                    continue
+                rows = [_fuse([out.pop(k) for k in row], interleaved) for row in keys]
+                if suffix == "weight" and transposed:
+                    rows = [r.T for r in rows]
+                out[f"{name}.{target}"] = torch.stack(rows).contiguous()
+    return out

@@ -20,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 from modeloptim.torch.quantization.algorithms.quant_utils import full_precision  # noqa: E402
 from modeloptim.torch.quantization.plugins.hf_moe import (  # noqa: E402
     QuantHFMoEExperts,
+    fuse_unfused_expert_weights,
     is_hf_experts,
     register_hf_moe_experts,
 )
@@ -334,3 +335,35 @@ def test_compress_refuses_experts_before_changing_anything() -> None:
     assert not any(is_compressed(m) for m in model.modules())
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids[0]).logits, before)
+
+
+def test_hf_save_pretrained_round_trip(tmp_path: Path) -> None:
+    mto.enable_huggingface_checkpointing()
+    model = qwen2_moe(num_experts=4, layers=1)
+    ids = token_batches(2, 16, seed=23)
+    mtq.quantize(model, copy.deepcopy(mtq.FP8_DEFAULT_CFG), lm_loop(ids))
+    model.save_pretrained(tmp_path / "hf")  # transformers 5 writes the experts unfused
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert isinstance(experts_of(loaded)[0], QuantHFMoEExperts)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids[1]).logits, model(input_ids=ids[1]).logits)
+
+
+def test_fuse_unfused_expert_weights_inverts_the_per_expert_layout() -> None:
+    model = family_model("gpt_oss")  # transposed, interleaved gate/up, biases
+    mtq.quantize(model, copy.deepcopy(OFF))
+    (experts,) = experts_of(model)
+    name = "model.layers.0.mlp.experts"
+    sd: dict[str, torch.Tensor] = {"other": torch.ones(1)}
+    for e in range(4):  # the per-expert [out, in] layout, written out by hand
+        w = experts.gate_up_proj[e].detach().T
+        sd[f"{name}.{e}.gate_proj.weight"], sd[f"{name}.{e}.up_proj.weight"] = w[0::2], w[1::2]
+        b = experts.gate_up_proj_bias[e].detach()
+        sd[f"{name}.{e}.gate_proj.bias"], sd[f"{name}.{e}.up_proj.bias"] = b[0::2], b[1::2]
+        sd[f"{name}.{e}.down_proj.weight"] = experts.down_proj[e].detach().T
+        sd[f"{name}.{e}.down_proj.bias"] = experts.down_proj_bias[e].detach()
+    fused = fuse_unfused_expert_weights(model, sd)
+    assert set(fused) == {"other", *(f"{name}.{p}" for p in (
+        "gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"))}
+    for p in ("gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"):
+        assert torch.equal(fused[f"{name}.{p}"], getattr(experts, p).detach())
