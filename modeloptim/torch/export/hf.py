@@ -14,7 +14,8 @@ All checks run before anything is written or changed.
 
 Before writing, layers that read the same tensor (q/k/v, gate/up; found by
 :func:`modeloptim.torch.trace.shared_input_groups`) get one input amax and one
-``pre_quant_scale`` (:mod:`.fused`), in place, as the fused serving kernels require; then the
+``pre_quant_scale`` (:mod:`.fused`), and the experts of a 3-D MoE layer one input amax per
+projection (:mod:`.moe`), in place, as the fused serving kernels require; then the
 few static scales whose multiplier no float32 engine scale expresses are snapped to the
 nearest one that is (:func:`~.scales.snap_model_scales`, in place, about one ulp), so the
 checkpoint's scales alone reproduce the model bit for bit (:func:`~.loader.load_hf_checkpoint`).
@@ -48,7 +49,12 @@ from modeloptim.torch.export.modelopt_writer import (
     modelopt_quant_configs,
     warn_unaligned_int4,
 )
-from modeloptim.torch.export.moe import collect_export_layers, expert_base_tensors, expert_modules
+from modeloptim.torch.export.moe import (
+    collect_export_layers,
+    expert_base_tensors,
+    expert_modules,
+    unify_expert_input_amax,
+)
 from modeloptim.torch.export.packers import UnsupportedFormatError, leaf_quantizers, pack_weight
 from modeloptim.torch.export.scales import snap_model_scales
 from modeloptim.torch.export.writer import (
@@ -376,6 +382,7 @@ def export_hf_checkpoint(
     groups: list[list[str]] = []
     if any(s.input_quantizer is not None or s.pre_quant_scale is not None for s in layers):
         groups = harmonize_groups(model, _shared_groups(model, sample_input))
+        groups += unify_expert_input_amax(model)
     snapped = snap_model_scales(model)
     if groups or snapped:  # weights may have been re-smoothed or re-scaled: pack again
         layers, excluded = collect_export_layers(model)

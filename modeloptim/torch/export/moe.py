@@ -45,6 +45,7 @@ __all__ = [
     "expert_modules",
     "expert_parts",
     "load_expert_layers",
+    "unify_expert_input_amax",
 ]
 
 
@@ -171,6 +172,35 @@ def expert_base_tensors(
                     if bias is not None:
                         out[f"{key}.bias"] = bias.detach()[rows].to(dtype).contiguous()
     return out
+
+
+@torch.no_grad()
+def unify_expert_input_amax(model: nn.Module) -> list[list[str]]:
+    """Give all experts of a layer one static input amax per projection (the max), in place.
+
+    Fused MoE kernels take one activation scale per projection and layer (vLLM and
+    TensorRT-LLM reduce per-expert ``input_scale`` to their maximum when loading), so export
+    writes that value for every expert and the model computes what the engine will.
+
+    Returns:
+        The changed groups (names of the expert projections).
+    """
+    changed: list[list[str]] = []
+    for name, experts in expert_modules(model):
+        for proj in (experts.__dict__["_first_proj"], "down_proj"):
+            names = [f"{name}.{e}.{proj}" for e in range(int(experts.num_experts))]
+            qs = [model.get_submodule(n)._modules.get("input_quantizer") for n in names]
+            live = [q for q in qs if isinstance(q, TensorQuantizer) and q.is_enabled]
+            amaxes = [q.amax for q in live]
+            if len(live) < 2 or any(a is None for a in amaxes):
+                continue
+            top = torch.stack([a.float() for a in amaxes if a is not None]).amax(dim=0)
+            if all(torch.equal(a, top) for a in amaxes if a is not None):
+                continue
+            for q in live:
+                q.amax = top
+            changed.append(names)
+    return changed
 
 
 def _set_activation_amax(q: TensorQuantizer, scale: torch.Tensor) -> None:

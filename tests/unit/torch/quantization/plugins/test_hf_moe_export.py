@@ -84,6 +84,10 @@ def test_roundtrip_is_exact_with_unfused_expert_names(
                 # one input scale for the fused gate/up (w13) of each expert
                 assert torch.equal(t[f"{name}.{e}.gate_proj.input_scale"],
                                    t[f"{name}.{e}.up_proj.input_scale"])
+        if f"{name}.0.down_proj.input_scale" in t:  # one w2 activation scale per MoE layer
+            for e in range(1, 4):
+                assert torch.equal(t[f"{name}.{e}.down_proj.input_scale"],
+                                   t[f"{name}.0.down_proj.input_scale"])
     hfq = json.loads((tmp_path / "c" / "hf_quant_config.json").read_text())["quantization"]
     assert not any("experts" in m for m in hfq["exclude_modules"])
 
