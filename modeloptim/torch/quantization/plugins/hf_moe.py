@@ -37,6 +37,11 @@ while a forward hook is registered on an expert projection: the shared-input fin
 AWQ/SmoothQuant/GPTQ statistics observe layers through hooks, so they see every expert read
 the layer's full hidden states (all experts' ``gate_up_proj`` join the shared expert's
 gate/up in one shared-input group, and no expert lacks statistics).
+
+Elsewhere: ``export_hf_checkpoint`` writes the experts unfused, one layer per expert
+projection (:mod:`modeloptim.torch.export.moe`); ``mtq.compress`` and ``mtq.auto_quantize``
+refuse such models with a clear error instead of leaving the experts out; gradients (QAT)
+and ``mtq.fold_weight`` reach the 3-D parameters through the views.
 """
 
 from __future__ import annotations

@@ -61,7 +61,9 @@ def _fp8_qdq(x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize(
     ("family", "preset"),
     [("qwen2_moe", p) for p in ALGOS] + [("gpt_oss", "FP8_DEFAULT_CFG"),
-                                         ("gpt_oss", "INT4_AWQ_CFG")],
+                                         ("gpt_oss", "INT4_AWQ_CFG"),
+                                         ("mixtral", "NVFP4_DEFAULT_CFG"),
+                                         ("qwen3_moe", "W4A8_AWQ_BETA_CFG")],
 )
 def test_roundtrip_is_exact_with_unfused_expert_names(
     tmp_path: Path, family: str, preset: str
