@@ -199,7 +199,8 @@ def _linear_fast_forward(layer: nn.Module, input: torch.Tensor) -> Any:
 
     Same operations as the generic path (input quantizer, cached weight, ``F.linear``, output
     quantizer) without entering the weight-read context or the dynamic attribute lookup,
-    which cost tens of microseconds of host time per layer and call.
+    which cost tens of microseconds of host time per layer and call. A disabled output
+    quantizer without hooks returns its input unchanged, so it is not called at all.
     """
     modules = layer._modules
     x = modules["input_quantizer"](input)  # type: ignore[misc]
@@ -207,7 +208,29 @@ def _linear_fast_forward(layer: nn.Module, input: torch.Tensor) -> Any:
     assert weight is not None
     w = _cached(layer.__dict__[_CACHE], modules["weight_quantizer"], weight)  # type: ignore[arg-type]
     out = F.linear(x, w, layer._parameters.get("bias"))
-    return modules["output_quantizer"](out)  # type: ignore[misc]
+    oq = modules["output_quantizer"]
+    if _is_noop(oq):
+        return out
+    return oq(out)  # type: ignore[misc]
+
+
+_any_global_hook = getattr(torch.nn.modules.module, "_has_any_global_hook", None)
+
+
+def _is_noop(q: Any) -> bool:
+    """A disabled ``TensorQuantizer`` with no module hooks: calling it returns its input."""
+    return (
+        type(q) is TensorQuantizer
+        and q._disabled
+        and _any_global_hook is not None
+        and not (
+            q._forward_hooks
+            or q._forward_pre_hooks
+            or q._backward_hooks
+            or q._backward_pre_hooks
+            or _any_global_hook()
+        )
+    )
 
 
 class QuantInputBase(QuantModule):

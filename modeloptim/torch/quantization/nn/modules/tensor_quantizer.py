@@ -375,7 +375,7 @@ class TensorQuantizer(nn.Module):
         if self._disabled:
             return x
         if self._pre_quant_scale is not None:
-            pqs = self._pre_quant_scale.to(device=x.device, dtype=x.dtype)
+            pqs = self._scale_for(x)
             try:
                 x = x * pqs
             except RuntimeError:
@@ -406,49 +406,86 @@ class TensorQuantizer(nn.Module):
             amax = amax.to(x.device)
         if not self._cfg.fake_quant:
             return fmt.quantize(x, amax)
-        if (
-            x.is_cuda
-            and amax is not None
-            and not (torch.is_grad_enabled() and (x.requires_grad or amax.requires_grad))
+        if x.is_cuda and not (
+            torch.is_grad_enabled()
+            and (x.requires_grad or (amax is not None and amax.requires_grad))
         ):
             out = self._fast_fake_quant(x, amax)
             if out is not None:
                 return out
         return fake_quant_ste(x, amax, fmt)
 
-    def _fast_fake_quant(self, x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor | None:
+    def _scale_for(self, x: torch.Tensor) -> torch.Tensor:
+        """``pre_quant_scale`` on ``x``'s device and dtype.
+
+        On CUDA without autograd the converted copy is kept (keyed by the scale tensor and
+        its version) instead of launching a conversion kernel on every forward; the values
+        are the same ``.to()`` result either way.
+        """
+        pqs = self._pre_quant_scale
+        assert pqs is not None
+        if not x.is_cuda or torch.is_grad_enabled():
+            return pqs.to(device=x.device, dtype=x.dtype)
+        key = (id(pqs), pqs._version, x.dtype, x.device)
+        hit = self.__dict__.get("_pqs_cast")
+        if hit is None or hit[0] != key:
+            hit = (key, pqs.to(device=x.device, dtype=x.dtype), pqs)  # pqs pins its id
+            self.__dict__["_pqs_cast"] = hit
+        return hit[1]  # type: ignore[no-any-return]
+
+    def _fast_fake_quant(self, x: torch.Tensor, amax: torch.Tensor | None) -> torch.Tensor | None:
         """CUDA inference: the format's kernel call, resolved once per input signature.
 
         ``fmt.fake_quant`` re-derives the working view, the amax view and the kernel
         arguments on every call (tens of microseconds of host time per layer); for a static
-        amax they only depend on the input's shape/dtype/layout and on the amax tensor, so
-        they are resolved on the first call and replayed while those stay the same. The same
+        amax, or a dynamic block format whose kernel computes its own scales, they only
+        depend on the input's shape/dtype/layout and on the amax tensor, so they are
+        resolved on the first call and replayed while those stay the same (the kernel
+        launch itself is replayed too, see ``triton._launch.PreparedLaunch``). The same
         kernel runs with the same arguments: results are identical to the format path.
         Returns ``None`` (use the format path) when the view is not a plain reshape of ``x``
         or no kernel takes the layout.
         """
-        fmt = self._format
-        key = (x.shape, x.dtype, x.device, x.stride(), id(fmt), id(amax), amax._version)
-        hit = getattr(self, "_fast_plan", None)
+        key = (
+            x.shape,
+            x.dtype,
+            x.device,
+            x.is_contiguous(),
+            id(self._format),
+            id(amax),
+            -1 if amax is None else amax._version,
+        )
+        hit = self.__dict__.get("_fast_plan")
         if hit is None or hit[0] != key:
             hit = (key, self._plan_fast(x, amax))
             self._fast_plan = hit
         plan = hit[1]
         if plan is None:
             return None
-        launch, view_shape = plan[0], plan[1]
-        out = launch(x.view(view_shape))
-        return None if out is None else out.view(x.shape)
+        # the kernel reads x's memory as the flat working view: no reshape needed
+        return plan[0](x)  # type: ignore[no-any-return]
 
-    def _plan_fast(self, x: torch.Tensor, amax: torch.Tensor) -> tuple[Any, ...] | None:
+    def _plan_fast(self, x: torch.Tensor, amax: torch.Tensor | None) -> tuple[Any, ...] | None:
         fmt = self._format
-        if fmt.is_dynamic or not x.is_contiguous() or x.numel() == 0:
-            return None  # dynamic scales come from the data: nothing to resolve ahead
+        if not x.is_contiguous() or x.numel() == 0:
+            return None
+        if fmt.is_dynamic:
+            amax = None  # only block kernels that compute their own scales qualify, below
+        elif amax is None:
+            return None
         view, _ = fmt.granularity.to_view(x)
         if view.data_ptr() != x.data_ptr() or view.numel() != x.numel():
             return None  # padded or permuted view: restore is more than a reshape
-        amax_v = fmt._view_amax(view, amax)
-        call = fmt._kernel_call(view, amax_v)
+        if not view.is_contiguous():
+            return None
+        if amax is None:
+            # dynamic: kernels that derive every scale from the data take no amax argument
+            # (the format path's amax view is unused by them); anything else -> format path
+            call = fmt._kernel_call(view, None)
+            if call is None or any(isinstance(a, torch.Tensor) for a in call[1][1:]):
+                return None
+        else:
+            call = fmt._kernel_call(view, fmt._view_amax(view, amax))
         if call is None or not call[1] or call[1][0] is not view:
             return None
         fn = CUDA_KERNELS.get(call[0])
@@ -456,17 +493,22 @@ class TensorQuantizer(nn.Module):
             return None
         rest = tuple(call[1][1:])
         prepare = getattr(fn, "prepare", None)  # kernels that can pre-resolve their launch
+        launch: Any
         if prepare is not None:
-            launch = prepare(view, *rest)
+            launch = prepare(view, *rest)  # takes x itself: same memory as the view
             if launch is None:
                 return None
         else:
+            view_shape = tuple(view.shape)
 
-            def launch(v: torch.Tensor) -> torch.Tensor | None:
-                return fn(v, *rest)  # type: ignore[no-any-return]
+            def call_kernel(v: torch.Tensor) -> torch.Tensor | None:
+                out = fn(v.view(view_shape), *rest)
+                return None if out is None else out.view(v.shape)
+
+            launch = call_kernel
 
         # fmt and amax are kept so that their ids in the key cannot be reused
-        return launch, tuple(view.shape), fmt, amax
+        return launch, fmt, amax
 
     def extra_repr(self) -> str:  # noqa: D102
         if self._disabled:

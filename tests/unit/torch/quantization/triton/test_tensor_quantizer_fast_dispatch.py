@@ -62,11 +62,38 @@ def test_plan_is_redone_when_amax_or_shape_changes():
     assert torch.equal(q._fast_fake_quant(x2, q.amax), q.format.fake_quant(x2, q.amax))
 
 
+DYNAMIC = [
+    ("fp8 dynamic block32", {"num_bits": (4, 3), "block_sizes": {-1: 32, "type": "dynamic"}}),
+    ("int4 dynamic block16", {"num_bits": 4, "block_sizes": {-1: 16, "type": "dynamic"}}),
+    (
+        "mxfp4",
+        {"num_bits": (2, 1), "block_sizes": {-1: 32, "type": "dynamic", "scale_bits": (8, 0)}},
+    ),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("name", "cfg"), DYNAMIC, ids=[c[0] for c in DYNAMIC])
+def test_dynamic_block_plan_equals_format_path(name, cfg, dtype):
+    torch.manual_seed(2)
+    x = (torch.randn(2, 6, 64) * 3).to(dtype)
+    q = TensorQuantizer(cfg)
+    assert q.format.is_dynamic, name
+    assert q._plan_fast(x, None) is not None, name
+    for scale in (1.0, 0.01):  # second call replays the plan on new data
+        xs = x * scale
+        out = q._fast_fake_quant(xs, None)
+        assert out is not None
+        assert out.shape == xs.shape
+        assert torch.equal(out, q.format.fake_quant(xs, None)), name
+
+
 @pytest.mark.parametrize(
     ("cfg", "shape", "why"),
     [
-        ({"num_bits": (4, 3), "block_sizes": {-1: 32, "type": "dynamic"}}, (4, 64), "dynamic"),
         ({"num_bits": 4, "block_sizes": {-1: 128}}, (4, 200), "padded blocks"),
+        ({"num_bits": 8, "axis": None, "type": "dynamic"}, (4, 64), "dynamic per-tensor"),
+        ({**NVFP4, "type": "dynamic"}, (4, 64), "nvfp4 dynamic global amax"),
     ],
 )
 def test_no_plan_where_the_view_or_scales_depend_on_more(cfg, shape, why):
@@ -75,7 +102,7 @@ def test_no_plan_where_the_view_or_scales_depend_on_more(cfg, shape, why):
     amax = q.format.compute_amax(x)
     if amax is not None:
         q.amax = amax
-    assert q._plan_fast(x, q.amax if q.amax is not None else torch.tensor(1.0)) is None, why
+    assert q._plan_fast(x, q.amax) is None, why
 
 
 def test_non_contiguous_input_gets_no_plan():
@@ -110,3 +137,31 @@ def test_prepared_launchers_equal_the_wrappers():
             assert torch.equal(out, ref)
             assert torch.equal(launch(x_in * 0.5), launch(x_in * 0.5))  # reusable
     assert ew.fake_quant_fp8.prepare(x, torch.ones(3, 3), 4) is None  # layout not taken
+
+
+def test_cached_linear_skips_only_a_hookless_disabled_output_quantizer():
+    from torch import nn
+
+    import modeloptim.torch.quantization as mtq
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(32, 16))
+    x = torch.randn(3, 32)
+    mtq.quantize(model, mtq.INT8_DEFAULT_CFG, lambda m: m(x))
+    layer = model[0]
+    assert not layer.output_quantizer.is_enabled
+    with torch.no_grad():
+        ref = model(x)
+        seen = []
+        with mtq.cache_quantized_weights(model):
+            assert torch.equal(model(x), ref)
+            handle = layer.output_quantizer.register_forward_hook(
+                lambda m, i, o: seen.append(o.shape)
+            )
+            assert torch.equal(model(x), ref)
+            handle.remove()
+            assert seen == [torch.Size([3, 16])]  # the hook still runs
+            layer.output_quantizer.enable()
+            layer.output_quantizer.amax = ref.abs().amax()
+            out = model(x)
+        assert torch.equal(out, layer.output_quantizer(ref))
