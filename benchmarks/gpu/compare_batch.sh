@@ -3,7 +3,7 @@
 # the same machine). Run from the new tree (the device tool's copy: `cd .gpu_tree`), whose
 # parent directory holds the baseline checkout.
 #   bash benchmarks/gpu/compare_batch.sh host   # tests (changed parts) + host_overhead + e2e, old and new
-#   bash benchmarks/gpu/compare_batch.sh gemv   # the W4A16 GEMV variant sweep
+#   bash benchmarks/gpu/compare_batch.sh gemv   # GEMM backend tests + the W4A16 GEMV sweep
 #   bash benchmarks/gpu/compare_batch.sh e2e    # e2e (new) + host_overhead (new), once more
 # Logs go to $OUT with the prefix ${TAG:-s3}_.
 set -u
@@ -37,7 +37,9 @@ host)
   grep -E "^\| [A-Zp-]|^baseline" "$OUT/${TAG}_e2e_new.log" || tail -20 "$OUT/${TAG}_e2e_new.log"
   ;;
 gemv)
-  run_new timeout 420 python3 benchmarks/gpu/w4_gemv_sweep.py --json "$OUT/${TAG}_gemv.json" \
+  run_new timeout 150 python3 -m pytest -q -p no:cacheprovider --tb=short -rf \
+    tests/gpu/test_gpu_backends.py 2>&1 | tee "$OUT/${TAG}_tests_backends.log" | tail -5
+  run_new timeout 420 python3 benchmarks/gpu/w4_gemv_sweep.py ${GEMV_ARGS:-} --json "$OUT/${TAG}_gemv.json" \
     > "$OUT/${TAG}_gemv.log" 2>&1; grep -E "^\||^bf16|^W4A16|failed" "$OUT/${TAG}_gemv.log" | head -40
   ;;
 e2e)

@@ -3,7 +3,8 @@
 Times ``F.linear`` on the bf16 weight (baseline, same run) and each INT4 GEMV variant:
 the byte-wise kernel, the word-wise kernel (tile sweep), the word kernel with manual
 prefetch (next step's loads issued before decoding the current step) and/or split-K, and
-the tensor-core kernel (M padded to 16, pipelined weight loads). Every time is a CUDA-graph
+the tensor-core kernel (M padded to 16, pipelined weight loads), and the interleaved-layout
+kernel (activations loaded in the weights' register layout). Every time is a CUDA-graph
 replay over 6 weight copies (6 x 32 MiB > L2), so no host launch cost is counted. Prints
 the ratio to bf16, GB/s on the packed bytes and the error against float64.
 
@@ -29,6 +30,7 @@ from modeloptim.torch.quantization.backends import w4a16
 BASE: dict[str, Any] = {
     "GEMV_WORDS": True,
     "GEMV_DOT": False,
+    "GEMV_ILV": False,
     "GEMV_WORDS_PREFETCH": False,
     "GEMV_WORDS_SPLIT_K": 1,
     "GEMV_WORDS_BLOCK_N": w4a16.GEMV_WORDS_BLOCK_N,
@@ -38,14 +40,15 @@ BASE: dict[str, Any] = {
 }
 
 
-def variants(quick: bool) -> list[tuple[str, dict[str, Any]]]:
-    """(label, module settings) of every variant to time."""
+def variants(families: set[str], quick: bool) -> list[tuple[str, dict[str, Any]]]:
+    """(label, module settings) of every variant to time, for the kernel families asked."""
     out: list[tuple[str, dict[str, Any]]] = [("words default", {})]
-    out.append(("byte kernel", {"GEMV_WORDS": False}))
+    if "byte" in families:
+        out.append(("byte kernel", {"GEMV_WORDS": False}))
     tiles = [(16, 1024, 4), (8, 1024, 4), (16, 512, 4), (32, 512, 8), (16, 2048, 8)]
     if quick:
         tiles = tiles[:2]
-    for bn, bk, wp in tiles:
+    for bn, bk, wp in tiles if "words" in families else []:
         tile = {"GEMV_WORDS_BLOCK_N": bn, "GEMV_WORDS_BLOCK_K": bk, "GEMV_WORDS_WARPS": wp}
         out.append((f"words prefetch {bn}x{bk} w{wp}", {**tile, "GEMV_WORDS_PREFETCH": True}))
         for split in (2, 4, 8):
@@ -54,8 +57,23 @@ def variants(quick: bool) -> list[tuple[str, dict[str, Any]]]:
                 out.append(
                     (label, {**tile, "GEMV_WORDS_SPLIT_K": split, "GEMV_WORDS_PREFETCH": pf})
                 )
+    if "ilv" in families:
+        for bn, bk, wp in itertools.product((4, 8, 16), (512, 1024, 2048, 4096), (4, 8)):
+            if quick and (bn, wp) != (4, 4):
+                continue
+            out.append(
+                (
+                    f"interleaved {bn}x{bk} w{wp}",
+                    {
+                        "GEMV_ILV": True,
+                        "GEMV_ILV_BLOCK_N": bn,
+                        "GEMV_ILV_BLOCK_K": bk,
+                        "GEMV_ILV_WARPS": wp,
+                    },
+                )
+            )
     dots = itertools.product((32, 64, 128), (128, 256, 512), ((4, 4), (8, 3), (4, 2)))
-    for bn, bk, (wp, st) in dots:
+    for bn, bk, (wp, st) in dots if "dot" in families else []:
         if quick and (wp, st) != (4, 4):
             continue
         out.append(
@@ -78,6 +96,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=8192)
     p.add_argument("--json", default="")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--families", default="byte,ilv", help="of byte, words, ilv, dot")
     p.add_argument("--rep-ms", type=int, default=60)
     a = p.parse_args()
     n = k = a.size
@@ -90,7 +109,7 @@ def main() -> None:
     qws = [B.quantize_int4(w, 128) for w in ws]
     moved = qws[0].data.numel() + qws[0].scale.numel() * qws[0].scale.element_size()
     ref = xs[0].double() @ qws[0].dequantize(torch.float64).T
-    defaults = {key: getattr(w4a16, key) for key in {*BASE, "GEMV_DOT_BLOCK_N"}}
+    defaults = {key: getattr(w4a16, key) for key in {*BASE, "GEMV_DOT_BLOCK_N", "GEMV_ILV_BLOCK_N"}}
 
     def bench(fn: Any) -> float:
         """Per-call us replayed from a CUDA graph of all copies (no host launch cost)."""
@@ -103,7 +122,7 @@ def main() -> None:
 
     t_bf16 = bench(lambda i: F.linear(xs[i], ws[i]))
     rows: list[dict[str, Any]] = []
-    for label, settings in variants(a.quick):
+    for label, settings in variants(set(a.families.split(",")), a.quick):
         for key, value in {**BASE, **settings}.items():
             setattr(w4a16, key, value)
         try:

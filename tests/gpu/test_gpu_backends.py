@@ -93,6 +93,13 @@ GEMV_VARIANTS = {
     "words prefetch split 2": {"GEMV_WORDS_PREFETCH": True, "GEMV_WORDS_SPLIT_K": 2},
     "tensor cores": {"GEMV_DOT": True},
     "tensor cores bk128": {"GEMV_DOT": True, "GEMV_DOT_BLOCK_K": 128, "GEMV_DOT_BLOCK_N": 32},
+    "interleaved": {"GEMV_ILV": True},
+    "interleaved 8x2048 w8": {
+        "GEMV_ILV": True,
+        "GEMV_ILV_BLOCK_N": 8,
+        "GEMV_ILV_BLOCK_K": 2048,
+        "GEMV_ILV_WARPS": 8,
+    },
 }
 
 

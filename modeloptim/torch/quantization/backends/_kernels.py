@@ -315,6 +315,78 @@ def w4_gemv_words_kernel(
 
 
 @triton.jit
+def w4_gemv_ilv_kernel(
+    x_ptr,
+    w_ptr,
+    s_ptr,
+    b_ptr,
+    y_ptr,
+    N,
+    K,
+    stride_xm,
+    stride_ym,
+    stride_wn,
+    GROUP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    XBF16: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """INT4 decode GEMV over the interleaved word layout (``packing.interleave_int4_words``).
+
+    ``x_ptr`` is the activation row viewed as int32 words, word ``i`` holding elements
+    ``2i`` and ``2i + 1``. For nibble pair ``s``, weight word ``c`` (block ``c // 16``,
+    ``j = c % 16``) holds the elements of activation word ``64 (c // 16) + 16 s + j``: for
+    a fixed ``s`` those are consecutive along ``c``, so x is loaded through a pointer tile
+    of the weight tile's shape (equal in every row) and gets the weight tile's register
+    layout with 16-byte vector loads, instead of 1-D loads moved through shared memory with
+    a barrier per load (the word kernel's per-step cost). Decode as in
+    ``w4_gemv_words_kernel``: ``((w ^ 0x88888888) >> 4s) & 0x000F000F | 0x43004300`` holds
+    two bfloat16 numbers ``128 + code``, minus 136 the INT4 values; the ``- 136`` is folded
+    into one ``136 * sum(x)`` per step. ``GROUP`` and ``BLOCK_K`` are multiples of 128.
+    """
+    pid_n = tl.program_id(0)
+    m = tl.program_id(1)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = n < N
+    BW: tl.constexpr = BLOCK_K // 8
+    jw = tl.arange(0, BW)
+    NG = K // GROUP
+    w_row = w_ptr + n.to(tl.int64)[:, None] * stride_wn
+    x_row = x_ptr + m * stride_xm
+    zero_rows = tl.zeros([BLOCK_N, 1], dtype=tl.int32)
+    if BLOCK_K <= GROUP:
+        acc = tl.zeros([BLOCK_N, BW], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_N, BLOCK_K // GROUP], dtype=tl.float32)
+    for kw0 in range(0, stride_wn, BW):
+        c = kw0 + jw
+        w = tl.load(w_row + c[None, :], mask=mask_n[:, None], other=0)
+        w = w ^ -2004318072  # 0x88888888: every nibble to its offset-8 code
+        xc = (c // 16) * 64 + c % 16  # activation word of pair s = 0
+        prod = tl.zeros([BLOCK_N, BW], dtype=tl.float32)
+        xsum = tl.zeros([BLOCK_N, BW], dtype=tl.float32)
+        for s in tl.static_range(4):
+            xw = tl.load(x_row + (xc + 16 * s)[None, :] + zero_rows)
+            x_lo, x_hi = _split_pair(xw, XBF16)
+            t = ((w >> (4 * s)) & 0x000F000F) | 0x43004300
+            f_lo = (t << 16).to(tl.float32, bitcast=True)
+            f_hi = (t & -65536).to(tl.float32, bitcast=True)
+            prod += f_lo * x_lo + f_hi * x_hi
+            xsum += x_lo + x_hi
+        prod = prod - 136.0 * xsum
+        sc = _words_scales(s_ptr, n, mask_n, kw0, NG, GROUP, BLOCK_K)
+        if BLOCK_K <= GROUP:
+            acc += prod * sc[:, None]
+        else:
+            acc += tl.sum(tl.reshape(prod, [BLOCK_N, BLOCK_K // GROUP, GROUP // 8]), axis=2) * sc
+    out = tl.sum(acc, axis=1)
+    if HAS_BIAS:
+        out += tl.load(b_ptr + n, mask=mask_n, other=0.0).to(tl.float32)
+    tl.store(y_ptr + m * stride_ym + n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
+
+
+@triton.jit
 def w4_gemv_dot_kernel(
     x_ptr,
     w_ptr,

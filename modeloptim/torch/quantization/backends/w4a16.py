@@ -37,6 +37,13 @@ GEMV_WORDS_PREFETCH = False
 #: Split K over this many programs per output block (float32 partials + a reduction kernel)
 #: when K divides evenly; 1 = one program per output block over all of K.
 GEMV_WORDS_SPLIT_K = 1
+#: INT4 decode over the interleaved word layout (``w4_gemv_ilv_kernel``; activations loaded
+#: in the weights' register layout, no shared-memory exchange): needs K and the group size
+#: multiples of 128, keeps an interleaved copy of the codes on the weight (``decode_words``).
+GEMV_ILV = False
+GEMV_ILV_BLOCK_N = 4
+GEMV_ILV_BLOCK_K = 1024
+GEMV_ILV_WARPS = 4
 #: INT4 decode on the tensor cores instead (``w4_gemv_dot_kernel``, M padded to 16) where the
 #: group size is a multiple of 128; its tile, warps and pipeline depth.
 GEMV_DOT = False
@@ -83,7 +90,9 @@ def w4a16_linear(
     b = bias if bias is not None else y
     if m <= GEMV_MAX_M and x.dtype != torch.float32 and x.is_contiguous():
         if wfmt == 0 and _words_layout_ok(weight):
-            if GEMV_DOT and weight.group_size % 128 == 0:
+            if GEMV_ILV and _ilv_ok(x, weight):
+                _gemv_ilv(x, weight, bias, y)
+            elif GEMV_DOT and weight.group_size % 128 == 0:
                 _gemv_dot(x, weight, bias, y)
             else:
                 _gemv_words(x, weight, bias, y)
@@ -215,6 +224,56 @@ def _gemv_words(
             BLOCK=block,
             num_warps=4,
         )
+
+
+def _ilv_ok(x: torch.Tensor, weight: QuantizedWeight) -> bool:
+    """Interleaved GEMV usable: groups/K in 128s, x readable as aligned int32 pairs."""
+    k = weight.shape[1]
+    return (
+        weight.group_size % 128 == 0
+        and k % 128 == 0
+        and x.dtype in (torch.bfloat16, torch.float16)
+        and x.data_ptr() % 16 == 0
+        and x.stride(0) % 8 == 0
+    )
+
+
+def _gemv_ilv(
+    x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None, y: torch.Tensor
+) -> None:
+    from ._kernels import w4_gemv_ilv_kernel
+    from .packing import interleave_int4_words
+
+    m, k = x.shape
+    n = weight.shape[0]
+    words = weight.decode_words
+    key = (weight.data.data_ptr(), weight.data._version)  # rebuilt if the codes change
+    if words is None or weight.__dict__.get("_decode_key") != key:
+        words = interleave_int4_words(weight.data)
+        weight.decode_words = words
+        weight.__dict__["_decode_key"] = key
+    bk = GEMV_ILV_BLOCK_K
+    if k % bk or bk % 128 or (bk > weight.group_size and bk % weight.group_size):
+        bk = 128
+    xw = x.view(torch.int32)
+    w4_gemv_ilv_kernel[(triton_cdiv(n, GEMV_ILV_BLOCK_N), m)](
+        xw,
+        words,
+        weight.scale,
+        bias if bias is not None else y,
+        y,
+        n,
+        k,
+        xw.stride(0),
+        y.stride(0),
+        words.stride(0),
+        GROUP=weight.group_size,
+        HAS_BIAS=bias is not None,
+        XBF16=x.dtype == torch.bfloat16,
+        BLOCK_N=GEMV_ILV_BLOCK_N,
+        BLOCK_K=bk,
+        num_warps=GEMV_ILV_WARPS,
+    )
 
 
 def _gemv_dot(
