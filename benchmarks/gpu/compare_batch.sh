@@ -38,7 +38,7 @@ host)
   ;;
 gemv)
   run_new timeout 150 python3 -m pytest -q -p no:cacheprovider --tb=short -rf \
-    tests/gpu/test_gpu_backends.py 2>&1 | tee "$OUT/${TAG}_tests_backends.log" | tail -5
+    tests/gpu/test_gpu_backends.py tests/gpu/test_gpu_replay.py 2>&1 | tee "$OUT/${TAG}_tests_backends.log" | tail -5
   run_new timeout 420 python3 benchmarks/gpu/w4_gemv_sweep.py ${GEMV_ARGS:-} --json "$OUT/${TAG}_gemv.json" \
     > "$OUT/${TAG}_gemv.log" 2>&1; grep -E "^\||^bf16|^W4A16|failed" "$OUT/${TAG}_gemv.log" | head -40
   ;;

@@ -31,6 +31,8 @@ BASE: dict[str, Any] = {
     "GEMV_WORDS": True,
     "GEMV_DOT": False,
     "GEMV_ILV": False,
+    "GEMV_ILV_PREFETCH": False,
+    "GEMV_ILV_SCALE2D": False,
     "GEMV_WORDS_PREFETCH": False,
     "GEMV_WORDS_SPLIT_K": 1,
     "GEMV_WORDS_BLOCK_N": w4a16.GEMV_WORDS_BLOCK_N,
@@ -58,17 +60,23 @@ def variants(families: set[str], quick: bool) -> list[tuple[str, dict[str, Any]]
                     (label, {**tile, "GEMV_WORDS_SPLIT_K": split, "GEMV_WORDS_PREFETCH": pf})
                 )
     if "ilv" in families:
-        for bn, bk, wp in itertools.product((4, 8, 16), (512, 1024, 2048, 4096), (4, 8)):
-            if quick and (bn, wp) != (4, 4):
+        space = itertools.product(
+            (4, 8, 16), (2048, 4096, 8192), (4, 8), ((False, False), (False, True), (True, True))
+        )
+        for bn, bk, wp, (pf, s2) in space:
+            if quick and (bn, wp) != (8, 8):
                 continue
+            flags = (" prefetch" if pf else "") + (" scale2d" if s2 else "")
             out.append(
                 (
-                    f"interleaved {bn}x{bk} w{wp}",
+                    f"interleaved{flags} {bn}x{bk} w{wp}",
                     {
                         "GEMV_ILV": True,
                         "GEMV_ILV_BLOCK_N": bn,
                         "GEMV_ILV_BLOCK_K": bk,
                         "GEMV_ILV_WARPS": wp,
+                        "GEMV_ILV_PREFETCH": pf,
+                        "GEMV_ILV_SCALE2D": s2,
                     },
                 )
             )
@@ -97,7 +105,7 @@ def main() -> None:
     p.add_argument("--json", default="")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--families", default="byte,ilv", help="of byte, words, ilv, dot")
-    p.add_argument("--rep-ms", type=int, default=60)
+    p.add_argument("--rep-ms", type=int, default=40)
     a = p.parse_args()
     n = k = a.size
     dev = torch.cuda.get_device_name()

@@ -94,6 +94,19 @@ GEMV_VARIANTS = {
     "tensor cores": {"GEMV_DOT": True},
     "tensor cores bk128": {"GEMV_DOT": True, "GEMV_DOT_BLOCK_K": 128, "GEMV_DOT_BLOCK_N": 32},
     "interleaved": {"GEMV_ILV": True},
+    "interleaved prefetch scale2d 8x4096 w8": {
+        "GEMV_ILV": True,
+        "GEMV_ILV_PREFETCH": True,
+        "GEMV_ILV_SCALE2D": True,
+        "GEMV_ILV_BLOCK_N": 8,
+        "GEMV_ILV_BLOCK_K": 4096,
+        "GEMV_ILV_WARPS": 8,
+    },
+    "interleaved scale2d 4x2048": {
+        "GEMV_ILV": True,
+        "GEMV_ILV_SCALE2D": True,
+        "GEMV_ILV_BLOCK_K": 2048,
+    },
     "interleaved 8x2048 w8": {
         "GEMV_ILV": True,
         "GEMV_ILV_BLOCK_N": 8,

@@ -329,6 +329,8 @@ def w4_gemv_ilv_kernel(
     GROUP: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     XBF16: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    SCALE2D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
@@ -344,6 +346,11 @@ def w4_gemv_ilv_kernel(
     ``w4_gemv_words_kernel``: ``((w ^ 0x88888888) >> 4s) & 0x000F000F | 0x43004300`` holds
     two bfloat16 numbers ``128 + code``, minus 136 the INT4 values; the ``- 136`` is folded
     into one ``136 * sum(x)`` per step. ``GROUP`` and ``BLOCK_K`` are multiples of 128.
+    ``PREFETCH`` loads the next step's weight words and scales before decoding the current
+    step (manual double buffering; past the last step the loads are masked off).
+    ``SCALE2D`` loads the group scales as a tile of the weight tile's shape (each column's
+    group scale, cached loads) and accumulates ``prod * scale`` element-wise, instead of
+    per-step group sums through a reshape (which moves data between layouts each step).
     """
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
@@ -355,13 +362,38 @@ def w4_gemv_ilv_kernel(
     w_row = w_ptr + n.to(tl.int64)[:, None] * stride_wn
     x_row = x_ptr + m * stride_xm
     zero_rows = tl.zeros([BLOCK_N, 1], dtype=tl.int32)
-    if BLOCK_K <= GROUP:
+    if BLOCK_K <= GROUP or SCALE2D:
         acc = tl.zeros([BLOCK_N, BW], dtype=tl.float32)
     else:
         acc = tl.zeros([BLOCK_N, BLOCK_K // GROUP], dtype=tl.float32)
+    s_row = s_ptr + n[:, None] * NG
+    if PREFETCH:
+        w_next = tl.load(w_row + jw[None, :], mask=mask_n[:, None], other=0)
+        if SCALE2D:
+            s_next = tl.load(s_row + ((jw * 8) // GROUP)[None, :], mask=mask_n[:, None], other=0.0)
+        else:
+            s_next = _words_scales(s_ptr, n, mask_n, 0, NG, GROUP, BLOCK_K)
     for kw0 in range(0, stride_wn, BW):
         c = kw0 + jw
-        w = tl.load(w_row + c[None, :], mask=mask_n[:, None], other=0)
+        if PREFETCH:
+            w = w_next
+            sc = s_next
+            more = (n * 0 + (kw0 + BW)) < stride_wn  # a tensor: the interpreter masks by tensors
+            w_next = tl.load(w_row + (c + BW)[None, :], mask=(mask_n & more)[:, None], other=0)
+            if SCALE2D:
+                s_next = tl.load(
+                    s_row + (((c + BW) * 8) // GROUP)[None, :],
+                    mask=(mask_n & more)[:, None],
+                    other=0.0,
+                )
+            else:
+                s_next = _words_scales(s_ptr, n, mask_n & more, kw0 + BW, NG, GROUP, BLOCK_K)
+        else:
+            w = tl.load(w_row + c[None, :], mask=mask_n[:, None], other=0)
+            if SCALE2D:
+                sc = tl.load(s_row + ((c * 8) // GROUP)[None, :], mask=mask_n[:, None], other=0.0)
+            else:
+                sc = _words_scales(s_ptr, n, mask_n, kw0, NG, GROUP, BLOCK_K)
         w = w ^ -2004318072  # 0x88888888: every nibble to its offset-8 code
         xc = (c // 16) * 64 + c % 16  # activation word of pair s = 0
         prod = tl.zeros([BLOCK_N, BW], dtype=tl.float32)
@@ -375,8 +407,9 @@ def w4_gemv_ilv_kernel(
             prod += f_lo * x_lo + f_hi * x_hi
             xsum += x_lo + x_hi
         prod = prod - 136.0 * xsum
-        sc = _words_scales(s_ptr, n, mask_n, kw0, NG, GROUP, BLOCK_K)
-        if BLOCK_K <= GROUP:
+        if SCALE2D:
+            acc += prod * sc.to(tl.float32)
+        elif BLOCK_K <= GROUP:
             acc += prod * sc[:, None]
         else:
             acc += tl.sum(tl.reshape(prod, [BLOCK_N, BLOCK_K // GROUP, GROUP // 8]), axis=2) * sc

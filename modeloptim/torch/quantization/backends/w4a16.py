@@ -44,6 +44,8 @@ GEMV_ILV = False
 GEMV_ILV_BLOCK_N = 4
 GEMV_ILV_BLOCK_K = 1024
 GEMV_ILV_WARPS = 4
+GEMV_ILV_PREFETCH = False
+GEMV_ILV_SCALE2D = False
 #: INT4 decode on the tensor cores instead (``w4_gemv_dot_kernel``, M padded to 16) where the
 #: group size is a multiple of 128; its tile, warps and pipeline depth.
 GEMV_DOT = False
@@ -270,6 +272,8 @@ def _gemv_ilv(
         GROUP=weight.group_size,
         HAS_BIAS=bias is not None,
         XBF16=x.dtype == torch.bfloat16,
+        PREFETCH=GEMV_ILV_PREFETCH,
+        SCALE2D=GEMV_ILV_SCALE2D,
         BLOCK_N=GEMV_ILV_BLOCK_N,
         BLOCK_K=bk,
         num_warps=GEMV_ILV_WARPS,

@@ -14,8 +14,9 @@ The replay is only taken while it launches exactly what the JIT path would launc
 
 * the same compiled kernel: the JIT path picks a kernel by the arguments' types, constexprs
   and 16-byte alignment of pointers and integers; types, constexprs and integers are fixed
-  by the caller, so each call checks that every tensor has the alignment it had at the first
-  launch (otherwise it takes the JIT path, which may compile another specialization);
+  by the caller, only launches with every tensor 16-byte aligned are bound, and each call
+  checks that its tensors are too (otherwise it takes the JIT path, which may compile
+  another specialization);
 * the same device and no launch hooks (a profiler such as proton registers hooks that the
   JIT path calls): otherwise the JIT path runs;
 * a Triton version whose launcher takes that argument form (3.4 <= version < 3.10), and not
@@ -122,27 +123,27 @@ class PreparedLaunch:
         """Launch the kernel on ``tensors`` (the kernel's leading pointer arguments)."""
         replay = self._replay
         if replay is not None:
-            run, function, packed, consts, device, align, get_stream, get_device, rt = replay
-            if (
-                tuple(t.data_ptr() % 16 == 0 for t in tensors) == align
-                and get_device() == device
-                and _hooks_idle(rt)
-            ):
-                g = self._grid
-                run(
-                    g[0],
-                    g[1] if len(g) > 1 else 1,
-                    g[2] if len(g) > 2 else 1,
-                    get_stream(device),
-                    function,
-                    packed,
-                    None,  # launch metadata: only read by launch hooks, and there are none
-                    None,
-                    None,
-                    *tensors,
-                    *consts,
-                )
-                return
+            for t in tensors:
+                if t.data_ptr() & 15:
+                    break  # not the 16-byte aligned specialization that was bound
+            else:
+                run, g0, g1, g2, function, packed, consts, device, stream, get_device, rt = replay
+                if get_device() == device and _hooks_idle(rt):
+                    # launch metadata (None): only read by launch hooks, and there are none
+                    run(
+                        g0,
+                        g1,
+                        g2,
+                        stream(device),
+                        function,
+                        packed,
+                        None,
+                        None,
+                        None,
+                        *tensors,
+                        *consts,
+                    )
+                    return
         compiled = self.jit_launch(*tensors)
         if replay is None and self._try_replay:
             if self._launched:
@@ -151,7 +152,13 @@ class PreparedLaunch:
             self._launched = True
 
     def _bind(self, compiled: Any, tensors: Sequence[torch.Tensor]) -> tuple[Any, ...] | None:
-        """The replay tuple for ``compiled`` (None when its layout is not the expected one)."""
+        """The replay tuple for ``compiled`` (None when its layout is not the expected one).
+
+        Only a launch whose tensors are all 16-byte aligned (the usual case: the caching
+        allocator aligns to 512 bytes) is bound; each replay checks that this still holds.
+        """
+        if any(t.data_ptr() & 15 for t in tensors):
+            return None
         consts = launcher_tail(self._kernel, len(tensors), self._scalars, self._meta)
         if consts is None:
             return None
@@ -159,15 +166,19 @@ class PreparedLaunch:
             from triton.runtime import driver
 
             active = driver.active
+            get_device = getattr(torch._C, "_cuda_getDevice", active.get_current_device)
+            g = self._grid
             return (
                 compiled.run,
+                g[0],
+                g[1] if len(g) > 1 else 1,
+                g[2] if len(g) > 2 else 1,
                 compiled.function,
                 compiled.packed_metadata,
                 consts,
                 active.get_current_device(),
-                tuple(t.data_ptr() % 16 == 0 for t in tensors),
                 active.get_current_stream,
-                active.get_current_device,
+                get_device,
                 triton.knobs.runtime,
             )
         except (AttributeError, TypeError):  # a Triton whose internals differ: JIT path only

@@ -199,29 +199,33 @@ def _linear_fast_forward(layer: nn.Module, input: torch.Tensor) -> Any:
 
     Same operations as the generic path (input quantizer, cached weight, ``F.linear``, output
     quantizer) without entering the weight-read context or the dynamic attribute lookup,
-    which cost tens of microseconds of host time per layer and call. A disabled output
-    quantizer without hooks returns its input unchanged, so it is not called at all.
+    which cost tens of microseconds of host time per layer and call. Quantizers without
+    hooks are called through ``forward`` directly, and a disabled output quantizer without
+    hooks (it would return its input) not at all.
     """
     modules = layer._modules
-    x = modules["input_quantizer"](input)  # type: ignore[misc]
+    iq = modules["input_quantizer"]
+    x = iq.forward(input) if _hookless(iq) else iq(input)  # type: ignore[misc, union-attr]
     weight = layer._parameters["weight"]
     assert weight is not None
     w = _cached(layer.__dict__[_CACHE], modules["weight_quantizer"], weight)  # type: ignore[arg-type]
     out = F.linear(x, w, layer._parameters.get("bias"))
     oq = modules["output_quantizer"]
-    if _is_noop(oq):
-        return out
+    if _hookless(oq) and oq._disabled:  # type: ignore[union-attr]
+        return out  # a disabled quantizer returns its input
     return oq(out)  # type: ignore[misc]
 
 
 _any_global_hook = getattr(torch.nn.modules.module, "_has_any_global_hook", None)
 
 
-def _is_noop(q: Any) -> bool:
-    """A disabled ``TensorQuantizer`` with no module hooks: calling it returns its input."""
+def _hookless(q: Any) -> bool:
+    """A plain ``TensorQuantizer`` without module hooks: ``q.forward(x)`` is ``q(x)``.
+
+    (``Module.__call__`` adds nothing else then; calling ``forward`` saves its overhead.)
+    """
     return (
         type(q) is TensorQuantizer
-        and q._disabled
         and _any_global_hook is not None
         and not (
             q._forward_hooks

@@ -140,11 +140,16 @@ def test_tensor_core_gemv_matches_float64(monkeypatch, dtype, group, block_k, k)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("prefetch", "scale2d"), [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize(
     ("group", "block_k", "k", "block_n"),
     [(128, 256, 512, 4), (128, 1024, 384, 8), (256, 256, 768, 4), (128, 128, 256, 16)],
 )
-def test_interleaved_gemv_matches_float64(monkeypatch, dtype, group, block_k, k, block_n):
+def test_interleaved_gemv_matches_float64(
+    monkeypatch, dtype, prefetch, scale2d, group, block_k, k, block_n
+):
+    monkeypatch.setattr(w4a16, "GEMV_ILV_PREFETCH", prefetch)
+    monkeypatch.setattr(w4a16, "GEMV_ILV_SCALE2D", scale2d)
     seen = []
     real = w4a16._gemv_ilv
     monkeypatch.setattr(w4a16, "_gemv_ilv", lambda *a: seen.append(1) or real(*a))

@@ -161,6 +161,10 @@ def test_cached_linear_skips_only_a_hookless_disabled_output_quantizer():
             assert torch.equal(model(x), ref)
             handle.remove()
             assert seen == [torch.Size([3, 16])]  # the hook still runs
+            handle = layer.input_quantizer.register_forward_pre_hook(lambda m, args: (args[0] * 2,))
+            doubled = model(x)
+            handle.remove()
+            assert not torch.equal(doubled, ref)  # the input quantizer's hook ran too
             layer.output_quantizer.enable()
             layer.output_quantizer.amax = ref.abs().amax()
             out = model(x)

@@ -67,34 +67,36 @@ def test_replay_passes_grid_stream_and_the_full_argument_tuple():
     x = torch.randn(4, 64)
     out = torch.empty_like(x)
     amax = torch.tensor(2.0)
+    assert all(t.data_ptr() % 16 == 0 for t in (x, out, amax))
     scalars = (1, 256, 1, 448.0, -448.0, 448.0)
     p = PreparedLaunch(ew._scaled_fake_quant_kernel, (4,), scalars, {**_META, "num_warps": 8})
     tail = launcher_tail(ew._scaled_fake_quant_kernel, 3, scalars, _META)
-    align = tuple(t.data_ptr() % 16 == 0 for t in (x, amax, out))
 
     class Runtime:
         launch_enter_hook = type("H", (), {"calls": []})()
         launch_exit_hook = None
 
-    p._replay = (run, "fn", "packed", tail, 0, align, lambda d: 77, lambda: 0, Runtime)
+    bound = (run, 4, 1, 1, "fn", "packed", tail, 0, lambda d: 77, lambda: 0, Runtime)
+    p._replay = bound
     p(x, amax, out)
     assert calls == [(4, 1, 1, 77, "fn", "packed", None, None, None, x, amax, out, *tail)]
-    # a hook registered (a profiler), another device, or another alignment: JIT path instead
+    # a hook registered (a profiler), another device, or a misaligned tensor: JIT path
     for change in ("hook", "device", "align"):
         jit = []
         p.jit_launch = lambda *t, _j=jit: _j.append(t)  # type: ignore[method-assign]
-        replay = list(p._replay)
+        replay = list(bound)
+        args = (x, amax, out)
         if change == "hook":
             rt = type("R", (), {"launch_enter_hook": type("H", (), {"calls": [print]})()})
             rt.launch_exit_hook = None
-            replay[8] = rt
+            replay[10] = rt
         elif change == "device":
-            replay[7] = lambda: 1
+            replay[9] = lambda: 1
         else:
-            replay[5] = tuple(not a for a in align)
+            args = (x.view(-1)[1:], amax, out)  # 4-byte offset
         p._replay = tuple(replay)
         calls.clear()
-        p(x, amax, out)
+        p(*args)
         assert calls == [], change
         assert len(jit) == 1, change
 
