@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu/compare_batch.sh host   # tests (changed parts) + host_overhead + e2e, old and new
 #   bash benchmarks/gpu/compare_batch.sh gemv   # GEMM backend tests + the W4A16 GEMV sweep
 #   bash benchmarks/gpu/compare_batch.sh e2e    # e2e (new) + host_overhead (new), once more
+#   bash benchmarks/gpu/compare_batch.sh diag   # e2e FP8/NVFP4 with profiler tables, twice, + old
 # Logs go to $OUT with the prefix ${TAG:-s3}_.
 set -u
 OUT=${OUT:-$PWD/gpu_out}
@@ -47,5 +48,15 @@ e2e)
     > "$OUT/${TAG}_host_new.log"; grep -E "^\|" "$OUT/${TAG}_host_new.log"
   run_new timeout 200 python3 benchmarks/gpu/e2e_llama.py > "$OUT/${TAG}_e2e_new.log" 2>&1
   grep -E "^\| [A-Zp-]|^baseline" "$OUT/${TAG}_e2e_new.log" || tail -20 "$OUT/${TAG}_e2e_new.log"
+  ;;
+diag)
+  for i in a b; do
+    run_new timeout 150 python3 benchmarks/gpu/e2e_llama.py --profile \
+      --presets FP8_DEFAULT_CFG,NVFP4_DEFAULT_CFG > "$OUT/${TAG}_e2e_prof_$i.log" 2>&1
+    grep -E "^\| [A-Zp-]|^bf16|CFG: quantize|Self CPU time total|Self CUDA time total" \
+      "$OUT/${TAG}_e2e_prof_$i.log" | sed 's/.*\(FP8_DEF\|NVFP4_DEF\)/\1/' | sort -u
+  done
+  run_old timeout 150 python3 benchmarks/gpu/e2e_llama.py --presets FP8_DEFAULT_CFG,NVFP4_DEFAULT_CFG \
+    > "$OUT/${TAG}_e2e_old.log" 2>&1; grep -E "^\| [A-Zp-]|^baseline" "$OUT/${TAG}_e2e_old.log"
   ;;
 esac
