@@ -59,4 +59,9 @@ diag)
   run_old timeout 150 python3 benchmarks/gpu/e2e_llama.py --presets FP8_DEFAULT_CFG,NVFP4_DEFAULT_CFG \
     > "$OUT/${TAG}_e2e_old.log" 2>&1; grep -E "^\| [A-Zp-]|^baseline" "$OUT/${TAG}_e2e_old.log"
   ;;
+cprof)
+  run_new timeout 200 python3 benchmarks/gpu/e2e_llama.py --cprofile \
+    --presets FP8_DEFAULT_CFG,NVFP4_DEFAULT_CFG > "$OUT/${TAG}_e2e_cprof.log" 2>&1
+  grep -E "^\| [A-Zp-]|^bf16|CFG: quantize" "$OUT/${TAG}_e2e_cprof.log"
+  ;;
 esac

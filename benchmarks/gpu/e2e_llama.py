@@ -283,6 +283,12 @@ def main() -> None:
         f"bf16: plain pass over the calibration data {t_plain:.3f} s; forward {bf16_ms:.2f} ms "
         f"(host enqueue {bf16_host:.2f} ms)"
     )
+    if args.cprofile:
+        with torch.no_grad():
+            print(
+                "bf16 forward, cProfile:\n"
+                + python_profile(lambda: base(input_ids=ids, use_cache=False), device)
+            )
 
     results = []
     for name in args.presets.split(","):
