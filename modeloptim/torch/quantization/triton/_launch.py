@@ -127,22 +127,9 @@ class PreparedLaunch:
                 if t.data_ptr() & 15:
                     break  # not the 16-byte aligned specialization that was bound
             else:
-                run, g0, g1, g2, function, packed, consts, device, stream, get_device, rt = replay
+                run, g0, g1, g2, function, mid, consts, device, stream, get_device, rt = replay
                 if get_device() == device and _hooks_idle(rt):
-                    # launch metadata (None): only read by launch hooks, and there are none
-                    run(
-                        g0,
-                        g1,
-                        g2,
-                        stream(device),
-                        function,
-                        packed,
-                        None,
-                        None,
-                        None,
-                        *tensors,
-                        *consts,
-                    )
+                    run(g0, g1, g2, stream(device), function, *mid, *tensors, *consts)
                     return
         compiled = self.jit_launch(*tensors)
         if replay is None and self._try_replay:
@@ -168,13 +155,14 @@ class PreparedLaunch:
             active = driver.active
             get_device = getattr(torch._C, "_cuda_getDevice", active.get_current_device)
             g = self._grid
+            run, mid = _launcher_entry(compiled)
             return (
-                compiled.run,
+                run,
                 g[0],
                 g[1] if len(g) > 1 else 1,
                 g[2] if len(g) > 2 else 1,
                 compiled.function,
-                compiled.packed_metadata,
+                mid,
                 consts,
                 active.get_current_device(),
                 active.get_current_stream,
@@ -183,6 +171,37 @@ class PreparedLaunch:
             )
         except (AttributeError, TypeError):  # a Triton whose internals differ: JIT path only
             return None
+
+
+def _launcher_entry(compiled: Any) -> tuple[Any, tuple[Any, ...]]:
+    """The function a replay calls and its arguments between ``function`` and the kernel's.
+
+    Generally ``compiled.run`` (Triton's launcher object) with ``(packed_metadata, launch
+    metadata, enter hook, exit hook)``; the metadata and hooks are None because replays only
+    run while no hook is registered (the metadata is only read by hooks). On Triton 3.6, for
+    a kernel without global or profile scratch memory, the launcher object's ``__call__``
+    only adds ``(cooperative grid, PDL, None, None)`` in front of those and calls its C
+    ``launch``: that is called directly (a Python frame less per launch).
+    """
+    launcher = compiled.run
+    mid: tuple[Any, ...] = (compiled.packed_metadata, None, None, None)
+    if (
+        _version(triton.__version__) == (3, 6)
+        and getattr(launcher, "global_scratch_size", None) == 0
+        and getattr(launcher, "profile_scratch_size", None) == 0
+        and not getattr(launcher, "gsan_enabled", False)
+        and hasattr(launcher, "launch")
+        and hasattr(launcher, "launch_cooperative_grid")
+        and hasattr(launcher, "launch_pdl")
+    ):
+        return launcher.launch, (
+            launcher.launch_cooperative_grid,
+            launcher.launch_pdl,
+            None,  # global scratch
+            None,  # profile scratch
+            *mid,
+        )
+    return launcher, mid
 
 
 def launcher_tail(

@@ -76,7 +76,8 @@ def test_replay_passes_grid_stream_and_the_full_argument_tuple():
         launch_enter_hook = type("H", (), {"calls": []})()
         launch_exit_hook = None
 
-    bound = (run, 4, 1, 1, "fn", "packed", tail, 0, lambda d: 77, lambda: 0, Runtime)
+    mid = ("packed", None, None, None)
+    bound = (run, 4, 1, 1, "fn", mid, tail, 0, lambda d: 77, lambda: 0, Runtime)
     p._replay = bound
     p(x, amax, out)
     assert calls == [(4, 1, 1, 77, "fn", "packed", None, None, None, x, amax, out, *tail)]
@@ -122,3 +123,31 @@ def test_dynamic_block_and_mx_prepare_equal_their_wrappers():
         assert launch is not None
         assert torch.equal(launch(x).reshape(ref.shape), ref)
     assert bw.fake_quant_mx.prepare(x, "e9m9") is None
+
+
+def test_launcher_entry_calls_the_c_launch_only_for_scratch_free_kernels(monkeypatch):
+    class Launcher:
+        global_scratch_size = 0
+        profile_scratch_size = 0
+        launch_cooperative_grid = False
+        launch_pdl = True
+
+        def launch(self, *a):
+            return a
+
+        def __call__(self, *a):
+            return a
+
+    compiled = type("C", (), {"run": Launcher(), "packed_metadata": (4, 1, 0)})()
+    monkeypatch.setattr(_launch.triton, "__version__", "3.6.0")
+    fn, mid = _launch._launcher_entry(compiled)
+    assert fn == compiled.run.launch
+    assert mid == (False, True, None, None, (4, 1, 0), None, None, None)
+    compiled.run.global_scratch_size = 128  # needs scratch: the launcher object allocates it
+    fn, mid = _launch._launcher_entry(compiled)
+    assert fn is compiled.run
+    assert mid == ((4, 1, 0), None, None, None)
+    compiled.run.global_scratch_size = 0
+    monkeypatch.setattr(_launch.triton, "__version__", "3.9.0")  # other launchers: run()
+    fn, _ = _launch._launcher_entry(compiled)
+    assert fn is compiled.run
