@@ -6,6 +6,8 @@
 #   bash benchmarks/gpu/compare_batch.sh gemv   # GEMM backend tests + the W4A16 GEMV sweep
 #   bash benchmarks/gpu/compare_batch.sh e2e    # e2e (new) + host_overhead (new), once more
 #   bash benchmarks/gpu/compare_batch.sh diag   # e2e FP8/NVFP4 with profiler tables, twice, + old
+#   bash benchmarks/gpu/compare_batch.sh cprof  # e2e FP8/NVFP4 and bf16 under cProfile
+#   bash benchmarks/gpu/compare_batch.sh final  # run_all.sh + host_overhead + a second e2e
 # Logs go to $OUT with the prefix ${TAG:-s3}_.
 set -u
 OUT=${OUT:-$PWD/gpu_out}
@@ -63,5 +65,18 @@ cprof)
   run_new timeout 200 python3 benchmarks/gpu/e2e_llama.py --cprofile \
     --presets FP8_DEFAULT_CFG,NVFP4_DEFAULT_CFG > "$OUT/${TAG}_e2e_cprof.log" 2>&1
   grep -E "^\| [A-Zp-]|^bf16|CFG: quantize" "$OUT/${TAG}_e2e_cprof.log"
+  ;;
+final)
+  # the full batch (tests/gpu + kernels + gemm + e2e), then host_overhead and a second e2e;
+  # everything in one archive ($OUT returns at most 8 files)
+  work=$(mktemp -d)
+  OUT=$work run_new bash benchmarks/gpu/run_all.sh 2>&1 | tee "$work/run_all_stdout.log"
+  echo "=== host_overhead"
+  run_new timeout 150 python3 benchmarks/gpu/host_overhead.py 2>&1 | grep -v "calibrat" \
+    > "$work/host_overhead.log"; grep -E "^\|" "$work/host_overhead.log"
+  echo "=== e2e (second run)"
+  run_new timeout 200 python3 benchmarks/gpu/e2e_llama.py > "$work/e2e_b.log" 2>&1
+  grep -E "^\| [A-Zp-]|^bf16|CFG: quantize" "$work/e2e_b.log" | sed 's/.*\(FP8_DEF\|NVFP4_DEF\|INT4_AWQ\)/\1/'
+  tar -czf "$OUT/${TAG}_final.tgz" -C "$work" .
   ;;
 esac

@@ -6,6 +6,8 @@ compiled kernel on fresh random data (poisoned outputs), and the quantizer's CUD
 format's PyTorch path on the same GPU.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -140,3 +142,39 @@ def test_cached_pre_quant_scale_equals_the_uncached_product():
         q.pre_quant_scale.mul_(2.0)  # in place: the cached copy must follow
         ref2 = q.format.fake_quant(x * q.pre_quant_scale.to(torch.bfloat16), q.amax)
         assert torch.equal(q(x), ref2)
+
+
+def test_cached_model_shares_the_quantized_input_of_sibling_linears(monkeypatch):
+    from torch import nn
+
+    import modeloptim.torch.quantization as mtq
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = (nn.Linear(256, 256) for _ in range(3))
+            self.o = nn.Linear(256, 256)
+
+        def forward(self, x):
+            return self.o(self.q(x) * self.k(x) + self.v(x))
+
+    torch.manual_seed(7)
+    model = Block().cuda().to(torch.bfloat16)
+    x = torch.randn(4, 32, 256, device="cuda", dtype=torch.bfloat16)
+    launches = []
+    real = _launch.PreparedLaunch.__call__
+    monkeypatch.setattr(
+        _launch.PreparedLaunch, "__call__", lambda s, *t: launches.append(1) or real(s, *t)
+    )
+    for cfg in (mtq.FP8_DEFAULT_CFG, mtq.NVFP4_DEFAULT_CFG):
+        m = copy.deepcopy(model)
+        mtq.quantize(m, cfg, lambda mm: mm(x))
+        with torch.no_grad():
+            ref = m(x)  # no cache, no memo
+            with mtq.cache_quantized_weights(m):
+                m(x)  # quantizes and caches the weights
+                for _ in range(3):
+                    launches.clear()
+                    out = m(x)
+                    assert torch.equal(out, ref)
+                    assert len(launches) == 2  # q/k/v share one input launch, o its own

@@ -160,21 +160,29 @@ def cache_quantized_weights(model: nn.Module) -> Iterator[nn.Module]:
 
     The cached copy is recomputed when the weight is modified in place, or when its
     quantizer's format, switches, amax or pre_quant_scale change; calibration and training
-    (grad enabled) bypass the cache. Costs one extra copy of the quantized weights.
+    (grad enabled) bypass the cache. Costs one extra copy of the quantized weights. Layers
+    whose input quantizers see the same input tensor and resolve to the same kernel call
+    and amax value (q/k/v, gate/up after max calibration) share one quantized input; the
+    last shared input is kept until the next one or the end of the context.
     """
     layers = [m for m in model.modules() if isinstance(m, QuantModule)]
+    memo: list[Any] = [None]  # shared by the layers: see TensorQuantizer._quant
     for layer in layers:
         layer.__dict__[_CACHE] = {}
         layer.__dict__[_FAST_LINEAR] = _plain_linear(layer)
+        layer.__dict__[_MEMO] = memo
     try:
         yield model
     finally:
+        memo[0] = None
         for layer in layers:
             layer.__dict__.pop(_CACHE, None)
             layer.__dict__.pop(_FAST_LINEAR, None)
+            layer.__dict__.pop(_MEMO, None)
 
 
 _FAST_LINEAR = "_fast_linear_forward"
+_MEMO = "_shared_input_memo"
 
 
 def _plain_linear(layer: nn.Module) -> bool:
@@ -205,7 +213,9 @@ def _linear_fast_forward(layer: nn.Module, input: torch.Tensor) -> Any:
     """
     modules = layer._modules
     iq = modules["input_quantizer"]
-    x = iq.forward(input) if _hookless(iq) else iq(input)  # type: ignore[misc, union-attr]
+    # the memo lets layers that quantize the same input alike share one launch
+    memo = layer.__dict__[_MEMO]
+    x = iq._quant(input, memo) if _hookless(iq) else iq(input)  # type: ignore[union-attr, operator, misc]
     weight = layer._parameters["weight"]
     assert weight is not None
     w = _cached(layer.__dict__[_CACHE], modules["weight_quantizer"], weight)  # type: ignore[arg-type]

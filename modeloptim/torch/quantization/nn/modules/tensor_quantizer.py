@@ -19,6 +19,7 @@ touches ``num_bits``/``axis``/``block_sizes``, the layout fields it leaves out (
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,7 @@ from ...tensor_quant import fake_quant_ste
 __all__ = ["TensorQuantizer"]
 
 _LAYOUT_FIELDS = ("num_bits", "axis", "block_sizes")
+_UNSET = object()
 
 
 def _fmt_values(t: torch.Tensor) -> str:
@@ -372,6 +374,17 @@ class TensorQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | QuantizedCodes:
         """Quantize ``x`` (any shape); see the module docstring for the steps."""
+        return self._quant(x, None)
+
+    def _quant(self, x: torch.Tensor, memo: list[Any] | None) -> torch.Tensor | QuantizedCodes:
+        """:meth:`forward`; ``memo`` (a one-slot list) may share the CUDA fast path's output.
+
+        Quantizers that get the same input tensor (unchanged) and resolve to the same kernel
+        call with the same amax value compute the same output: with a ``memo`` the previous
+        such output is returned instead of launching again (the q/k/v projections of an
+        attention block, gate/up of an MLP). Only for callers that do not modify the output
+        in place (the cached inference ``nn.Linear`` path).
+        """
         if self._disabled:
             return x
         if self._pre_quant_scale is not None:
@@ -410,7 +423,7 @@ class TensorQuantizer(nn.Module):
             torch.is_grad_enabled()
             and (x.requires_grad or (amax is not None and amax.requires_grad))
         ):
-            out = self._fast_fake_quant(x, amax)
+            out = self._fast_fake_quant(x, amax, memo)
             if out is not None:
                 return out
         return fake_quant_ste(x, amax, fmt)
@@ -433,7 +446,9 @@ class TensorQuantizer(nn.Module):
             self.__dict__["_pqs_cast"] = hit
         return hit[1]  # type: ignore[no-any-return]
 
-    def _fast_fake_quant(self, x: torch.Tensor, amax: torch.Tensor | None) -> torch.Tensor | None:
+    def _fast_fake_quant(
+        self, x: torch.Tensor, amax: torch.Tensor | None, memo: list[Any] | None = None
+    ) -> torch.Tensor | None:
         """CUDA inference: the format's kernel call, resolved once per input signature.
 
         ``fmt.fake_quant`` re-derives the working view, the amax view and the kernel
@@ -462,8 +477,37 @@ class TensorQuantizer(nn.Module):
         plan = hit[1]
         if plan is None:
             return None
-        # the kernel reads x's memory as the flat working view: no reshape needed
-        return plan[0](x)  # type: ignore[no-any-return]
+        if memo is None:
+            # the kernel reads x's memory as the flat working view: no reshape needed
+            return plan[0](x)  # type: ignore[no-any-return]
+        share = self._share_key(plan, x)
+        if share is None:
+            return plan[0](x)  # type: ignore[no-any-return]
+        last = memo[0]
+        if last is not None and last[0]() is x and last[1] == x._version and last[2] == share:
+            return last[3]  # type: ignore[no-any-return]
+        out = plan[0](x)
+        memo[0] = (weakref.ref(x), x._version, share, out)
+        return out  # type: ignore[no-any-return]
+
+    def _share_key(self, plan: tuple[Any, ...], x: torch.Tensor) -> tuple[Any, ...] | None:
+        """What makes two quantizers' outputs on one input equal: kernel call and amax value.
+
+        Computed once per plan, when a memo first asks (one host read of a per-tensor amax;
+        only the stored amax qualifies, so calibration's per-batch amax never gets here).
+        None: no sharing (per-channel amax, a learned amax, or an amax copied per call).
+        """
+        state = plan[3]
+        if state[0] is _UNSET:
+            amax = plan[2]
+            value: float | None = None
+            ok = amax is None
+            if amax is not None and amax.numel() == 1:
+                stored = self._buffers.get("_amax")
+                ok = amax is stored
+                value = float(amax.item()) if ok else None
+            state[0] = (state[1], state[2], state[3], x.dtype, value) if ok else None
+        return state[0]  # type: ignore[no-any-return]
 
     def _plan_fast(self, x: torch.Tensor, amax: torch.Tensor | None) -> tuple[Any, ...] | None:
         fmt = self._format
@@ -507,8 +551,12 @@ class TensorQuantizer(nn.Module):
 
             launch = call_kernel
 
+        # share key for the memo of _quant: filled on first use with a memo (_share_key)
+        # (tensor arguments, i.e. the amax view, enter the key by value in _share_key)
+        rest_key = tuple(None if isinstance(a, torch.Tensor) else a for a in rest)
+        share: list[Any] = [_UNSET, call[0], rest_key, tuple(view.shape)]
         # fmt and amax are kept so that their ids in the key cannot be reused
-        return launch, fmt, amax
+        return launch, fmt, amax, share
 
     def extra_repr(self) -> str:  # noqa: D102
         if self._disabled:

@@ -169,3 +169,70 @@ def test_cached_linear_skips_only_a_hookless_disabled_output_quantizer():
             layer.output_quantizer.amax = ref.abs().amax()
             out = model(x)
         assert torch.equal(out, layer.output_quantizer(ref))
+
+
+def test_memo_shares_only_equal_quantizers_on_the_same_unchanged_input():
+    torch.manual_seed(5)
+    cfg = {"num_bits": (4, 3), "axis": None}
+    x = torch.randn(4, 64) * 3
+    a = TensorQuantizer(cfg, amax=2.0)
+    b = TensorQuantizer(cfg, amax=2.0)  # same format and amax value: same output
+    c = TensorQuantizer(cfg, amax=1.0)
+    d = TensorQuantizer({"num_bits": (5, 2), "axis": None}, amax=2.0)
+    memo = [None]
+    out_a = a._fast_fake_quant(x, a.amax, memo)
+    assert a._fast_fake_quant(x, a.amax, None) is not out_a  # no memo: a new launch
+    assert b._fast_fake_quant(x, b.amax, memo) is out_a  # shared
+    for other in (c, d):
+        out = other._fast_fake_quant(x, other.amax, memo)
+        assert out is not out_a
+        assert torch.equal(out, other.format.fake_quant(x, other.amax))
+    out_b = b._fast_fake_quant(x, b.amax, memo)  # the memo now holds d's output
+    assert out_b is not out_a
+    assert torch.equal(out_b, out_a)
+    assert b._fast_fake_quant(x, b.amax, memo) is out_b
+    x.mul_(0.5)  # in place: new version, nothing shared
+    out_x = a._fast_fake_quant(x, a.amax, memo)
+    assert out_x is not out_b
+    assert torch.equal(out_x, a.format.fake_quant(x, a.amax))
+    y = x.clone()  # equal values, another tensor: not shared
+    assert a._fast_fake_quant(y, a.amax, memo) is not out_x
+    with torch.no_grad():
+        b.amax.fill_(1.0)  # amax changed in place: b's plan and key follow
+    assert torch.equal(b._fast_fake_quant(y, b.amax, memo), c.format.fake_quant(y, c.amax))
+
+
+def test_cached_linears_on_one_input_share_the_quantized_input():
+    from torch import nn
+
+    import modeloptim.torch.quantization as mtq
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = nn.Linear(64, 32)
+            self.k = nn.Linear(64, 32)
+            self.o = nn.Linear(32, 16)
+
+        def forward(self, x):
+            return self.o(self.q(x) + self.k(x))
+
+    torch.manual_seed(6)
+    model = Two()
+    x = torch.randn(5, 64)
+    mtq.quantize(model, mtq.FP8_DEFAULT_CFG, lambda m: m(x))
+    assert torch.equal(model.q.input_quantizer.amax, model.k.input_quantizer.amax)
+    with torch.no_grad():
+        ref = model(x)
+        with mtq.cache_quantized_weights(model):
+            # both layers get the context's one memo (forward takes the fast path on CUDA
+            # only: tests/gpu runs the model; here the quantizers' fast path is called)
+            memo = model.q.__dict__["_shared_input_memo"]
+            assert model.k.__dict__["_shared_input_memo"] is memo
+            q_in, k_in = (
+                layer.input_quantizer._fast_fake_quant(x, layer.input_quantizer.amax, memo)
+                for layer in (model.q, model.k)
+            )
+            assert k_in is q_in
+            assert torch.equal(model(x), ref)
+        assert "_shared_input_memo" not in model.q.__dict__
