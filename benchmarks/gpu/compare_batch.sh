@@ -79,4 +79,16 @@ final)
   grep -E "^\| [A-Zp-]|^bf16|CFG: quantize" "$work/e2e_b.log" | sed 's/.*\(FP8_DEF\|NVFP4_DEF\|INT4_AWQ\)/\1/'
   tar -czf "$OUT/${TAG}_final.tgz" -C "$work" .
   ;;
+order)
+  # host_overhead, then e2e with NVFP4 alone and with FP8 first (is the second preset slow?)
+  run_new timeout 150 python3 benchmarks/gpu/host_overhead.py 2>&1 | grep -v "calibrat" \
+    > "$OUT/${TAG}_host_new.log"; grep -E "^\|" "$OUT/${TAG}_host_new.log"
+  for presets in NVFP4_DEFAULT_CFG FP8_DEFAULT_CFG,NVFP4_DEFAULT_CFG NVFP4_DEFAULT_CFG,FP8_DEFAULT_CFG; do
+    run_new timeout 150 python3 benchmarks/gpu/e2e_llama.py --presets $presets \
+      > "$OUT/${TAG}_e2e_${presets//,/_}.log" 2>&1
+    echo "--- $presets"
+    grep -E "^bf16|CFG: quantize" "$OUT/${TAG}_e2e_${presets//,/_}.log" \
+      | sed 's/.*\(FP8_DEF\|NVFP4_DEF\)/\1/' | cut -c1-190
+  done
+  ;;
 esac
