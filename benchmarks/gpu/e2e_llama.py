@@ -95,6 +95,45 @@ def median_ms(fn: Callable[[], Any], device: torch.device, reps: int, warmup: in
     return statistics.median(times)
 
 
+def host_ms(fn: Callable[[], Any], device: torch.device, reps: int = 10) -> float:
+    """Median host (enqueue) milliseconds of ``fn``: device idle before, no sync inside.
+
+    When this is below the device time the forward is GPU bound; the launch queue can make
+    it block (then it reads close to the device time).
+    """
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    _sync(device)
+    return statistics.median(times)
+
+
+class GcTimer:
+    """Total time and count of Python garbage collections while active (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.total_s = 0.0
+        self.count = [0, 0, 0]
+        self._t0 = 0.0
+
+    def _cb(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.total_s += time.perf_counter() - self._t0
+            self.count[info["generation"]] += 1
+
+    def __enter__(self) -> GcTimer:
+        gc.callbacks.append(self._cb)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._cb)
+
+
 def make_loop(batches: list[torch.Tensor]) -> Callable[[torch.nn.Module], None]:
     """Forward loop over the calibration batches (no grad, no KV cache)."""
 
@@ -160,7 +199,9 @@ def run_preset(
     model.eval()
     with torch.no_grad(), cache_quantized_weights(model):
         first = wall(lambda: model(input_ids=ids, use_cache=False), device)
-        fwd = median_ms(lambda: model(input_ids=ids, use_cache=False), device, args.reps)
+        with GcTimer() as gct:
+            fwd = median_ms(lambda: model(input_ids=ids, use_cache=False), device, args.reps)
+        host = host_ms(lambda: model(input_ids=ids, use_cache=False), device)
         prof = profile_forward(model, ids) if args.profile else ""
         if args.cprofile:
             prof += python_profile(lambda: model(input_ids=ids, use_cache=False), device)
@@ -173,6 +214,9 @@ def run_preset(
         "first_forward_s": first,
         "forward_ms": fwd,
         "forward_nocache_ms": nocache,
+        "forward_host_ms": host,
+        "gc_ms_per_forward": gct.total_s * 1e3 / (args.reps + 3),
+        "gc_collections": gct.count,
         "profile": prof,
     }
 
@@ -234,7 +278,17 @@ def main() -> None:
     t_plain = statistics.median(wall(lambda: loop(base), device) for _ in range(3))
     with torch.no_grad():
         bf16_ms = median_ms(lambda: base(input_ids=ids, use_cache=False), device, args.reps)
-    print(f"bf16: plain pass over the calibration data {t_plain:.3f} s; forward {bf16_ms:.2f} ms")
+        bf16_host = host_ms(lambda: base(input_ids=ids, use_cache=False), device)
+    print(
+        f"bf16: plain pass over the calibration data {t_plain:.3f} s; forward {bf16_ms:.2f} ms "
+        f"(host enqueue {bf16_host:.2f} ms)"
+    )
+    if args.cprofile:
+        with torch.no_grad():
+            print(
+                "bf16 forward, cProfile:\n"
+                + python_profile(lambda: base(input_ids=ids, use_cache=False), device)
+            )
 
     results = []
     for name in args.presets.split(","):
@@ -245,7 +299,9 @@ def main() -> None:
             torch.cuda.empty_cache()
         print(
             f"{name}: quantize {r['quantize_s']:.2f} s, max calib {r['max_calib_s']:.2f} s, "
-            f"forward {r['forward_ms']:.2f} ms (no cache {r['forward_nocache_ms']:.2f} ms)",
+            f"forward {r['forward_ms']:.2f} ms (no cache {r['forward_nocache_ms']:.2f} ms, "
+            f"host enqueue {r['forward_host_ms']:.2f} ms, gc {r['gc_ms_per_forward']:.2f} "
+            f"ms/forward, collections {r['gc_collections']})",
             flush=True,
         )
         if r["profile"]:
@@ -291,6 +347,7 @@ def main() -> None:
                     "params": params,
                     "plain_pass_s": t_plain,
                     "bf16_forward_ms": bf16_ms,
+                    "bf16_host_ms": bf16_host,
                     "results": [{k: v for k, v in r.items() if k != "profile"} for r in results],
                 },
                 f,
