@@ -10,7 +10,9 @@ downloaded). For each preset (FP8_DEFAULT_CFG, NVFP4_DEFAULT_CFG, INT4_AWQ_CFG) 
   8 x 512 batch, median of repeated CUDA-event timings.
 
 Baselines measured in the same run on the unquantized bf16 model: one plain forward pass over
-the calibration data, and the forward of the same 8 x 512 batch. Targets (issue #8): max
+the calibration data, and the forward of the same 8 x 512 batch; the "paired" columns time
+baseline and candidate in alternation (the ratio of each round, median), which cancels the
+host-speed drift of the lent machine. Targets (issue #8): max
 calibration <= 3x the plain pass, fake-quant forward <= 1.5x bf16. AWQ's search is reported
 separately (it is not a max calibration). ``--profile`` prints the top CUDA/CPU ops of one
 fake-quant forward per preset (torch.profiler).
@@ -95,6 +97,76 @@ def median_ms(fn: Callable[[], Any], device: torch.device, reps: int, warmup: in
     return statistics.median(times)
 
 
+def paired(
+    fns: dict[str, Callable[[], Any]], device: torch.device, reps: int, timer: str = "event"
+) -> dict[str, list[float]]:
+    """Times of several functions measured interleaved: one call of each per round.
+
+    The lent machine's host speed drifts (up to ~2x within one call), and a host-bound
+    forward follows it; measuring the baseline and the candidate in alternation exposes both
+    to the same phases, so their per-round ratio is what the code costs, not when it ran.
+    ``timer``: ``"event"`` (CUDA events, ms) or ``"wall"`` (synchronized wall clock, s).
+    """
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            if timer == "wall" or device.type != "cuda":
+                t = wall(fn, device)
+                times[name].append(t if timer == "wall" else t * 1e3)
+                continue
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times[name].append(start.elapsed_time(end))
+    return times
+
+
+def median_ratio(num: list[float], den: list[float]) -> float:
+    """Median of the per-round ratios ``num[i] / den[i]``."""
+    return statistics.median(a / b for a, b in zip(num, den, strict=True))
+
+
+def host_ms(fn: Callable[[], Any], device: torch.device, reps: int = 10) -> float:
+    """Median host (enqueue) milliseconds of ``fn``: device idle before, no sync inside.
+
+    When this is below the device time the forward is GPU bound; the launch queue can make
+    it block (then it reads close to the device time).
+    """
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    _sync(device)
+    return statistics.median(times)
+
+
+class GcTimer:
+    """Total time and count of Python garbage collections while active (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.total_s = 0.0
+        self.count = [0, 0, 0]
+        self._t0 = 0.0
+
+    def _cb(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.total_s += time.perf_counter() - self._t0
+            self.count[info["generation"]] += 1
+
+    def __enter__(self) -> GcTimer:
+        gc.callbacks.append(self._cb)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._cb)
+
+
 def make_loop(batches: list[torch.Tensor]) -> Callable[[torch.nn.Module], None]:
     """Forward loop over the calibration batches (no grad, no KV cache)."""
 
@@ -157,10 +229,27 @@ def run_preset(
     cfg = getattr(mtq, name)
     t_quant = wall(lambda: mtq.quantize(model, cfg, loop), device)
     t_max = wall(lambda: mtq.calibrate(model, "max", loop), device)
+    # max calibration vs the plain pass, interleaved (see `paired`): 3 rounds
+    calib = paired(
+        {"plain": lambda: loop(base), "calib": lambda: mtq.calibrate(model, "max", loop)},
+        device,
+        3,
+        timer="wall",
+    )
     model.eval()
     with torch.no_grad(), cache_quantized_weights(model):
         first = wall(lambda: model(input_ids=ids, use_cache=False), device)
-        fwd = median_ms(lambda: model(input_ids=ids, use_cache=False), device, args.reps)
+        with GcTimer() as gct:
+            fwd = median_ms(lambda: model(input_ids=ids, use_cache=False), device, args.reps)
+        pair = paired(
+            {
+                "bf16": lambda: base(input_ids=ids, use_cache=False),
+                "fq": lambda: model(input_ids=ids, use_cache=False),
+            },
+            device,
+            args.reps,
+        )
+        host = host_ms(lambda: model(input_ids=ids, use_cache=False), device)
         prof = profile_forward(model, ids) if args.profile else ""
         if args.cprofile:
             prof += python_profile(lambda: model(input_ids=ids, use_cache=False), device)
@@ -173,6 +262,12 @@ def run_preset(
         "first_forward_s": first,
         "forward_ms": fwd,
         "forward_nocache_ms": nocache,
+        "forward_host_ms": host,
+        "paired_forward_ratio": median_ratio(pair["fq"], pair["bf16"]),
+        "paired_bf16_ms": statistics.median(pair["bf16"]),
+        "paired_calib_ratio": median_ratio(calib["calib"], calib["plain"]),
+        "gc_ms_per_forward": gct.total_s * 1e3 / (args.reps + 3),
+        "gc_collections": gct.count,
         "profile": prof,
     }
 
@@ -234,7 +329,17 @@ def main() -> None:
     t_plain = statistics.median(wall(lambda: loop(base), device) for _ in range(3))
     with torch.no_grad():
         bf16_ms = median_ms(lambda: base(input_ids=ids, use_cache=False), device, args.reps)
-    print(f"bf16: plain pass over the calibration data {t_plain:.3f} s; forward {bf16_ms:.2f} ms")
+        bf16_host = host_ms(lambda: base(input_ids=ids, use_cache=False), device)
+    print(
+        f"bf16: plain pass over the calibration data {t_plain:.3f} s; forward {bf16_ms:.2f} ms "
+        f"(host enqueue {bf16_host:.2f} ms)"
+    )
+    if args.cprofile:
+        with torch.no_grad():
+            print(
+                "bf16 forward, cProfile:\n"
+                + python_profile(lambda: base(input_ids=ids, use_cache=False), device)
+            )
 
     results = []
     for name in args.presets.split(","):
@@ -245,7 +350,9 @@ def main() -> None:
             torch.cuda.empty_cache()
         print(
             f"{name}: quantize {r['quantize_s']:.2f} s, max calib {r['max_calib_s']:.2f} s, "
-            f"forward {r['forward_ms']:.2f} ms (no cache {r['forward_nocache_ms']:.2f} ms)",
+            f"forward {r['forward_ms']:.2f} ms (no cache {r['forward_nocache_ms']:.2f} ms, "
+            f"host enqueue {r['forward_host_ms']:.2f} ms, gc {r['gc_ms_per_forward']:.2f} "
+            f"ms/forward, collections {r['gc_collections']})",
             flush=True,
         )
         if r["profile"]:
@@ -264,6 +371,8 @@ def main() -> None:
                 f"{r['forward_ms']:.2f}",
                 f"{r['forward_ms'] / bf16_ms:.2f}",
                 f"{r['forward_nocache_ms'] / bf16_ms:.2f}",
+                f"{r['paired_forward_ratio']:.2f}",
+                f"{r['paired_calib_ratio']:.2f}",
                 f"{r['first_forward_s']:.2f}",
             ]
         )
@@ -276,6 +385,8 @@ def main() -> None:
         "fq fwd ms",
         "x bf16",
         "x bf16 no cache",
+        "fwd x bf16 (paired)",
+        "calib x plain (paired)",
         "1st fwd s",
     ]
     print(
@@ -283,6 +394,10 @@ def main() -> None:
         f"bf16 forward {tuple(ids.shape)} {bf16_ms:.2f} ms; targets: calib <= 3x, fwd <= 1.5x"
     )
     print(_table(headers, rows))
+    print(
+        "paired: the quantized and the bf16 model (or the calibration and the plain pass) "
+        "timed in alternation, median of the per-round ratios"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
@@ -291,6 +406,7 @@ def main() -> None:
                     "params": params,
                     "plain_pass_s": t_plain,
                     "bf16_forward_ms": bf16_ms,
+                    "bf16_host_ms": bf16_host,
                     "results": [{k: v for k, v in r.items() if k != "profile"} for r in results],
                 },
                 f,

@@ -10,6 +10,7 @@ of the stack adds. Baseline: the same ``nn.Linear`` unquantized (cuBLAS launch).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +49,26 @@ def per_call_us(fn: Callable[[], Any], n: int = 2000) -> float:
     return sorted(rounds)[2]
 
 
+def python_profile(fn: Callable[[], Any], calls: int = 2000, top: int = 14) -> str:
+    """Where the host time of ``fn`` goes: cProfile by own time (after a warm-up)."""
+    import cProfile
+    import io
+    import pstats
+
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    pr.disable()
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(top)
+    return "\n".join(line for line in buf.getvalue().splitlines() if line.strip())
+
+
 def main() -> None:
     dev = torch.device("cuda")
     print(
@@ -74,6 +95,15 @@ def main() -> None:
             per_call_us(lambda: bw.fake_quant_nvfp4(x16, amax)),
         )
     )
+    fp8_launch = ew.fake_quant_fp8.prepare(x, amax, 4)
+    nvfp4_launch = bw.fake_quant_nvfp4.prepare(x16, amax)
+    assert fp8_launch is not None
+    assert nvfp4_launch is not None
+    rows.append(("fp8 prepared launch (replayed)", per_call_us(lambda: fp8_launch(x))))
+    rows.append(("nvfp4 prepared launch (replayed)", per_call_us(lambda: nvfp4_launch(x16))))
+    print(
+        f"replaying: fp8 {fp8_launch.prepared.replaying}, nvfp4 {nvfp4_launch.prepared.replaying}"
+    )
     for label, cfg in (
         ("fp8", {"num_bits": (4, 3), "axis": None}),
         (
@@ -91,13 +121,24 @@ def main() -> None:
     lin = nn.Linear(2048, 2048, device=dev, dtype=torch.bfloat16)
     with torch.no_grad():
         rows.append(("nn.Linear bf16 (baseline)", per_call_us(lambda: lin(x))))
+    # two inputs in turn: the cached path shares a quantized input between calls on the
+    # same unchanged tensor (sibling layers), which would skip the launch of a repeated call
+    pair = itertools.cycle([x, x.clone()])
     for name in ("FP8_DEFAULT_CFG", "NVFP4_DEFAULT_CFG", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"):
         m = nn.Sequential(nn.Linear(2048, 2048, device=dev, dtype=torch.bfloat16))
         mtq.quantize(m, name, lambda mm: mm(x))
         with torch.no_grad():
             with mtq.cache_quantized_weights(m):
-                rows.append((f"{name} Linear, cached", per_call_us(lambda m=m: m(x))))
+                rows.append((f"{name} Linear, cached", per_call_us(lambda m=m: m(next(pair)))))
             rows.append((f"{name} Linear, no cache", per_call_us(lambda m=m: m(x), n=500)))
+    profiles = []
+    for name in ("FP8_DEFAULT_CFG", "NVFP4_DEFAULT_CFG"):
+        m = nn.Sequential(nn.Linear(2048, 2048, device=dev, dtype=torch.bfloat16))
+        mtq.quantize(m, name, lambda mm: mm(x))
+        with torch.no_grad(), mtq.cache_quantized_weights(m):
+            profiles.append((name, python_profile(lambda m=m: m(next(pair)))))
+    for name, text in profiles:
+        print(f"--- cProfile, {name} Linear cached, 2000 calls (by own time)\n{text}")
     base = dict(rows)["nn.Linear bf16 (baseline)"]
     print("| host cost per call | us | minus bf16 nn.Linear |\n| --- | --- | --- |")
     for r, us in rows:

@@ -1,11 +1,14 @@
-"""W4A16 decode (M=1) on the GPU: the word-wise INT4 GEMV over its tile space vs the bf16 GEMV.
+"""W4A16 decode (M=1) on the GPU: INT4 GEMV kernel variants vs the bf16 GEMV, one table.
 
-Times ``F.linear`` on the bf16 weight (baseline, same run), the byte-wise GEMV default, and
-each word-kernel config (BLOCK_N x BLOCK_K x warps x X2D, FOLD on; then FOLD off and pipeline
-depths for the best). Weights rotate over 6 copies (6 x 32 MiB > L2). Prints a table with the
-ratio to bf16, GB/s on the packed bytes, and the error against float64.
+Times ``F.linear`` on the bf16 weight (baseline, same run) and each INT4 GEMV variant:
+the byte-wise kernel, the word-wise kernel (tile sweep), the word kernel with manual
+prefetch (next step's loads issued before decoding the current step) and/or split-K, and
+the tensor-core kernel (M padded to 16, pipelined weight loads), and the interleaved-layout
+kernel (activations loaded in the weights' register layout). Every time is a CUDA-graph
+replay over 6 weight copies (6 x 32 MiB > L2), so no host launch cost is counted. Prints
+the ratio to bf16, GB/s on the packed bytes and the error against float64.
 
-    python benchmarks/gpu/w4_gemv_sweep.py [--size 8192] [--json F]
+    python benchmarks/gpu/w4_gemv_sweep.py [--size 8192] [--json F] [--quick]
 """
 
 from __future__ import annotations
@@ -13,37 +16,96 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import triton
-from triton.testing import do_bench, do_bench_cudagraph
+from triton.testing import do_bench_cudagraph
 
 from modeloptim.torch.quantization import backends as B
 from modeloptim.torch.quantization.backends import w4a16
 
-_KEYS = (
-    "GEMV_WORDS_BLOCK_N",
-    "GEMV_WORDS_BLOCK_K",
-    "GEMV_WORDS_WARPS",
-    "GEMV_WORDS_X2D",
-    "GEMV_WORDS_FOLD",
-    "GEMV_WORDS_STAGES",
-)
+#: Module settings every variant starts from (the word kernel's defaults).
+BASE: dict[str, Any] = {
+    "GEMV_WORDS": True,
+    "GEMV_DOT": False,
+    "GEMV_ILV": False,
+    "GEMV_ILV_PREFETCH": False,
+    "GEMV_ILV_SCALE2D": False,
+    "GEMV_WORDS_PREFETCH": False,
+    "GEMV_WORDS_SPLIT_K": 1,
+    "GEMV_WORDS_BLOCK_N": w4a16.GEMV_WORDS_BLOCK_N,
+    "GEMV_WORDS_BLOCK_K": w4a16.GEMV_WORDS_BLOCK_K,
+    "GEMV_WORDS_WARPS": w4a16.GEMV_WORDS_WARPS,
+    "GEMV_WORDS_STAGES": 1,
+}
 
 
-def _set(cfg: tuple) -> None:
-    for k, v in zip(_KEYS, cfg, strict=True):
-        setattr(w4a16, k, v)
+def variants(families: set[str], quick: bool) -> list[tuple[str, dict[str, Any]]]:
+    """(label, module settings) of every variant to time, for the kernel families asked."""
+    out: list[tuple[str, dict[str, Any]]] = [("words default", {})]
+    if "byte" in families:
+        out.append(("byte kernel", {"GEMV_WORDS": False}))
+    tiles = [(16, 1024, 4), (8, 1024, 4), (16, 512, 4), (32, 512, 8), (16, 2048, 8)]
+    if quick:
+        tiles = tiles[:2]
+    for bn, bk, wp in tiles if "words" in families else []:
+        tile = {"GEMV_WORDS_BLOCK_N": bn, "GEMV_WORDS_BLOCK_K": bk, "GEMV_WORDS_WARPS": wp}
+        out.append((f"words prefetch {bn}x{bk} w{wp}", {**tile, "GEMV_WORDS_PREFETCH": True}))
+        for split in (2, 4, 8):
+            for pf in (False, True):
+                label = f"words split{split}{' prefetch' if pf else ''} {bn}x{bk} w{wp}"
+                out.append(
+                    (label, {**tile, "GEMV_WORDS_SPLIT_K": split, "GEMV_WORDS_PREFETCH": pf})
+                )
+    if "ilv" in families:
+        space = itertools.product(
+            (4, 8, 16), (2048, 4096, 8192), (4, 8), ((False, False), (False, True), (True, True))
+        )
+        for bn, bk, wp, (pf, s2) in space:
+            if quick and (bn, wp) != (8, 8):
+                continue
+            flags = (" prefetch" if pf else "") + (" scale2d" if s2 else "")
+            out.append(
+                (
+                    f"interleaved{flags} {bn}x{bk} w{wp}",
+                    {
+                        "GEMV_ILV": True,
+                        "GEMV_ILV_BLOCK_N": bn,
+                        "GEMV_ILV_BLOCK_K": bk,
+                        "GEMV_ILV_WARPS": wp,
+                        "GEMV_ILV_PREFETCH": pf,
+                        "GEMV_ILV_SCALE2D": s2,
+                    },
+                )
+            )
+    dots = itertools.product((32, 64, 128), (128, 256, 512), ((4, 4), (8, 3), (4, 2)))
+    for bn, bk, (wp, st) in dots if "dot" in families else []:
+        if quick and (wp, st) != (4, 4):
+            continue
+        out.append(
+            (
+                f"tensor cores {bn}x{bk} w{wp} s{st}",
+                {
+                    "GEMV_DOT": True,
+                    "GEMV_DOT_BLOCK_N": bn,
+                    "GEMV_DOT_BLOCK_K": bk,
+                    "GEMV_DOT_WARPS": wp,
+                    "GEMV_DOT_STAGES": st,
+                },
+            )
+        )
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--size", type=int, default=8192)
     p.add_argument("--json", default="")
-    p.add_argument("--block-n", default="4,8,16,32")
-    p.add_argument("--block-k", default="1024,2048,4096")
-    p.add_argument("--warps", default="4,8")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--families", default="byte,ilv", help="of byte, words, ilv, dot")
+    p.add_argument("--rep-ms", type=int, default=40)
     a = p.parse_args()
     n = k = a.size
     dev = torch.cuda.get_device_name()
@@ -55,93 +117,44 @@ def main() -> None:
     qws = [B.quantize_int4(w, 128) for w in ws]
     moved = qws[0].data.numel() + qws[0].scale.numel() * qws[0].scale.element_size()
     ref = xs[0].double() @ qws[0].dequantize(torch.float64).T
-    it = itertools.cycle(range(copies))
+    defaults = {key: getattr(w4a16, key) for key in {*BASE, "GEMV_DOT_BLOCK_N", "GEMV_ILV_BLOCK_N"}}
 
-    def bench(fn) -> float:
-        """Per-call ms replayed from a CUDA graph of all copies (no host launch cost)."""
+    def bench(fn: Any) -> float:
+        """Per-call us replayed from a CUDA graph of all copies (no host launch cost)."""
         fn(0)  # compile outside the capture
-        return float(do_bench_cudagraph(lambda: [fn(i) for i in range(copies)], rep=100)) / copies
-
-    def bench_eager(fn) -> float:
-        """Per-call ms with a host launch per call (what an eager decode loop sees)."""
-        return float(do_bench(lambda: fn(next(it)), warmup=25, rep=100, return_mode="median"))
+        t = do_bench_cudagraph(lambda: [fn(i) for i in range(copies)], rep=a.rep_ms)
+        return float(t) / copies * 1e3
 
     def rel(y: torch.Tensor) -> float:
         return ((y.double() - ref).norm() / ref.norm()).item()
 
     t_bf16 = bench(lambda i: F.linear(xs[i], ws[i]))
-    rows = [{"case": "bf16 GEMV (F.linear)", "us": t_bf16 * 1e3, "x_bf16": 1.0, "err": 0.0}]
-    w4a16.GEMV_WORDS = False
-    t_old = bench(lambda i: w4a16.w4a16_linear(xs[i], qws[i], None))
-    rows.append(
-        {
-            "case": "byte GEMV default",
-            "us": t_old * 1e3,
-            "x_bf16": t_bf16 / t_old,
-            "err": rel(w4a16.w4a16_linear(xs[0], qws[0], None)),
-        }
-    )
-    w4a16.GEMV_WORDS = True
-    default = tuple(getattr(w4a16, k) for k in _KEYS)
-    results = []
-    ints = [[int(v) for v in t.split(",")] for t in (a.block_n, a.block_k, a.warps)]
-    space = itertools.product(*ints, (False,))
-    configs = [(*c, True, 1) for c in space]
-    for cfg in configs:
-        _set(cfg)
+    rows: list[dict[str, Any]] = []
+    for label, settings in variants(set(a.families.split(",")), a.quick):
+        for key, value in {**BASE, **settings}.items():
+            setattr(w4a16, key, value)
         try:
             t = bench(lambda i: w4a16.w4a16_linear(xs[i], qws[i], None))
             err = rel(w4a16.w4a16_linear(xs[0], qws[0], None))
         except Exception as e:  # a config that does not compile or run: report, go on
-            print(f"  {cfg} failed: {type(e).__name__}: {str(e)[:120]}", flush=True)
+            print(f"  {label} failed: {type(e).__name__}: {str(e)[:160]}", flush=True)
             continue
-        results.append((t, cfg, err))
-        print(f"  words {cfg}: {t * 1e3:.1f} us ({t_bf16 / t:.2f}x bf16) err {err:.1e}", flush=True)
-    results.sort()
-    best = results[0][1]
-    extra = [(*best[:4], False, 1), (*best[:5], 2), (*best[:5], 3)]
-    for _t, cfg, _err in results[1:3]:
-        extra += [(*cfg[:5], 3)]
-    for cfg in extra:
-        _set(cfg)
-        t = bench(lambda i: w4a16.w4a16_linear(xs[i], qws[i], None))
-        err = rel(w4a16.w4a16_linear(xs[0], qws[0], None))
-        results.append((t, cfg, err))
-        print(f"  words {cfg}: {t * 1e3:.1f} us ({t_bf16 / t:.2f}x bf16) err {err:.1e}", flush=True)
-    results.sort()
-    _set(default)
-    t_def = bench(lambda i: w4a16.w4a16_linear(xs[i], qws[i], None))
-    rows.append(
-        {
-            "case": f"words default {default}",
-            "us": t_def * 1e3,
-            "x_bf16": t_bf16 / t_def,
-            "err": rel(w4a16.w4a16_linear(xs[0], qws[0], None)),
-        }
-    )
-    for t, cfg, err in results[:5]:
-        rows.append({"case": f"words {cfg}", "us": t * 1e3, "x_bf16": t_bf16 / t, "err": err})
+        rows.append({"case": label, "us": t, "x_bf16": t_bf16 / t, "err": err})
+        print(f"  {label}: {t:.1f} us ({t_bf16 / t:.2f}x bf16) err {err:.1e}", flush=True)
+    for key, value in defaults.items():
+        setattr(w4a16, key, value)
+    rows.sort(key=lambda r: r["us"])
     print(f"\nW4A16 decode 1x{k} @ {n}x{k} INT4 g128, {dev}; packed bytes {moved / 1e6:.1f} MB")
-    print("keys: (BLOCK_N, BLOCK_K, warps, X2D, FOLD, stages); x bf16 = bf16 graph time / time")
+    print(
+        f"bf16 GEMV (F.linear, graph-timed): {t_bf16:.1f} us; target 2.5x = {t_bf16 / 2.5:.1f} us"
+    )
     print("| case | us | GB/s | x bf16 | rel err |\n| --- | --- | --- | --- | --- |")
-    for r in rows:
-        gbs = (
-            moved / r["us"] / 1e3
-            if r["case"].startswith(("byte", "words"))
-            else (n * k * 2 / r["us"] / 1e3)
-        )
+    for r in rows[:12]:
+        gbs = moved / r["us"] / 1e3
         print(f"| {r['case']} | {r['us']:.1f} | {gbs:.0f} | {r['x_bf16']:.2f} | {r['err']:.1e} |")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(
-                {
-                    "device": dev,
-                    "rows": rows,
-                    "all": [(t * 1e3, list(c), e) for t, c, e in results],
-                },
-                f,
-                indent=1,
-            )
+            json.dump({"device": dev, "bf16_us": t_bf16, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -65,8 +65,19 @@ def find_shared_input_groups(model: nn.Module, run: Callable[[nn.Module], Any]) 
     return [g.names for g in groups]
 
 
+def _stored_weight(module: nn.Module) -> torch.Tensor | None:
+    """The layer's float weight: its parameter, or the view a ``weight`` property gives."""
+    w: torch.Tensor | None = module._parameters.get("weight")
+    if w is None and isinstance(getattr(type(module), "weight", None), property):
+        view: Any = module.weight  # 3-D MoE experts: a slice of the owner's parameter
+        w = view.detach()
+    return w
+
+
 def _recalibrate_weight(module: nn.Module) -> None:
-    x = module._parameters["weight"].detach()  # type: ignore[union-attr]
+    w = _stored_weight(module)
+    assert w is not None
+    x = w.detach()
     for q in leaf_quantizers(module._modules.get("weight_quantizer")):
         if not q.is_enabled:
             continue
@@ -87,7 +98,7 @@ def _unify_pre_quant_scale(
     full = [torch.ones_like(first) if s is None else s.float().reshape(-1) for s in scales]
     if all(torch.equal(full[0], s) for s in full[1:]):
         return False
-    weights = [m._parameters.get("weight") for m in mods]
+    weights = [_stored_weight(m) for m in mods]
     if any(w is None for w in weights):
         raise ValueError(
             f"model: layers {names} read one tensor with different pre_quant_scale but are "
@@ -113,11 +124,19 @@ def harmonize_groups(model: nn.Module, groups: list[list[str]]) -> list[list[str
     for names in groups:
         if len(names) < 2:
             continue
-        mods = [model.get_submodule(n) for n in names]
-        inqs = [m._modules.get("input_quantizer") for m in mods]
-        qs = [q for q in inqs if isinstance(q, TensorQuantizer) and q.is_enabled]
-        if len(qs) != len(mods):
+        members = [(n, model.get_submodule(n)) for n in names]
+        inqs = [m._modules.get("input_quantizer") for _, m in members]
+        # Members whose input is not quantized (e.g. a float gate next to MoE experts) are
+        # left as they are; the others still need one scale for their fused kernel.
+        kept = [
+            (n, m, q) for (n, m), q in zip(members, inqs, strict=True)
+            if isinstance(q, TensorQuantizer) and q.is_enabled
+        ]
+        if len(kept) < 2:
             continue
+        names = [n for n, _, _ in kept]
+        mods = [m for _, m, _ in kept]
+        qs = [q for _, _, q in kept]
         touched = _unify_pre_quant_scale(names, mods, qs)
         amaxes = [q.amax for q in qs]
         present = [a for a in amaxes if a is not None]

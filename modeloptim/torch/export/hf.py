@@ -14,7 +14,8 @@ All checks run before anything is written or changed.
 
 Before writing, layers that read the same tensor (q/k/v, gate/up; found by
 :func:`modeloptim.torch.trace.shared_input_groups`) get one input amax and one
-``pre_quant_scale`` (:mod:`.fused`), in place, as the fused serving kernels require; then the
+``pre_quant_scale`` (:mod:`.fused`), and the experts of a 3-D MoE layer one input amax per
+projection (:mod:`.moe`), in place, as the fused serving kernels require; then the
 few static scales whose multiplier no float32 engine scale expresses are snapped to the
 nearest one that is (:func:`~.scales.snap_model_scales`, in place, about one ulp), so the
 checkpoint's scales alone reproduce the model bit for bit (:func:`~.loader.load_hf_checkpoint`).
@@ -40,18 +41,19 @@ from modeloptim.torch.export.ct_layout import (
     layer_scheme,
 )
 from modeloptim.torch.export.fused import harmonize_groups
-from modeloptim.torch.export.layers import (
-    LayerExport,
-    collect_layers,
-    format_kind,
-    kv_quantizers,
-)
+from modeloptim.torch.export.layers import LayerExport, format_kind, kv_quantizers
 from modeloptim.torch.export.modelopt_writer import (
     KV_ALGOS,
     activation_scale,
     modelopt_layer_tensors,
     modelopt_quant_configs,
     warn_unaligned_int4,
+)
+from modeloptim.torch.export.moe import (
+    collect_export_layers,
+    expert_base_tensors,
+    expert_modules,
+    unify_expert_input_amax,
 )
 from modeloptim.torch.export.packers import UnsupportedFormatError, leaf_quantizers, pack_weight
 from modeloptim.torch.export.scales import snap_model_scales
@@ -363,7 +365,12 @@ def export_hf_checkpoint(
         OSError: not enough space or the folder cannot be written (nothing left behind).
     """
     lay = _check_args(model, export_dir, dtype, layout)
-    layers, excluded = collect_layers(model)
+    if lay is not ExportLayout.MODELOPT and expert_modules(model):
+        raise UnsupportedFormatError(
+            f"layout: 3-D MoE experts export in the 'modelopt' layout only, not {lay.value!r} "
+            "(nothing was written)"
+        )
+    layers, excluded = collect_export_layers(model)
     kv = kv_quantizers(model)
     if not layers and not kv:
         raise ValueError(
@@ -375,9 +382,10 @@ def export_hf_checkpoint(
     groups: list[list[str]] = []
     if any(s.input_quantizer is not None or s.pre_quant_scale is not None for s in layers):
         groups = harmonize_groups(model, _shared_groups(model, sample_input))
+        groups += unify_expert_input_amax(model)
     snapped = snap_model_scales(model)
     if groups or snapped:  # weights may have been re-smoothed or re-scaled: pack again
-        layers, excluded = collect_layers(model)
+        layers, excluded = collect_export_layers(model)
         packed = {s.name: _packed_weight(s) for s in layers}
     result = LAYOUTS.get(lay.value)(layers, packed, excluded, kv)
     if lay is ExportLayout.MODELOPT:  # TensorRT-LLM wants smoothing factors in the model dtype
@@ -386,7 +394,7 @@ def export_hf_checkpoint(
                 result.tensors[key] = t.to(out_dtype)
     for info in result.layer_info.values():  # dequantize to the exported float dtype
         info["dtype"] = str(out_dtype).removeprefix("torch.")
-    tensors = _base_tensors(model, set(packed), out_dtype)
+    tensors = expert_base_tensors(model, _base_tensors(model, set(packed), out_dtype), out_dtype)
     overlap = set(tensors) & set(result.tensors)
     if overlap:
         raise ValueError(f"model: checkpoint names clash: {sorted(overlap)[:3]}")

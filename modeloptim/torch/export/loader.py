@@ -26,6 +26,7 @@ from torch import nn
 
 from modeloptim.torch.export.hf import QUANTIZERS_FILE
 from modeloptim.torch.export.modelopt_layout import decode_weight
+from modeloptim.torch.export.moe import load_expert_layers
 from modeloptim.torch.export.packers import leaf_quantizers
 from modeloptim.torch.export.scales import activation_rule
 from modeloptim.torch.quantization.compress import compress_layer
@@ -134,14 +135,16 @@ def load_hf_checkpoint(
     model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     _restore_quantizers(model, desc["quantizers"])
     tensors = load_safetensors_folder(folder)
-    used: set[str] = set()
+    used, moe_layers, moe_filled = load_expert_layers(model, tensors, desc["layers"])
     for name, extra in desc["layers"].items():
+        if name in moe_layers:
+            continue
         module = model.get_submodule(name)
         local = {
             k.removeprefix(f"{name}."): v for k, v in tensors.items() if k.startswith(f"{name}.")
         }
         local = {k: v for k, v in local.items() if "." not in k}
-        used.update(f"{name}.{k}" for k in local)
+        used.update(f"{name}.{k}" for k in local if k != "bias")  # bias: load_state_dict
         stages = [
             q for q in leaf_quantizers(module._modules.get("weight_quantizer")) if q.is_enabled
         ]
@@ -172,7 +175,9 @@ def load_hf_checkpoint(
     missing = [
         k
         for k in result.missing_keys
-        if not any(p.endswith("_quantizer") for p in k.split(".")) and ".weight." not in k
+        if not any(p.endswith("_quantizer") for p in k.split("."))
+        and ".weight." not in k
+        and k not in moe_filled
     ]
     tied = (
         {k for k in missing if k.endswith("lm_head.weight")}

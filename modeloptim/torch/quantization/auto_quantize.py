@@ -178,6 +178,14 @@ def _check_args(
     for name, fn in (("forward_step", forward_step), ("loss_func", loss_func)):
         if not callable(fn):
             raise TypeError(f"{name}: expected a callable, got {type(fn).__name__}")
+    from .plugins.hf_moe import is_hf_experts
+
+    moe = [n for n, m in model.named_modules() if is_hf_experts(m)]
+    if moe:  # its per-expert layers exist only after conversion: the search would skip them
+        raise ValueError(
+            f"model: 3-D MoE experts ({moe[0]!r}, ...) are not searched by auto_quantize yet; "
+            "quantize such models with mtq.quantize"
+        )
     return float(bits)
 
 

@@ -147,6 +147,14 @@ def compress_layers(model: nn.Module) -> dict[str, Any]:
             continue
         weight = module._parameters.get("weight")
         quantizer = module._modules.get("weight_quantizer")
+        if getattr(module, "weight_is_view", False) and quantizer is not None:
+            if quantizer.is_enabled:
+                raise ValueError(
+                    f"model: layer {name!r} is one expert of a 3-D MoE experts parameter; "
+                    "compress packs per-layer weight parameters only (the model is unchanged; "
+                    "export_hf_checkpoint writes packed experts)"
+                )
+            continue
         if weight is None or quantizer is None or not quantizer.is_enabled:
             continue
         if id(weight) in shared:

@@ -52,17 +52,20 @@ Pattern = str | Callable[[str], bool]
 AnyQuantizer = QuantizerLike
 
 
-def register_plugins() -> None:
+def register_plugins(model: nn.Module | None = None) -> None:
     """Register wrappers for third-party layers whose library is already imported.
 
     Plugins are imported only when their library is in ``sys.modules`` (a model using it
-    exists), so importing modeloptim never imports transformers.
+    exists), so importing modeloptim never imports transformers. With ``model``, plugins
+    that detect layers structurally (3-D MoE experts) also register the classes found in it.
     """
     if "transformers" in sys.modules:
-        from modeloptim.torch.quantization.plugins import hf_conv1d, huggingface
+        from modeloptim.torch.quantization.plugins import hf_conv1d, hf_moe, huggingface
 
         huggingface.register_hf_attentions()
         hf_conv1d.register_hf_conv1d()
+        if model is not None:
+            hf_moe.register_hf_moe_experts(model)
 
 
 def is_quantized(model: nn.Module) -> bool:
@@ -76,7 +79,7 @@ def replace_quant_module(model: nn.Module) -> list[str]:
     Returns:
         The names of the converted modules (``""`` for the root), in conversion order.
     """
-    register_plugins()
+    register_plugins(model)
     converted: list[str] = []
     for name, module in list(model.named_modules()):
         if isinstance(module, QuantModule) or type(module) not in QuantModuleRegistry:

@@ -9,6 +9,7 @@ and scales included), so the loaded model computes exactly what was saved.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,10 @@ def enable_huggingface_checkpointing(registry: ModeRegistry | None = None) -> No
         state = torch.load(state_file, map_location="cpu", weights_only=True)
         model = restore_from_modelopt_state(model, state, _PATCHED["registry"], transactional=False)
         weights = _load_folder_state_dict(folder)
+        if "transformers" in sys.modules:  # 3-D MoE experts are saved unfused: fuse them
+            from modeloptim.torch.quantization.plugins.hf_moe import fuse_unfused_expert_weights
+
+            weights = fuse_unfused_expert_weights(model, weights)
         device = next(model.parameters()).device
         result = model.load_state_dict({k: v.to(device) for k, v in weights.items()}, strict=False)
         missing = set(result.missing_keys) - _tied_keys(model)

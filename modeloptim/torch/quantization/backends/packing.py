@@ -47,6 +47,49 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return ((c ^ 8) - 8).to(torch.int8)
 
 
+#: Elements per block of the interleaved INT4 GEMV layout (16 int32 words).
+INTERLEAVE_BLOCK = 128
+
+
+def interleave_int4_words(packed: torch.Tensor) -> torch.Tensor:
+    """Repack INT4 codes for the decode GEMV: uint8 ``[N, K/2]`` -> int32 ``[N, K/8]``.
+
+    Layout (``K`` a multiple of 128): each block of 128 elements along K becomes 16 int32
+    words; word ``j`` of block ``b`` holds the element pairs ``P = 16 s + j`` (``s`` = 0..3),
+    element ``128 b + 2P`` in nibble ``s`` (bits ``4s..4s+3``) and element ``128 b + 2P + 1``
+    in nibble ``s + 4`` (bits ``16+4s..19+4s``). So the 16-bit halves of
+    ``(word >> 4s) & 0x000F000F`` hold one pair of adjacent elements, the same pair a 32-bit
+    load of the activations holds, and for a fixed ``s`` the pairs of consecutive words are
+    consecutive: the GEMV loads activations with 16-byte vectors in the weights' layout.
+    The stored codes stay the plain packing (``QuantizedWeight.data``); this is an extra copy.
+    """
+    if packed.dtype != torch.uint8 or packed.dim() != 2:
+        raise ValueError(
+            f"packed: expected a 2-D uint8 tensor, got {packed.dtype} {packed.dim()}-D"
+        )
+    n, half = packed.shape
+    k = 2 * half
+    if k % INTERLEAVE_BLOCK:
+        raise ValueError(f"packed: K={k} must be a multiple of {INTERLEAVE_BLOCK}")
+    c = unpack_nibbles(packed).to(torch.int64).reshape(n, k // INTERLEAVE_BLOCK, 4, 16, 2)
+    c = c.permute(0, 1, 3, 4, 2).reshape(n, k // INTERLEAVE_BLOCK, 16, 8)  # nibble p = 4h + s
+    shifts = torch.arange(0, 32, 4, device=packed.device, dtype=torch.int64)
+    words = (c << shifts).sum(-1)
+    words = torch.where(words >= 2**31, words - 2**32, words)  # as two's complement int32
+    return words.to(torch.int32).reshape(n, k // 8)
+
+
+def deinterleave_int4_words(words: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`interleave_int4_words`: int32 ``[N, K/8]`` -> uint8 ``[N, K/2]``."""
+    n, kw = words.shape
+    k = kw * 8
+    w = words.to(torch.int64) & 0xFFFFFFFF
+    shifts = torch.arange(0, 32, 4, device=words.device, dtype=torch.int64)
+    c = ((w[..., None] >> shifts) & 15).reshape(n, k // INTERLEAVE_BLOCK, 16, 2, 4)
+    c = c.permute(0, 1, 4, 2, 3).reshape(n, k)
+    return pack_nibbles(c)
+
+
 def e2m1_round(v: torch.Tensor) -> torch.Tensor:
     """Round float32 ``v`` to the nearest E2M1 value, ties to even, saturating at ±6.
 

@@ -32,6 +32,27 @@ GEMV_WORDS_BLOCK_N = 16
 GEMV_WORDS_BLOCK_K = 1024
 GEMV_WORDS_WARPS = 4
 GEMV_WORDS_STAGES = 1
+#: Issue the next K step's loads before decoding the current one (manual double buffering).
+GEMV_WORDS_PREFETCH = False
+#: Split K over this many programs per output block (float32 partials + a reduction kernel)
+#: when K divides evenly; 1 = one program per output block over all of K.
+GEMV_WORDS_SPLIT_K = 1
+#: INT4 decode over the interleaved word layout (``w4_gemv_ilv_kernel``; activations loaded
+#: in the weights' register layout, no shared-memory exchange): needs K and the group size
+#: multiples of 128, keeps an interleaved copy of the codes on the weight (``decode_words``).
+GEMV_ILV = False
+GEMV_ILV_BLOCK_N = 4
+GEMV_ILV_BLOCK_K = 1024
+GEMV_ILV_WARPS = 4
+GEMV_ILV_PREFETCH = False
+GEMV_ILV_SCALE2D = False
+#: INT4 decode on the tensor cores instead (``w4_gemv_dot_kernel``, M padded to 16) where the
+#: group size is a multiple of 128; its tile, warps and pipeline depth.
+GEMV_DOT = False
+GEMV_DOT_BLOCK_N = 64
+GEMV_DOT_BLOCK_K = 256
+GEMV_DOT_WARPS = 4
+GEMV_DOT_STAGES = 4
 #: For GEMV_MAX_M < M <= FUSED_GEMM_MAX_M the fused tile kernel (dequantize in registers,
 #: tensor-core dots) runs; above it a one-pass Triton dequantization to a dense 16-bit weight
 #: and cuBLAS. On an H100 (8192 x 8192 INT4) the fused kernel took 334 us at M=16 vs 622 us for
@@ -71,7 +92,12 @@ def w4a16_linear(
     b = bias if bias is not None else y
     if m <= GEMV_MAX_M and x.dtype != torch.float32 and x.is_contiguous():
         if wfmt == 0 and _words_layout_ok(weight):
-            _gemv_words(x, weight, bias, y)
+            if GEMV_ILV and _ilv_ok(x, weight):
+                _gemv_ilv(x, weight, bias, y)
+            elif GEMV_DOT and weight.group_size % 128 == 0:
+                _gemv_dot(x, weight, bias, y)
+            else:
+                _gemv_words(x, weight, bias, y)
             return y
         # x as int32 words holding (x[2j], x[2j+1]): loads in the weight tile's layout
         xw = x.view(torch.int32)
@@ -154,12 +180,123 @@ def _gemv_words(
     elif bk % g:
         bk = g
     words = weight.data.view(torch.int32)
-    w4_gemv_words_kernel[(triton_cdiv(n, GEMV_WORDS_BLOCK_N), m)](
+    bk = max(8, bk)
+    kw = k // 8
+    split = GEMV_WORDS_SPLIT_K
+    if split < 1 or kw % split or (kw // split) % (bk // 8):
+        split = 1  # every split must hold whole steps (a step never straddles two splits)
+    part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
+    w4_gemv_words_kernel[(triton_cdiv(n, GEMV_WORDS_BLOCK_N), m, split)](
         x,
         words,
         weight.scale,
         bias if bias is not None else y,
         y,
+        part,
+        n,
+        k,
+        x.stride(0),
+        y.stride(0),
+        words.stride(0),
+        kw // split,
+        GROUP=g,
+        HAS_BIAS=bias is not None,
+        FOLD=GEMV_WORDS_FOLD,
+        X2D=GEMV_WORDS_X2D,
+        PREFETCH=GEMV_WORDS_PREFETCH,
+        SPLIT_K=split,
+        BLOCK_N=GEMV_WORDS_BLOCK_N,
+        BLOCK_K=bk,
+        num_warps=GEMV_WORDS_WARPS,
+        num_stages=GEMV_WORDS_STAGES,
+    )
+    if split > 1:
+        from ._kernels import w4_splitk_reduce_kernel
+
+        block = 1024
+        w4_splitk_reduce_kernel[(triton_cdiv(n, block), m)](
+            part,
+            bias if bias is not None else y,
+            y,
+            n,
+            m,
+            y.stride(0),
+            SPLIT_K=split,
+            HAS_BIAS=bias is not None,
+            BLOCK=block,
+            num_warps=4,
+        )
+
+
+def _ilv_ok(x: torch.Tensor, weight: QuantizedWeight) -> bool:
+    """Interleaved GEMV usable: groups/K in 128s, x readable as aligned int32 pairs."""
+    k = weight.shape[1]
+    return (
+        weight.group_size % 128 == 0
+        and k % 128 == 0
+        and x.dtype in (torch.bfloat16, torch.float16)
+        and x.data_ptr() % 16 == 0
+        and x.stride(0) % 8 == 0
+    )
+
+
+def _gemv_ilv(
+    x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None, y: torch.Tensor
+) -> None:
+    from ._kernels import w4_gemv_ilv_kernel
+    from .packing import interleave_int4_words
+
+    m, k = x.shape
+    n = weight.shape[0]
+    words = weight.decode_words
+    key = (weight.data.data_ptr(), weight.data._version)  # rebuilt if the codes change
+    if words is None or weight.__dict__.get("_decode_key") != key:
+        words = interleave_int4_words(weight.data)
+        weight.decode_words = words
+        weight.__dict__["_decode_key"] = key
+    bk = GEMV_ILV_BLOCK_K
+    if k % bk or bk % 128 or (bk > weight.group_size and bk % weight.group_size):
+        bk = 128
+    xw = x.view(torch.int32)
+    w4_gemv_ilv_kernel[(triton_cdiv(n, GEMV_ILV_BLOCK_N), m)](
+        xw,
+        words,
+        weight.scale,
+        bias if bias is not None else y,
+        y,
+        n,
+        k,
+        xw.stride(0),
+        y.stride(0),
+        words.stride(0),
+        GROUP=weight.group_size,
+        HAS_BIAS=bias is not None,
+        XBF16=x.dtype == torch.bfloat16,
+        PREFETCH=GEMV_ILV_PREFETCH,
+        SCALE2D=GEMV_ILV_SCALE2D,
+        BLOCK_N=GEMV_ILV_BLOCK_N,
+        BLOCK_K=bk,
+        num_warps=GEMV_ILV_WARPS,
+    )
+
+
+def _gemv_dot(
+    x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None, y: torch.Tensor
+) -> None:
+    from ._kernels import w4_gemv_dot_kernel
+
+    m, k = x.shape
+    n = weight.shape[0]
+    g = weight.group_size
+    bk = GEMV_DOT_BLOCK_K if GEMV_DOT_BLOCK_K % g == 0 and k % GEMV_DOT_BLOCK_K == 0 else g
+    words = weight.data.view(torch.int32)
+    w4_gemv_dot_kernel[(triton_cdiv(n, GEMV_DOT_BLOCK_N),)](
+        x,
+        words,
+        weight.scale,
+        bias if bias is not None else y,
+        y,
+        m,
         n,
         k,
         x.stride(0),
@@ -167,12 +304,11 @@ def _gemv_words(
         words.stride(0),
         GROUP=g,
         HAS_BIAS=bias is not None,
-        FOLD=GEMV_WORDS_FOLD,
-        X2D=GEMV_WORDS_X2D,
-        BLOCK_N=GEMV_WORDS_BLOCK_N,
-        BLOCK_K=max(8, bk),
-        num_warps=GEMV_WORDS_WARPS,
-        num_stages=GEMV_WORDS_STAGES,
+        BLOCK_M=16,
+        BLOCK_N=GEMV_DOT_BLOCK_N,
+        BLOCK_K=bk,
+        num_warps=GEMV_DOT_WARPS,
+        num_stages=GEMV_DOT_STAGES,
     )
 
 

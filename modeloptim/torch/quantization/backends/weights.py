@@ -16,7 +16,7 @@ Each format stores codes plus the multiplier that turns them back into values:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
@@ -52,6 +52,10 @@ class QuantizedWeight:
     shape: tuple[int, int]
     group_size: int = 0
     global_scale: torch.Tensor | None = None
+    #: INT4 only, optional: the codes again in the decode GEMV's interleaved word layout
+    #: (``packing.interleave_int4_words``), built on first use by the W4A16 backend when
+    #: ``w4a16.GEMV_ILV`` is on (+0.5 byte per weight); ``data`` keeps the plain packing.
+    decode_words: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The ``[N, K]`` weight values the codes stand for, in ``dtype``."""

@@ -40,6 +40,7 @@ from ._common import (
     round_elem,
     store_as,
 )
+from ._launch import PreparedLaunch
 
 #: Elements per program (rows x padded block width).
 TILE_ELEMS = 8192
@@ -138,7 +139,11 @@ def _prepare_block(
     mx_int8: bool = False,
     global_amax: torch.Tensor | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """Resolve everything of a launch but the tensor: ``launch(x2d_like) -> out``."""
+    """Resolve everything of a launch but the tensor: ``launch(x2d_like) -> out``.
+
+    ``x2d_like`` must be contiguous with ``x2d``'s numel, dtype and device (the output takes
+    its shape); after the first call the compiled kernel is replayed (:class:`PreparedLaunch`).
+    """
     if not check_input(x2d) or x2d.dim() != 2 or x2d.numel() == 0:
         return None
     n, b = x2d.shape
@@ -148,7 +153,7 @@ def _prepare_block(
     block_b = triton.next_power_of_2(b)
     block_n = max(1, TILE_ELEMS // block_b)
     gamax = None if global_amax is None else global_amax.to(x2d.device, torch.float32)
-    args = (n, b, bound, lo, hi)
+    scalars = (n, b, bound, lo, hi)
     meta = {
         "FMT": fmt,
         "EMIN": emin,
@@ -163,14 +168,15 @@ def _prepare_block(
         "num_warps": NUM_WARPS,
         **launch_options(),
     }
-    kernel = _block_fake_quant_kernel[(triton.cdiv(n, block_n),)]
+    kernel = PreparedLaunch(_block_fake_quant_kernel, (triton.cdiv(n, block_n),), scalars, meta)
 
     def launch(xc: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(xc)
         g = xc if gamax is None else gamax  # unused pointer when there is no global amax
-        kernel(xc, g, out.view(torch.int16) if bf16 else out, *args, **meta)
+        kernel(xc, g, out.view(torch.int16) if bf16 else out)
         return out
 
+    launch.prepared = kernel  # type: ignore[attr-defined]
     return launch
 
 
@@ -197,6 +203,17 @@ def fake_quant_int_dynamic_block(
     return _launch_block(x2d, _FMT_INT, bound, lo, hi)
 
 
+def _prepare_int_dynamic_block(
+    x2d: torch.Tensor, num_bits: int, unsigned: bool, narrow_range: bool
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    bound, lo, hi = int_range(num_bits, unsigned, narrow_range)
+    return _prepare_block(x2d, _FMT_INT, bound, lo, hi)
+
+
+#: ``fake_quant_int_dynamic_block.prepare(x2d, ...)``: the launch resolved once.
+fake_quant_int_dynamic_block.prepare = _prepare_int_dynamic_block  # type: ignore[attr-defined]
+
+
 def fake_quant_fp8_dynamic_block(x2d: torch.Tensor, exponent_bits: int) -> torch.Tensor | None:
     """FP8 fake quant of each row of ``x2d`` (``[N, B]``) with the row's own amax."""
     elem = FP8_BY_EXPONENT_BITS.get(exponent_bits)
@@ -204,6 +221,20 @@ def fake_quant_fp8_dynamic_block(x2d: torch.Tensor, exponent_bits: int) -> torch
         raise ValueError(f"exponent_bits must be 4 (E4M3) or 5 (E5M2), got {exponent_bits}")
     emin, mbits, fmax = MINIFLOATS[elem]
     return _launch_block(x2d, _FMT_FLOAT, fmax, -fmax, fmax, emin, mbits)
+
+
+def _prepare_fp8_dynamic_block(
+    x2d: torch.Tensor, exponent_bits: int
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    elem = FP8_BY_EXPONENT_BITS.get(exponent_bits)
+    if elem is None:
+        return None
+    emin, mbits, fmax = MINIFLOATS[elem]
+    return _prepare_block(x2d, _FMT_FLOAT, fmax, -fmax, fmax, emin, mbits)
+
+
+#: ``fake_quant_fp8_dynamic_block.prepare(x2d, exponent_bits)``: the launch resolved once.
+fake_quant_fp8_dynamic_block.prepare = _prepare_fp8_dynamic_block  # type: ignore[attr-defined]
 
 
 def fake_quant_nvfp4(x2d: torch.Tensor, global_amax: torch.Tensor) -> torch.Tensor | None:
@@ -234,3 +265,15 @@ def fake_quant_mx(x2d: torch.Tensor, elem: str) -> torch.Tensor | None:
         return None
     emin, mbits, emax, is_int8 = spec
     return _launch_block(x2d, _FMT_MX, 0.0, -emax, emax, emin, mbits, is_int8)
+
+
+def _prepare_mx(x2d: torch.Tensor, elem: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    spec = _MX_ELEMS.get(elem)
+    if spec is None or x2d.dim() != 2 or x2d.shape[-1] != 32:
+        return None
+    emin, mbits, emax, is_int8 = spec
+    return _prepare_block(x2d, _FMT_MX, 0.0, -emax, emax, emin, mbits, is_int8)
+
+
+#: ``fake_quant_mx.prepare(x2d, elem)``: the launch resolved once.
+fake_quant_mx.prepare = _prepare_mx  # type: ignore[attr-defined]

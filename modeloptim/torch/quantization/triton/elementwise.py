@@ -34,6 +34,7 @@ from ._common import (
     round_elem,
     store_as,
 )
+from ._launch import PreparedLaunch
 
 #: Elements per program; the tile is ``BLOCK_R x BLOCK_L`` with ``BLOCK_R * BLOCK_L`` this.
 TILE_ELEMS = 8192
@@ -190,8 +191,10 @@ def _prepare_scaled(
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """Resolve everything of a launch but the tensor: ``launch(x_like) -> out``.
 
-    ``x_like`` must have ``x``'s shape, dtype, device and be contiguous; ``amax`` is bound
-    (its values are read at each launch). None when the kernel does not take the layout.
+    ``x_like`` must be contiguous with ``x``'s numel, dtype and device (its shape may differ:
+    the output has ``x_like``'s shape); ``amax`` is bound (its values are read at each
+    launch). The compiled kernel is replayed after the first call (:class:`PreparedLaunch`).
+    None when the kernel does not take the layout.
     """
     if not check_input(x) or x.numel() == 0:
         return None
@@ -202,7 +205,7 @@ def _prepare_scaled(
     bf16 = x.dtype == torch.bfloat16 and interpreting()
     block_r, block_l = _tile(layout)
     grid = (triton.cdiv(layout.rows, block_r) * triton.cdiv(layout.cols, block_l),)
-    args = (layout.rows, layout.cols, layout.channels, bound, lo, hi)
+    scalars = (layout.rows, layout.cols, layout.channels, bound, lo, hi)
     meta = {
         "MODE": layout.mode,
         "FMT": fmt,
@@ -217,13 +220,16 @@ def _prepare_scaled(
         "num_warps": NUM_WARPS,
         **launch_options(),
     }
-    kernel = _scaled_fake_quant_kernel[grid]
+    kernel = PreparedLaunch(_scaled_fake_quant_kernel, grid, scalars, meta)
 
     def launch(xc: torch.Tensor) -> torch.Tensor:
+        # the kernel reads flat memory: any contiguous tensor with x's numel, dtype and
+        # device works, whatever its shape, and the output takes that shape
         out = torch.empty_like(xc)
-        kernel(xc, amax, out.view(torch.int16) if bf16 else out, *args, **meta)
+        kernel(xc, amax, out.view(torch.int16) if bf16 else out)
         return out
 
+    launch.prepared = kernel  # type: ignore[attr-defined]
     return launch
 
 

@@ -160,21 +160,29 @@ def cache_quantized_weights(model: nn.Module) -> Iterator[nn.Module]:
 
     The cached copy is recomputed when the weight is modified in place, or when its
     quantizer's format, switches, amax or pre_quant_scale change; calibration and training
-    (grad enabled) bypass the cache. Costs one extra copy of the quantized weights.
+    (grad enabled) bypass the cache. Costs one extra copy of the quantized weights. Layers
+    whose input quantizers see the same input tensor and resolve to the same kernel call
+    and amax value (q/k/v, gate/up after max calibration) share one quantized input; the
+    last shared input is kept until the next one or the end of the context.
     """
     layers = [m for m in model.modules() if isinstance(m, QuantModule)]
+    memo: list[Any] = [None]  # shared by the layers: see TensorQuantizer._quant
     for layer in layers:
         layer.__dict__[_CACHE] = {}
         layer.__dict__[_FAST_LINEAR] = _plain_linear(layer)
+        layer.__dict__[_MEMO] = memo
     try:
         yield model
     finally:
+        memo[0] = None
         for layer in layers:
             layer.__dict__.pop(_CACHE, None)
             layer.__dict__.pop(_FAST_LINEAR, None)
+            layer.__dict__.pop(_MEMO, None)
 
 
 _FAST_LINEAR = "_fast_linear_forward"
+_MEMO = "_shared_input_memo"
 
 
 def _plain_linear(layer: nn.Module) -> bool:
@@ -199,15 +207,44 @@ def _linear_fast_forward(layer: nn.Module, input: torch.Tensor) -> Any:
 
     Same operations as the generic path (input quantizer, cached weight, ``F.linear``, output
     quantizer) without entering the weight-read context or the dynamic attribute lookup,
-    which cost tens of microseconds of host time per layer and call.
+    which cost tens of microseconds of host time per layer and call. Quantizers without
+    hooks are called through ``forward`` directly, and a disabled output quantizer without
+    hooks (it would return its input) not at all.
     """
     modules = layer._modules
-    x = modules["input_quantizer"](input)  # type: ignore[misc]
+    iq = modules["input_quantizer"]
+    # the memo lets layers that quantize the same input alike share one launch
+    memo = layer.__dict__[_MEMO]
+    x = iq._quant(input, memo) if _hookless(iq) else iq(input)  # type: ignore[union-attr, operator, misc]
     weight = layer._parameters["weight"]
     assert weight is not None
     w = _cached(layer.__dict__[_CACHE], modules["weight_quantizer"], weight)  # type: ignore[arg-type]
     out = F.linear(x, w, layer._parameters.get("bias"))
-    return modules["output_quantizer"](out)  # type: ignore[misc]
+    oq = modules["output_quantizer"]
+    if _hookless(oq) and oq._disabled:  # type: ignore[union-attr]
+        return out  # a disabled quantizer returns its input
+    return oq(out)  # type: ignore[misc]
+
+
+_any_global_hook = getattr(torch.nn.modules.module, "_has_any_global_hook", None)
+
+
+def _hookless(q: Any) -> bool:
+    """A plain ``TensorQuantizer`` without module hooks: ``q.forward(x)`` is ``q(x)``.
+
+    (``Module.__call__`` adds nothing else then; calling ``forward`` saves its overhead.)
+    """
+    return (
+        type(q) is TensorQuantizer
+        and _any_global_hook is not None
+        and not (
+            q._forward_hooks
+            or q._forward_pre_hooks
+            or q._backward_hooks
+            or q._backward_pre_hooks
+            or _any_global_hook()
+        )
+    )
 
 
 class QuantInputBase(QuantModule):

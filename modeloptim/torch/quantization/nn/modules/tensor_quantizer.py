@@ -19,6 +19,7 @@ touches ``num_bits``/``axis``/``block_sizes``, the layout fields it leaves out (
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,7 @@ from ...tensor_quant import fake_quant_ste
 __all__ = ["TensorQuantizer"]
 
 _LAYOUT_FIELDS = ("num_bits", "axis", "block_sizes")
+_UNSET = object()
 
 
 def _fmt_values(t: torch.Tensor) -> str:
@@ -372,10 +374,21 @@ class TensorQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | QuantizedCodes:
         """Quantize ``x`` (any shape); see the module docstring for the steps."""
+        return self._quant(x, None)
+
+    def _quant(self, x: torch.Tensor, memo: list[Any] | None) -> torch.Tensor | QuantizedCodes:
+        """:meth:`forward`; ``memo`` (a one-slot list) may share the CUDA fast path's output.
+
+        Quantizers that get the same input tensor (unchanged) and resolve to the same kernel
+        call with the same amax value compute the same output: with a ``memo`` the previous
+        such output is returned instead of launching again (the q/k/v projections of an
+        attention block, gate/up of an MLP). Only for callers that do not modify the output
+        in place (the cached inference ``nn.Linear`` path).
+        """
         if self._disabled:
             return x
         if self._pre_quant_scale is not None:
-            pqs = self._pre_quant_scale.to(device=x.device, dtype=x.dtype)
+            pqs = self._scale_for(x)
             try:
                 x = x * pqs
             except RuntimeError:
@@ -406,49 +419,117 @@ class TensorQuantizer(nn.Module):
             amax = amax.to(x.device)
         if not self._cfg.fake_quant:
             return fmt.quantize(x, amax)
-        if (
-            x.is_cuda
-            and amax is not None
-            and not (torch.is_grad_enabled() and (x.requires_grad or amax.requires_grad))
+        if x.is_cuda and not (
+            torch.is_grad_enabled()
+            and (x.requires_grad or (amax is not None and amax.requires_grad))
         ):
-            out = self._fast_fake_quant(x, amax)
+            out = self._fast_fake_quant(x, amax, memo)
             if out is not None:
                 return out
         return fake_quant_ste(x, amax, fmt)
 
-    def _fast_fake_quant(self, x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor | None:
+    def _scale_for(self, x: torch.Tensor) -> torch.Tensor:
+        """``pre_quant_scale`` on ``x``'s device and dtype.
+
+        On CUDA without autograd the converted copy is kept (keyed by the scale tensor and
+        its version) instead of launching a conversion kernel on every forward; the values
+        are the same ``.to()`` result either way.
+        """
+        pqs = self._pre_quant_scale
+        assert pqs is not None
+        if not x.is_cuda or torch.is_grad_enabled():
+            return pqs.to(device=x.device, dtype=x.dtype)
+        key = (id(pqs), pqs._version, x.dtype, x.device)
+        hit = self.__dict__.get("_pqs_cast")
+        if hit is None or hit[0] != key:
+            hit = (key, pqs.to(device=x.device, dtype=x.dtype), pqs)  # pqs pins its id
+            self.__dict__["_pqs_cast"] = hit
+        return hit[1]  # type: ignore[no-any-return]
+
+    def _fast_fake_quant(
+        self, x: torch.Tensor, amax: torch.Tensor | None, memo: list[Any] | None = None
+    ) -> torch.Tensor | None:
         """CUDA inference: the format's kernel call, resolved once per input signature.
 
         ``fmt.fake_quant`` re-derives the working view, the amax view and the kernel
         arguments on every call (tens of microseconds of host time per layer); for a static
-        amax they only depend on the input's shape/dtype/layout and on the amax tensor, so
-        they are resolved on the first call and replayed while those stay the same. The same
+        amax, or a dynamic block format whose kernel computes its own scales, they only
+        depend on the input's shape/dtype/layout and on the amax tensor, so they are
+        resolved on the first call and replayed while those stay the same (the kernel
+        launch itself is replayed too, see ``triton._launch.PreparedLaunch``). The same
         kernel runs with the same arguments: results are identical to the format path.
         Returns ``None`` (use the format path) when the view is not a plain reshape of ``x``
         or no kernel takes the layout.
         """
-        fmt = self._format
-        key = (x.shape, x.dtype, x.device, x.stride(), id(fmt), id(amax), amax._version)
-        hit = getattr(self, "_fast_plan", None)
+        key = (
+            x.shape,
+            x.dtype,
+            x.device,
+            x.is_contiguous(),
+            id(self._format),
+            id(amax),
+            -1 if amax is None else amax._version,
+        )
+        hit = self.__dict__.get("_fast_plan")
         if hit is None or hit[0] != key:
             hit = (key, self._plan_fast(x, amax))
             self._fast_plan = hit
         plan = hit[1]
         if plan is None:
             return None
-        launch, view_shape = plan[0], plan[1]
-        out = launch(x.view(view_shape))
-        return None if out is None else out.view(x.shape)
+        if memo is None:
+            # the kernel reads x's memory as the flat working view: no reshape needed
+            return plan[0](x)  # type: ignore[no-any-return]
+        share = self._share_key(plan, x)
+        if share is None:
+            return plan[0](x)  # type: ignore[no-any-return]
+        last = memo[0]
+        if last is not None and last[0]() is x and last[1] == x._version and last[2] == share:
+            return last[3]  # type: ignore[no-any-return]
+        out = plan[0](x)
+        memo[0] = (weakref.ref(x), x._version, share, out)
+        return out  # type: ignore[no-any-return]
 
-    def _plan_fast(self, x: torch.Tensor, amax: torch.Tensor) -> tuple[Any, ...] | None:
+    def _share_key(self, plan: tuple[Any, ...], x: torch.Tensor) -> tuple[Any, ...] | None:
+        """What makes two quantizers' outputs on one input equal: kernel call and amax value.
+
+        Computed once per plan, when a memo first asks (one host read of a per-tensor amax;
+        only the stored amax qualifies, so calibration's per-batch amax never gets here).
+        None: no sharing (per-channel amax, a learned amax, or an amax copied per call).
+        """
+        state = plan[3]
+        if state[0] is _UNSET:
+            amax = plan[2]
+            value: float | None = None
+            ok = amax is None
+            if amax is not None and amax.numel() == 1:
+                stored = self._buffers.get("_amax")
+                ok = amax is stored
+                value = float(amax.item()) if ok else None
+            state[0] = (state[1], state[2], state[3], x.dtype, value) if ok else None
+        return state[0]  # type: ignore[no-any-return]
+
+    def _plan_fast(self, x: torch.Tensor, amax: torch.Tensor | None) -> tuple[Any, ...] | None:
         fmt = self._format
-        if fmt.is_dynamic or not x.is_contiguous() or x.numel() == 0:
-            return None  # dynamic scales come from the data: nothing to resolve ahead
+        if not x.is_contiguous() or x.numel() == 0:
+            return None
+        if fmt.is_dynamic:
+            amax = None  # only block kernels that compute their own scales qualify, below
+        elif amax is None:
+            return None
         view, _ = fmt.granularity.to_view(x)
         if view.data_ptr() != x.data_ptr() or view.numel() != x.numel():
             return None  # padded or permuted view: restore is more than a reshape
-        amax_v = fmt._view_amax(view, amax)
-        call = fmt._kernel_call(view, amax_v)
+        if not view.is_contiguous():
+            return None
+        if amax is None:
+            # dynamic: kernels that derive every scale from the data take no amax argument
+            # (the format path's amax view is unused by them); anything else -> format path
+            call = fmt._kernel_call(view, None)
+            if call is None or any(isinstance(a, torch.Tensor) for a in call[1][1:]):
+                return None
+        else:
+            call = fmt._kernel_call(view, fmt._view_amax(view, amax))
         if call is None or not call[1] or call[1][0] is not view:
             return None
         fn = CUDA_KERNELS.get(call[0])
@@ -456,17 +537,26 @@ class TensorQuantizer(nn.Module):
             return None
         rest = tuple(call[1][1:])
         prepare = getattr(fn, "prepare", None)  # kernels that can pre-resolve their launch
+        launch: Any
         if prepare is not None:
-            launch = prepare(view, *rest)
+            launch = prepare(view, *rest)  # takes x itself: same memory as the view
             if launch is None:
                 return None
         else:
+            view_shape = tuple(view.shape)
 
-            def launch(v: torch.Tensor) -> torch.Tensor | None:
-                return fn(v, *rest)  # type: ignore[no-any-return]
+            def call_kernel(v: torch.Tensor) -> torch.Tensor | None:
+                out = fn(v.view(view_shape), *rest)
+                return None if out is None else out.view(v.shape)
 
+            launch = call_kernel
+
+        # share key for the memo of _quant: filled on first use with a memo (_share_key)
+        # (tensor arguments, i.e. the amax view, enter the key by value in _share_key)
+        rest_key = tuple(None if isinstance(a, torch.Tensor) else a for a in rest)
+        share: list[Any] = [_UNSET, call[0], rest_key, tuple(view.shape)]
         # fmt and amax are kept so that their ids in the key cannot be reused
-        return launch, tuple(view.shape), fmt, amax
+        return launch, fmt, amax, share
 
     def extra_repr(self) -> str:  # noqa: D102
         if self._disabled:

@@ -82,3 +82,109 @@ def test_words_layout_rejected_when_misaligned():
     )
     assert not w4a16._words_layout_ok(odd)
     assert w4a16._words_layout_ok(qw)
+
+
+@pytest.mark.parametrize(
+    ("prefetch", "split", "group", "block_k", "k"),
+    [
+        (True, 1, 128, 256, 512),  # prefetch past the last step is masked off
+        (True, 1, 32, 64, 384),  # several groups per step
+        (False, 2, 128, 128, 512),
+        (True, 4, 64, 64, 512),  # split + prefetch, one group per step
+        (True, 3, 64, 128, 384),  # 48 words / 3 = 16 = one 128-wide step per split
+        (False, 4, 128, 256, 512),  # 64 words / 4 = 16 < a 32-word step: no split
+    ],
+)
+def test_words_prefetch_and_split_k_match_float64(
+    monkeypatch, calls, prefetch, split, group, block_k, k
+):
+    monkeypatch.setattr(w4a16, "GEMV_WORDS_PREFETCH", prefetch)
+    monkeypatch.setattr(w4a16, "GEMV_WORDS_SPLIT_K", split)
+    monkeypatch.setattr(w4a16, "GEMV_WORDS_BLOCK_K", block_k)
+    monkeypatch.setattr(w4a16, "GEMV_WORDS_BLOCK_N", 8)
+    torch.manual_seed(1)
+    n = 20
+    qw = B.quantize_int4(torch.randn(n, k).to(torch.float16), group)
+    x = torch.randn(3, k).to(torch.float16)
+    bias = torch.randn(n).to(torch.float16)
+    ref = x.double() @ qw.dequantize(torch.float64).T + bias.double()
+    y = w4a16.w4a16_linear(x, qw, bias)
+    assert calls, "the word kernel did not run"
+    assert _rel(y, ref) < 1e-3
+    y0 = w4a16.w4a16_linear(x, qw, None)
+    assert _rel(y0, ref - bias.double()) < 1e-3
+
+
+# fp16 only: Triton's interpreter (3.9) computes bf16 dots on the raw bits (tests/gpu runs
+# the bf16 case on the GPU)
+@pytest.mark.parametrize("dtype", [torch.float16])
+@pytest.mark.parametrize(
+    ("group", "block_k", "k"), [(128, 256, 512), (128, 256, 384), (256, 256, 512)]
+)
+def test_tensor_core_gemv_matches_float64(monkeypatch, dtype, group, block_k, k):
+    seen = []
+    real = w4a16._gemv_dot
+    monkeypatch.setattr(w4a16, "_gemv_dot", lambda *a: seen.append(1) or real(*a))
+    monkeypatch.setattr(w4a16, "GEMV_DOT", True)
+    monkeypatch.setattr(w4a16, "GEMV_DOT_BLOCK_K", block_k)
+    monkeypatch.setattr(w4a16, "GEMV_DOT_BLOCK_N", 16)
+    torch.manual_seed(2)
+    n = 40  # masked rows in the last block
+    qw = B.quantize_int4(torch.randn(n, k).to(dtype), group)
+    x = torch.randn(3, k).to(dtype)
+    bias = torch.randn(n).to(dtype)
+    ref = x.double() @ qw.dequantize(torch.float64).T + bias.double()
+    y = w4a16.w4a16_linear(x, qw, bias)
+    assert seen, "the tensor-core kernel did not run"
+    assert _rel(y, ref) < (1e-3 if dtype == torch.float16 else 8e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("prefetch", "scale2d"), [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize(
+    ("group", "block_k", "k", "block_n"),
+    [(128, 256, 512, 4), (128, 1024, 384, 8), (256, 256, 768, 4), (128, 128, 256, 16)],
+)
+def test_interleaved_gemv_matches_float64(
+    monkeypatch, dtype, prefetch, scale2d, group, block_k, k, block_n
+):
+    monkeypatch.setattr(w4a16, "GEMV_ILV_PREFETCH", prefetch)
+    monkeypatch.setattr(w4a16, "GEMV_ILV_SCALE2D", scale2d)
+    seen = []
+    real = w4a16._gemv_ilv
+    monkeypatch.setattr(w4a16, "_gemv_ilv", lambda *a: seen.append(1) or real(*a))
+    monkeypatch.setattr(w4a16, "GEMV_ILV", True)
+    monkeypatch.setattr(w4a16, "GEMV_ILV_BLOCK_K", block_k)
+    monkeypatch.setattr(w4a16, "GEMV_ILV_BLOCK_N", block_n)
+    torch.manual_seed(3)
+    n = 22  # masked rows in the last block
+    qw = B.quantize_int4(torch.randn(n, k).to(dtype), group)
+    x = torch.randn(2, k).to(dtype)
+    bias = torch.randn(n).to(dtype)
+    ref = x.double() @ qw.dequantize(torch.float64).T + bias.double()
+    y = w4a16.w4a16_linear(x, qw, bias)
+    assert seen, "the interleaved kernel did not run"
+    assert _rel(y, ref) < (1e-3 if dtype == torch.float16 else 8e-3)
+    # codes changed in place: the interleaved copy is rebuilt
+    qw.data.copy_(B.quantize_int4(torch.randn(n, k).to(dtype), group).data)
+    ref2 = x.double() @ qw.dequantize(torch.float64).T
+    assert _rel(w4a16.w4a16_linear(x, qw, None), ref2) < (1e-3 if dtype == torch.float16 else 8e-3)
+
+
+def test_interleaved_gemv_every_code_and_position(monkeypatch):
+    monkeypatch.setattr(w4a16, "GEMV_ILV", True)
+    k = 128
+    rows = []
+    for code in range(-7, 8):
+        for pos in range(0, 128, 9):  # positions across all pairs/nibbles of the block
+            r = torch.zeros(k)
+            r[pos] = float(code)
+            r[127 if pos != 127 else 0] = 7.0 if code != 7 else -7.0  # group scale 1
+            rows.append(r)
+    w = torch.stack(rows)
+    qw = B.quantize_int4(w, 128)
+    assert torch.equal(qw.dequantize(torch.float32), w)
+    x = (torch.arange(1, k + 1, dtype=torch.float32) / 64).to(torch.float16)[None, :]
+    y = w4a16.w4a16_linear(x, qw, None)
+    ref = x.double() @ w.double().T
+    assert torch.allclose(y.double(), ref, rtol=2e-3, atol=1e-3)

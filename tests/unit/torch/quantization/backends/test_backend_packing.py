@@ -39,3 +39,30 @@ def test_e2m1_codes_roundtrip_and_known_codes():
 def test_e2m1_round_matches_reference_grid():
     x = torch.linspace(-8, 8, 2001)
     assert torch.equal(packing.e2m1_round(x), ref.round_to_grid(x, "e2m1"))
+
+
+def test_interleaved_words_layout_and_round_trip():
+    from modeloptim.torch.quantization.backends.packing import (
+        deinterleave_int4_words,
+        interleave_int4_words,
+        unpack_nibbles,
+    )
+
+    torch.manual_seed(0)
+    packed = torch.randint(0, 256, (3, 192), dtype=torch.uint8)  # K = 384: 3 blocks
+    words = interleave_int4_words(packed)
+    assert words.dtype == torch.int32
+    assert words.shape == (3, 48)
+    assert torch.equal(deinterleave_int4_words(words), packed)
+    codes = unpack_nibbles(packed)
+    w = words.to(torch.int64) & 0xFFFFFFFF
+    # the documented placement, element by element
+    for b in range(3):
+        for j in range(16):
+            for s in range(4):
+                for h in range(2):
+                    e = 128 * b + 2 * (16 * s + j) + h
+                    got = (w[:, 16 * b + j] >> (4 * s + 16 * h)) & 15
+                    assert torch.equal(got, codes[:, e].to(torch.int64))
+    with pytest.raises(ValueError, match="multiple of 128"):
+        interleave_int4_words(torch.zeros(2, 32, dtype=torch.uint8))
