@@ -7,6 +7,7 @@ patterns are ``fnmatch`` wildcards over them (see :mod:`.config.quantize` for th
 from __future__ import annotations
 
 import fnmatch
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -123,6 +124,13 @@ def _matches(pattern: Pattern, name: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern)
 
 
+def _matcher(pattern: Pattern) -> Callable[[str], Any]:
+    """``name -> truthy`` for ``pattern``, compiled once (same rule as :func:`_matches`)."""
+    if callable(pattern):
+        return pattern
+    return re.compile(fnmatch.translate(pattern)).match
+
+
 def _parent_class_name(parent: nn.Module) -> str | None:
     cls = parent.original_cls if isinstance(parent, QuantModule) else type(parent)
     return QuantModuleRegistry.get_name(cls)
@@ -155,20 +163,56 @@ def _set_cfg(
     return new
 
 
-def _apply_entry(model: nn.Module, entry: QuantizerCfgEntry, pattern: Pattern | None = None) -> int:
-    """Apply one rule to every matching quantizer; returns how many matched."""
+class _QuantizerIndex:
+    """The quantizer attributes of a model, collected once for a batch of rules.
+
+    ``named_quantizers`` walks every module; doing it once per rule made applying a preset
+    cost rules x modules (17 x 1,090 module visits for SmolLM2-135M). Rules only swap
+    quantizer objects in place (same name, same parent), so each slot is updated when a rule
+    replaces its quantizer and the index stays equal to a fresh walk.
+    """
+
+    __slots__ = ("_classes", "slots")
+
+    def __init__(self, model: nn.Module) -> None:
+        #: ``[name, quantizer, parent]`` per quantizer attribute, in ``named_quantizers`` order
+        self.slots: list[list[Any]] = [[n, q, p] for n, q, p in named_quantizers(model)]
+        self._classes: dict[int, str | None] = {}
+
+    def parent_class(self, parent: nn.Module) -> str | None:
+        """Registry name of the parent layer's (original) class, cached per module."""
+        key = id(parent)
+        if key not in self._classes:
+            self._classes[key] = _parent_class_name(parent)
+        return self._classes[key]
+
+
+def _apply_entry(
+    model: nn.Module,
+    entry: QuantizerCfgEntry,
+    pattern: Pattern | None = None,
+    index: _QuantizerIndex | None = None,
+) -> int:
+    """Apply one rule to every matching quantizer; returns how many matched.
+
+    ``index`` (built from ``model``) lets a batch of rules share one walk of the modules.
+    """
     if pattern is None:
         pattern = "*" if entry.is_default else entry.quantizer_name
+    if index is None:
+        index = _QuantizerIndex(model)
+    matches = _matcher(pattern)
+    enable = entry.resolved_enable
     hits = 0
-    for name, quantizer, parent in list(named_quantizers(model)):
-        if not _matches(pattern, name):
+    for slot in index.slots:
+        name, quantizer, parent = slot
+        if not matches(name):
             continue
-        if entry.parent_class is not None and _parent_class_name(parent) != entry.parent_class:
+        if entry.parent_class is not None and index.parent_class(parent) != entry.parent_class:
             continue
         hits += 1
         if entry.cfg is not None:
-            quantizer = _set_cfg(parent, name, quantizer, entry.cfg)
-        enable = entry.resolved_enable
+            quantizer = slot[1] = _set_cfg(parent, name, quantizer, entry.cfg)
         if enable is True:
             quantizer.enable()
         elif enable is False:
@@ -190,8 +234,9 @@ def set_quantizer_by_cfg(
     """
     ordered = [e for e in quant_cfg if e.is_default] + [e for e in quant_cfg if not e.is_default]
     counts: dict[str, int] = {}
+    index = _QuantizerIndex(model)
     for entry in ordered:
-        hits = _apply_entry(model, entry)
+        hits = _apply_entry(model, entry, index=index)
         counts[entry.quantizer_name] = counts.get(entry.quantizer_name, 0) + hits
         if hits == 0 and warn_unmatched and entry.resolved_enable is not False:
             where = f" under {entry.parent_class}" if entry.parent_class else ""

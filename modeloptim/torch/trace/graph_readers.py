@@ -297,7 +297,8 @@ class GraphReaders:
         if not (is_getitem or is_view) or not node.args or not isinstance(node.args[0], fx.Node):
             return None
         base = node.args[0]
-        self._propagate_shapes(node)
+        if _shape(base) is None or _shape(node) is None:  # the trace's shadow run missed one
+            self._propagate_shapes(node)
         bshape, oshape = _shape(base), _shape(node)
         if bshape is None or oshape is None or not bshape or not oshape:
             return None

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import fx
 from torch.fx.node import map_arg
 
@@ -76,6 +77,8 @@ class ShadowMixin:
         value = self._run(node)
         if value is not _MISSING:
             self.values[node] = value
+            if isinstance(value, torch.Tensor):  # readers use it instead of a second run
+                node.meta["mo_shape"] = tuple(value.shape)
             if self._is_shape_only(node, value):
                 self.shape_only.add(node)
         return p
@@ -97,8 +100,12 @@ class ShadowMixin:
         kwargs = map_arg(node.kwargs, val)
         if missing:
             return _MISSING
+        if node.op == "call_module" and len(args) == 1 and not kwargs:
+            mod = self.root.get_submodule(str(node.target))  # type: ignore[attr-defined]
+            if type(mod) is torch.nn.Linear and not _has_hooks(mod):
+                return self._run_linear(mod, args[0])
         # reverting fx's patches is costly: only needed where user code runs (modules...)
-        plain = node.op == "call_method" or (node.op == "call_function" and getattr(
+        plain = node.op in ("call_method", "get_attr") or (node.op == "call_function" and getattr(
             node.target, "__module__", None) in _PLAIN_MODULES)
         try:
             with torch.no_grad(), contextlib.nullcontext() if plain else _unpatched():
@@ -117,13 +124,32 @@ class ShadowMixin:
             return _MISSING
         return _MISSING
 
+    @staticmethod
+    def _run_linear(mod: torch.nn.Linear, x: Any) -> Any:
+        """``mod(x)`` for a plain ``nn.Linear`` without hooks, with fx's patches in place.
+
+        Its forward is ``F.linear(x, weight, bias)``; reading the parameters from the module's
+        dict skips fx's patched ``Module.__getattr__``, so no patches need reverting (see
+        :func:`_member`). Linear layers are most of an LLM's leaf calls.
+        """
+        try:
+            with torch.no_grad():
+                weight = mod._parameters["weight"]
+                assert weight is not None
+                return F.linear(x, weight, mod._parameters["bias"])
+        except Exception:
+            return _MISSING
+
     def _attr(self, target: str) -> Any:
         obj: Any = self.root  # type: ignore[attr-defined]
-        with _unpatched():
-            for part in target.split("."):
-                obj = getattr(obj, part, _MISSING)
-                if obj is _MISSING:
-                    break
+        for part in target.split("."):
+            found = _member(obj, part)
+            if found is _MISSING:  # e.g. a root wrapper's own __getattr__ fallback
+                with _unpatched():
+                    found = getattr(obj, part, _MISSING)
+            obj = found
+            if obj is _MISSING:
+                break
         return obj
 
     def _is_shape_only(self, node: fx.Node, value: Any) -> bool:
@@ -161,6 +187,32 @@ class ShadowMixin:
         if isinstance(v, tuple | list | torch.Size):
             return iter([obj[i] for i in range(len(v))])  # type: ignore[index]
         return super().iter(obj)  # type: ignore[misc]
+
+
+def _has_hooks(mod: torch.nn.Module) -> bool:
+    g = torch.nn.modules.module
+    return bool(
+        mod._forward_hooks or mod._forward_pre_hooks
+        or g._global_forward_hooks or g._global_forward_pre_hooks
+    )
+
+
+def _member(obj: Any, name: str) -> Any:
+    """``getattr(obj, name)`` that never reaches fx's patched ``Module.__getattr__``.
+
+    Parameters, buffers and submodules are read from the module's own dicts; other
+    attributes resolve normally (``__getattr__`` only runs when that fails). Reverting fx's
+    patches instead costs a class-attribute write on ``nn.Module``, which invalidates the
+    method caches of every subclass (a large share of tracing time on a 30-layer LLM).
+    """
+    if isinstance(obj, torch.nn.Module):
+        for table in (obj._parameters, obj._buffers, obj._modules):
+            if name in table:
+                return table[name]
+    try:
+        return object.__getattribute__(obj, name)
+    except AttributeError:
+        return _MISSING
 
 
 def _unpatched() -> contextlib.AbstractContextManager[Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .base import TINY_AMAX, QuantFormat, true_div
+from .base import TINY_AMAX, QuantFormat, true_div, zero_where
 from .granularity import Blocked, Granularity, PerTensor
 
 __all__ = ["FP8_SPECS", "FP8Format"]
@@ -64,7 +64,7 @@ class FP8Format(QuantFormat):
         assert amax_v is not None
         scale, tiny = self._scale(amax_v)
         out = self._codes(v, scale).float().mul_(true_div(1.0, scale))
-        return out.masked_fill_(tiny, 0.0) if tiny.any() else out
+        return zero_where(out, tiny)
 
     def _quantize_view(
         self, v: torch.Tensor, amax_v: torch.Tensor | None

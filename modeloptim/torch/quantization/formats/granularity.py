@@ -182,7 +182,7 @@ class Blocked(Granularity):
     def to_view(self, x: torch.Tensor) -> tuple[torch.Tensor, Restore]:  # noqa: D102
         shape = tuple(x.shape)
         dims = self._norm(shape)
-        numel = math.prod(dims.values())
+        numel = math.prod(list(dims.values()))  # a list: dynamo cannot trace prod(dict view)
         pads = [(-shape[d]) % b for d, b in dims.items()]
         last = x.ndim - 1
         if list(dims) == [last] and pads == [0]:

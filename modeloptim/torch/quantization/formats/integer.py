@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .base import TINY_AMAX, QuantFormat, true_div
+from .base import TINY_AMAX, QuantFormat, true_div, zero_where
 from .granularity import Blocked, Granularity, PerTensor
 
 __all__ = ["IntegerFormat"]
@@ -78,7 +78,7 @@ class IntegerFormat(QuantFormat):
         scale, tiny = self._scale(amax_v)
         q = torch.round(v * scale).clamp_(self.lo, self.hi)
         out = q.div_(scale)
-        return out.masked_fill_(tiny, 0.0) if tiny.any() else out
+        return zero_where(out, tiny)
 
     def _quantize_view(
         self, v: torch.Tensor, amax_v: torch.Tensor | None

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .base import TINY_AMAX, QuantFormat, true_div
+from .base import TINY_AMAX, QuantFormat, true_div, zero_where
 from .granularity import Blocked, Granularity, PerTensor
 from .minifloat import MINIFLOATS
 
@@ -112,16 +112,14 @@ class NVFP4Format(QuantFormat):
         assert amax_v is not None
         _, _, d, tiny = self._scales(v, amax_v)
         out = _E2M1.round(v / d).mul_(d)
-        return out.zero_() if bool(tiny) else out
+        return zero_where(out, tiny)
 
     def _quantize_view(
         self, v: torch.Tensor, amax_v: torch.Tensor | None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert amax_v is not None
         s8, scale_2, d, tiny = self._scales(v, amax_v)
-        codes = _E2M1.encode(v / d)
-        if bool(tiny):
-            codes.zero_()
+        codes = zero_where(_E2M1.encode(v / d), tiny)
         return codes, {"block_scale": s8, "global_scale": scale_2}
 
     def _dequantize_view(
