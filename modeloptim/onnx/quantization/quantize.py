@@ -287,7 +287,12 @@ def _quantize_qdq(model, opts: QdqOptions, feeds, report: QdqReport, result) -> 
     # Calibrate every tensor output placement could add, before sensitivity shrinks the plan.
     candidates = add_output_qdq(model, _shallow(plan), fold_act) if units else []
     calib = run_calibration(
-        model, [*plan.activation_names(), *candidates], feeds, opts.method, opts.percentile
+        model,
+        [*plan.activation_names(), *candidates],
+        feeds,
+        opts.method,
+        opts.percentile,
+        act.name,
     )
     ranges = calib.ranges()
     # Output Qs exist for the runtime's fusion and feed float ops: keep their full observed
@@ -342,10 +347,23 @@ def _validate_activation(mode: str, activation_type: str | None) -> str:
 
 
 def run_calibration(
-    model, names: Sequence[str], feeds, method: str, percentile: float = 99.99
+    model,
+    names: Sequence[str],
+    feeds,
+    method: str,
+    percentile: float = 99.99,
+    activation_type: str = "int8",
 ) -> Calibrator:
-    """Run ``feeds`` through ``model`` observing ``names``; returns the filled calibrator."""
-    kwargs = {"percentile": percentile} if method == "percentile" else {}
+    """Run ``feeds`` through ``model`` observing ``names``; returns the filled calibrator.
+
+    ``activation_type`` tells ``entropy`` how many levels a never-negative tensor gets
+    (``uint8``: 256 over ``[0, amax]``; otherwise 128 per sign).
+    """
+    kwargs: dict[str, Any] = {}
+    if method == "percentile":
+        kwargs["percentile"] = percentile
+    elif method == "entropy" and activation_type == "uint8":
+        kwargs["unsigned_levels"] = 256
     calib = CALIBRATORS.create(method, **kwargs)
     names = list(dict.fromkeys(names))
     if not names:
