@@ -15,6 +15,7 @@ from modeloptim.onnx.fuse_activations import fuse_hardswish
 from modeloptim.onnx.model_io import default_output_path, load_model, save_model_atomic
 from modeloptim.onnx.ort_utils import float_tensor_names, run_capture
 from modeloptim.onnx.quantization.activation import ACTIVATION_TYPES
+from modeloptim.onnx.quantization.bias_correction import correct_biases
 from modeloptim.onnx.quantization.calibrators import CALIBRATORS, Calibrator
 from modeloptim.onnx.quantization.formats import FORMATS
 from modeloptim.onnx.quantization.int4 import (
@@ -33,6 +34,7 @@ from modeloptim.onnx.quantization.qdq import (
     plan_qdq,
 )
 from modeloptim.onnx.quantization.sensitivity import (
+    budget_count,
     drop_sensitive,
     node_sensitivity,
     output_sensitivity,
@@ -112,6 +114,8 @@ def quantize(
     fuse_activations: bool = True,
     sensitivity_metric: str = "local",
     sensitivity_samples: int = 4,
+    bias_correction: bool = False,
+    sensitivity_budget: float | None = None,
 ) -> QuantizeResult:
     """Quantize an ONNX model and write the result next to it (or to ``output_path``).
 
@@ -153,6 +157,13 @@ def quantize(
             model's output error with that node alone quantized; one onnxruntime session per
             node, sees how errors propagate to the result).
         sensitivity_samples: calibration samples used to measure sensitivity.
+        sensitivity_budget: int8/fp8: keep float the fewest most sensitive nodes such that
+            the remaining nodes' combined sensitivity (root sum of squares of their scores,
+            e.g. the relative output error with ``sensitivity_metric="output"``) is at most
+            this; ``skip_sensitive_nodes`` (if > 0) then caps the count.
+        bias_correction: int8/fp8: subtract each quantized Conv/Gemm/MatMul(+Add)'s mean
+            output error on the calibration data from its bias (see
+            :mod:`~modeloptim.onnx.quantization.bias_correction`).
         fold_conv_affine: int8/fp8: fold constant ``Mul``/``Add`` after a Conv into its
             weight and bias first (what onnxruntime does to the float model).
 
@@ -165,6 +176,17 @@ def quantize(
             f"skip_sensitive_nodes: expected a non-negative int, got {skip_sensitive_nodes!r}"
         )
     act_name = _validate_activation(quantize_mode, activation_type)
+    if not isinstance(bias_correction, bool):
+        raise ValueError(f"bias_correction: expected a bool, got {bias_correction!r}")
+    if sensitivity_budget is not None and (
+        isinstance(sensitivity_budget, bool)
+        or not isinstance(sensitivity_budget, (int, float))
+        or not sensitivity_budget >= 0
+    ):
+        raise ValueError(
+            f"sensitivity_budget: expected a non-negative number or None, got "
+            f"{sensitivity_budget!r}"
+        )
     if sensitivity_metric not in SENSITIVITY_METRICS:
         raise ValueError(
             f"sensitivity_metric: unknown {sensitivity_metric!r}, expected one of "
@@ -233,6 +255,8 @@ def quantize(
                 qdq_placement,
                 sensitivity_metric,
                 sensitivity_samples,
+                bias_correction,
+                sensitivity_budget,
             ),
             feeds or [],
             report,
@@ -268,6 +292,8 @@ class QdqOptions:
     placement: str
     sensitivity_metric: str = "local"
     sensitivity_samples: int = 4
+    bias_correction: bool = False
+    sensitivity_budget: float | None = None
 
 
 def _quantize_qdq(model, opts: QdqOptions, feeds, report: QdqReport, result) -> None:
@@ -303,7 +329,7 @@ def _quantize_qdq(model, opts: QdqOptions, feeds, report: QdqReport, result) -> 
     )
     ranges = narrow_ranges(model, ranges)
     qparams = {t: act.params(lo, hi) for t, (lo, hi) in ranges.items()}
-    if opts.skip_sensitive_nodes:
+    if opts.skip_sensitive_nodes or opts.sensitivity_budget is not None:
         if opts.sensitivity_metric == "output":
 
             def quantize_only(copy, sub: QdqPlan) -> None:
@@ -319,11 +345,17 @@ def _quantize_qdq(model, opts: QdqOptions, feeds, report: QdqReport, result) -> 
                 model, plan, calib.amax(), fmt, feeds[: opts.sensitivity_samples], act, qparams
             )
         result.sensitivity = scores
-        worst = drop_sensitive(plan, scores, opts.skip_sensitive_nodes, report)
+        count = opts.skip_sensitive_nodes
+        if opts.sensitivity_budget is not None:
+            count = budget_count(scores, opts.sensitivity_budget, count or None)
+        worst = drop_sensitive(plan, scores, count, report)
         result.notes.append(f"kept float (most sensitive): {worst}")
     if units:
         outs = add_output_qdq(model, plan, fold_act)
         result.notes.append(f"quantized {len(outs)} op outputs (DQ -> op -> Q units)")
+    if opts.bias_correction:
+        shifts = correct_biases(model, plan, fmt, act, qparams, feeds)
+        result.notes.append(f"bias correction on {len(shifts)} nodes")
     apply_qdq(model, plan, calib.amax(), fmt, report, qparams)
     result.notes.append(f"activations: {act.name}")
 
