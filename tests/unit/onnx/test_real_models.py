@@ -98,14 +98,17 @@ def test_magika_int8_and_fp16_agree_with_fp32(tmp_path):
     # Default settings (max calibration, uint8 activations: onnxruntime CPU's U8S8 layout):
     # 0.995 here; symmetric int8 activations (activation_type="int8") measure 0.985.
     q = quantize(path, "int8", calibration_data=calib, output_path=tmp_path / "m8.onnx")
-    # Entropy (KL) calibration, after the fix of its threshold search (it measured 0.80).
+    # Entropy (KL) calibration after the fix of its threshold search: 0.985 here (0.80
+    # before), 0.987 on 1000 files (benchmarks/onnx_magika.py, same batch size 16). With
+    # batch size 1 it measures 0.975: the KL minimum is flat, and last-bit differences in
+    # onnxruntime's batched outputs move the chosen threshold of some tensors.
     ent = quantize(
         path,
         "int8",
         calibration_data=calib,
         calibration_method="entropy",
+        calibration_batch_size=16,
         output_path=tmp_path / "m8e.onnx",
-        activation_type="int8",
     )
     h = convert_to_mixed_precision(
         path, "fp16", reference_data=calib, output_path=tmp_path / "m16.onnx"
