@@ -47,7 +47,7 @@ def test_ocr_int8_same_text_as_fp32(tmp_path):
 
     lines = text_lines()
     order = np.random.default_rng(0).permutation(len(lines))
-    calib = [lines[i] for i in order[:16]]
+    calib = [lines[i] for i in order[:32]]
     evaluation = [lines[i] for i in order[100:140]]  # disjoint from calibration
     hashes = {k: file_sha256(p) for k, p in rapidocr_model_paths().items()}
     fp32 = OcrPipeline()
@@ -70,10 +70,12 @@ def test_ocr_int8_same_text_as_fp32(tmp_path):
     ref = fp32.read_all(images)
     got = OcrPipeline(paths["det"], paths["rec"]).read_all(images)
     rate = exact_match_rate(ref, got)
-    # The issue asks for >= 95%. On 200 held-out lines (benchmarks/onnx_ocr_int8.py) this
-    # recipe measures 94.0% (int8 == ground truth 95.0%, as often as fp32); these 40 lines
-    # measure >= 95%. The bar leaves one line of margin below that.
-    assert rate >= 0.925, [(a, b) for a, b in zip(ref, got, strict=True) if a != b]
+    # The issue asks for >= 95%. On 200 held-out lines with 128 calibration lines
+    # (benchmarks/onnx_ocr_int8.py) the recipe (bias correction included) measures 97.5%.
+    # Here, with 32 calibration lines, 0.95 (32 and 64 lines alike): the two lines that
+    # differ are near-ties for fp32 itself ("lO" vs "I0", a full-width parenthesis); 16
+    # calibration lines measure 0.925.
+    assert rate >= 0.95, [(a, b) for a, b in zip(ref, got, strict=True) if a != b]
     # Sanity: the fp32 OCR reads most rendered lines correctly, so the comparison is meaningful.
     assert exact_match_rate(evaluation, ref) >= 0.8
     assert {k: file_sha256(p) for k, p in rapidocr_model_paths().items()} == hashes
