@@ -38,9 +38,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         variants = {"fp32": str(src)}
         for mode, method, act in (
+            ("int8", "max", "uint8"),  # the defaults
+            ("int8", "max", "int8"),  # TensorRT's symmetric activations
+            ("int8", "entropy", "uint8"),
             ("int8", "entropy", "int8"),
-            ("int8", "max", "int8"),
-            ("int8", "max", "uint8"),
+            ("int8", "percentile", "int8"),
             ("fp8", "max", "fp8"),
         ):
             res = quantize(

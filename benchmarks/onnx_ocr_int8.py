@@ -4,7 +4,7 @@ Calibration lines and evaluation lines are disjoint. Latency: both models in the
 same thread count, one warm-up call, median of ``--repeat`` passes over the same recorded
 inputs, fp32 and int8 interleaved.
 
-Usage: python benchmarks/onnx_ocr_int8.py [--calib 32] [--lines 200] [--threads 2]
+Usage: python benchmarks/onnx_ocr_int8.py [--calib 128] [--lines 200] [--threads 2]
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ from modeloptim.onnx.evaluation.ocr import (
 )
 from modeloptim.onnx.ort_utils import make_session
 
+EVAL_START = 128  # evaluation lines start here in the shuffled order
 KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "Conv", "FusedConv", "MatMul")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--calib", type=int, default=32)
+    ap.add_argument("--calib", type=int, default=128, help="at most 128 (evaluation after)")
     ap.add_argument("--lines", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
@@ -43,11 +44,15 @@ def main() -> None:
     ap.add_argument("--sensitivity-samples", type=int, default=4)
     ap.add_argument("--det-method", default="max", help="det calibration method")
     ap.add_argument("--rec-method", default="max", help="rec calibration method")
+    ap.add_argument("--no-bias-correction", action="store_true")
     args = ap.parse_args()
+    if not 0 < args.calib <= EVAL_START:
+        ap.error(f"--calib: expected 1..{EVAL_START}")
     lines = text_lines()
     order = np.random.default_rng(0).permutation(len(lines))
     calib = [lines[i] for i in order[: args.calib]]
-    evaluation = [lines[i] for i in order[args.calib : args.calib + args.lines]]
+    # Fixed evaluation lines for every --calib, disjoint from all calibration lines.
+    evaluation = [lines[i] for i in order[EVAL_START : EVAL_START + args.lines]]
     fp32 = OcrPipeline(threads=args.threads)
     fp32.recording = True
     for k, text in enumerate(calib):
@@ -56,6 +61,7 @@ def main() -> None:
     kw: dict = {
         "calibration_methods": {"det": args.det_method, "rec": args.rec_method},
         "sensitivity_samples": args.sensitivity_samples,
+        "bias_correction": not args.no_bias_correction,
     }
     if args.skip_sensitive is not None:
         kw["skip_sensitive"] = args.skip_sensitive

@@ -177,6 +177,7 @@ def quantize_ocr_int8(
     sensitivity_metric: str = "output",
     sensitivity_samples: int = 4,
     calibration_methods: dict[str, str] | None = None,
+    bias_correction: bool = True,
 ) -> dict[str, pathlib.Path]:
     """INT8 recipe for PP-OCRv4 det + rec for onnxruntime CPU: returns the quantized paths.
 
@@ -184,8 +185,14 @@ def quantize_ocr_int8(
     activations with per-channel int8 weights (onnxruntime's U8S8 kernels), ``DQ -> Conv -> Q``
     node units (every Conv runs as ``QLinearConv``), and the nodes whose quantization alone
     changes the model's output most (measured with onnxruntime, ``sensitivity_metric``) kept
-    float: ``skip_sensitive`` per model, default :data:`OCR_SKIP_SENSITIVE`. No node is
-    excluded by name or position.
+    float: ``skip_sensitive`` per model, default :data:`OCR_SKIP_SENSITIVE`, and with
+    ``bias_correction`` the bias of every quantized Conv/MatMul shifted by its mean output
+    error on the calibration data. No node is excluded by name or position.
+
+    Measured on 200 held-out lines (``benchmarks/onnx_ocr_int8.py``): with one model
+    quantized and the other fp32, bias correction raised det 96.0% -> 98.0% and rec 97.0% ->
+    98.0% same text as fp32 (32 calibration lines); with 128 calibration lines det 98.5%,
+    rec 98.5%, and both int8 together 97.5% (was 94.0%).
     """
     from modeloptim.onnx.quantization import quantize
 
@@ -205,6 +212,7 @@ def quantize_ocr_int8(
             ),
             sensitivity_metric=sensitivity_metric,
             sensitivity_samples=sensitivity_samples,
+            bias_correction=bias_correction,
         )
         result[key] = pathlib.Path(res.output_path)
     return result

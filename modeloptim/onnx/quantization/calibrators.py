@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from modeloptim.onnx.quantization.kl_search import kl_threshold_bins
+
 
 class CalibratorRegistry:
     """Name -> calibrator class; the extension point for new calibration methods."""
@@ -114,10 +116,10 @@ class _HistogramCalibrator(Calibrator):
         """Return amax from each histogram (tensors without one keep their maximum)."""
         out = dict(self.absmax)
         for name, hist in self.hists.items():
-            out[name] = self._threshold(hist.astype(np.float64), self.absmax[name])
+            out[name] = self._threshold(hist.astype(np.float64), self.absmax[name], name)
         return out
 
-    def _threshold(self, hist: np.ndarray, top: float) -> float:
+    def _threshold(self, hist: np.ndarray, top: float, name: str) -> float:
         raise NotImplementedError
 
 
@@ -131,7 +133,7 @@ class PercentileCalibrator(_HistogramCalibrator):
             raise ValueError(f"percentile: expected a value in (0, 100], got {percentile}")
         self.percentile = percentile
 
-    def _threshold(self, hist: np.ndarray, top: float) -> float:
+    def _threshold(self, hist: np.ndarray, top: float, name: str) -> float:
         cdf = np.cumsum(hist) / max(hist.sum(), 1.0)
         idx = int(np.searchsorted(cdf, self.percentile / 100.0))
         return float(min(idx + 1, len(hist)) * top / len(hist))
@@ -141,55 +143,34 @@ class PercentileCalibrator(_HistogramCalibrator):
 class EntropyCalibrator(_HistogramCalibrator):
     """amax minimizing the KL divergence between the clipped and the quantized histogram.
 
-    For every candidate threshold ``i`` bins (from ``num_levels`` to ``num_bins``), the
-    reference distribution is the first ``i`` bins with the outliers added to the last one;
-    the candidate merges that clipped histogram into ``num_levels`` quantization levels and
-    expands them back uniformly over its non-empty bins. The threshold with the smallest KL wins.
+    TensorRT's entropy calibration (see :mod:`~modeloptim.onnx.quantization.kl_search`):
+    ``num_bins`` (2048) bins of ``|x|``, candidate thresholds from ``num_levels`` bins up in
+    steps of ``stride``. ``num_levels`` is 128 for symmetric int8 (magnitudes 0..127); a
+    tensor that is never negative uses ``unsigned_levels`` when given (256 for uint8
+    activations, whose range then starts at 0 and spends all 256 codes on the magnitude).
     """
 
-    def __init__(self, num_levels: int = 128, stride: int = 8, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        num_levels: int = 128,
+        stride: int = 1,
+        unsigned_levels: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        for arg, value in (("num_levels", num_levels), ("stride", stride)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{arg}: expected a positive int, got {value!r}")
         self.num_levels = num_levels
         self.stride = stride
+        self.unsigned_levels = unsigned_levels
 
-    def _threshold(self, hist: np.ndarray, top: float) -> float:
-        nbins = len(hist)
-        best_i, best_kl = nbins, np.inf
-        for i in range(self.num_levels, nbins + 1, self.stride):
-            ref = hist[:i].copy()
-            ref[-1] += hist[i:].sum()
-            if ref.sum() == 0:
-                continue
-            cand = _expand(_merge(ref, self.num_levels), ref != 0, i, self.num_levels)
-            kl = _kl(ref, cand)
-            if kl < best_kl:
-                best_kl, best_i = kl, i
-        return float(best_i * top / nbins)
+    def levels(self, name: str) -> int:
+        """Quantization levels of the magnitude of tensor ``name``."""
+        if self.unsigned_levels and self.low.get(name, -1.0) >= 0.0:
+            return self.unsigned_levels
+        return self.num_levels
 
-
-def _merge(hist: np.ndarray, levels: int) -> np.ndarray:
-    edges = np.linspace(0, len(hist), levels + 1).astype(int)
-    return np.add.reduceat(hist, edges[:-1])
-
-
-def _expand(merged: np.ndarray, nonzero: np.ndarray, nbins: int, levels: int) -> np.ndarray:
-    edges = np.linspace(0, nbins, levels + 1).astype(int)
-    out = np.zeros(nbins)
-    for j in range(levels):
-        lo, hi = edges[j], edges[j + 1]
-        count = nonzero[lo:hi].sum()
-        if count:
-            out[lo:hi] = np.where(nonzero[lo:hi], merged[j] / count, 0.0)
-    return out
-
-
-def _kl(p: np.ndarray, q: np.ndarray) -> float:
-    p = p / p.sum()
-    qs = q.sum()
-    if qs == 0:
-        return np.inf
-    q = q / qs
-    mask = p > 0
-    if np.any(q[mask] == 0):
-        return np.inf
-    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+    def _threshold(self, hist: np.ndarray, top: float, name: str) -> float:
+        bins = kl_threshold_bins(hist, self.levels(name), self.stride)
+        return float(bins * top / len(hist))

@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--activation-type",
         default=None,
         choices=["int8", "uint8", "fp8"],
-        help="int8 mode: int8 (symmetric, TensorRT) or uint8 (asymmetric, onnxruntime CPU)",
+        help="int8 mode: uint8 (asymmetric, onnxruntime CPU; default) or int8 (symmetric, "
+        "zero point 0: pass it for TensorRT)",
     )
     parser.add_argument(
         "--placement",
@@ -65,6 +66,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="local",
         choices=["local", "output"],
         help="rank nodes by their own output error (local) or the model's (output)",
+    )
+    parser.add_argument(
+        "--sensitivity-budget",
+        type=float,
+        default=None,
+        help="keep float the fewest most sensitive nodes whose rest fits this error budget",
+    )
+    parser.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="shift quantized Conv/Gemm/MatMul biases by their mean error on calibration data",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -89,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         qdq_placement=args.qdq_placement,
         skip_sensitive_nodes=args.skip_sensitive,
         sensitivity_metric=args.sensitivity_metric,
+        sensitivity_budget=args.sensitivity_budget,
+        bias_correction=args.bias_correction,
     )
     rows = {
         "output": result.output_path,

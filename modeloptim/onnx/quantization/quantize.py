@@ -15,6 +15,7 @@ from modeloptim.onnx.fuse_activations import fuse_hardswish
 from modeloptim.onnx.model_io import default_output_path, load_model, save_model_atomic
 from modeloptim.onnx.ort_utils import float_tensor_names, run_capture
 from modeloptim.onnx.quantization.activation import ACTIVATION_TYPES
+from modeloptim.onnx.quantization.bias_correction import correct_biases
 from modeloptim.onnx.quantization.calibrators import CALIBRATORS, Calibrator
 from modeloptim.onnx.quantization.formats import FORMATS
 from modeloptim.onnx.quantization.int4 import (
@@ -33,6 +34,7 @@ from modeloptim.onnx.quantization.qdq import (
     plan_qdq,
 )
 from modeloptim.onnx.quantization.sensitivity import (
+    budget_count,
     drop_sensitive,
     node_sensitivity,
     output_sensitivity,
@@ -112,6 +114,8 @@ def quantize(
     fuse_activations: bool = True,
     sensitivity_metric: str = "local",
     sensitivity_samples: int = 4,
+    bias_correction: bool = False,
+    sensitivity_budget: float | None = None,
 ) -> QuantizeResult:
     """Quantize an ONNX model and write the result next to it (or to ``output_path``).
 
@@ -139,9 +143,12 @@ def quantize(
         disable_mha_qdq: int8/fp8: leave MatMuls between two activations (attention) float.
         skip_sensitive_nodes: int8/fp8: keep this many nodes in float, those whose outputs
             change most (measured with onnxruntime on calibration data) when quantized.
-        activation_type: int8 mode: ``"int8"`` (symmetric, default; TensorRT) or ``"uint8"``
-            (asymmetric; onnxruntime CPU's native U8S8 layout, see
-            :mod:`~modeloptim.onnx.quantization.activation`); fp8 mode: ``"fp8"``.
+        activation_type: int8 mode: ``"uint8"`` (asymmetric, the default: onnxruntime CPU's
+            native U8S8 layout, see :mod:`~modeloptim.onnx.quantization.activation`) or
+            ``"int8"`` (symmetric, zero point 0: what TensorRT requires; pass it for
+            TensorRT); fp8 mode: ``"fp8"``. The int8-mode default is uint8 because it
+            measures best on onnxruntime, the runtime every output is checked with: magika
+            top-1 agreement with fp32 on 1000 real files 0.991 (uint8) vs 0.986 (int8).
         qdq_placement: ``"units"`` (default): Q/DQ on the inputs of quantized ops and on the
             outputs whose runtime kernel needs them (``DQ -> Conv -> Q``, fused into
             ``QLinearConv``; see :mod:`~modeloptim.onnx.quantization.placement`);
@@ -153,6 +160,13 @@ def quantize(
             model's output error with that node alone quantized; one onnxruntime session per
             node, sees how errors propagate to the result).
         sensitivity_samples: calibration samples used to measure sensitivity.
+        sensitivity_budget: int8/fp8: keep float the fewest most sensitive nodes such that
+            the remaining nodes' combined sensitivity (root sum of squares of their scores,
+            e.g. the relative output error with ``sensitivity_metric="output"``) is at most
+            this; ``skip_sensitive_nodes`` (if > 0) then caps the count.
+        bias_correction: int8/fp8: subtract each quantized Conv/Gemm/MatMul(+Add)'s mean
+            output error on the calibration data from its bias (see
+            :mod:`~modeloptim.onnx.quantization.bias_correction`).
         fold_conv_affine: int8/fp8: fold constant ``Mul``/``Add`` after a Conv into its
             weight and bias first (what onnxruntime does to the float model).
 
@@ -165,6 +179,17 @@ def quantize(
             f"skip_sensitive_nodes: expected a non-negative int, got {skip_sensitive_nodes!r}"
         )
     act_name = _validate_activation(quantize_mode, activation_type)
+    if not isinstance(bias_correction, bool):
+        raise ValueError(f"bias_correction: expected a bool, got {bias_correction!r}")
+    if sensitivity_budget is not None and (
+        isinstance(sensitivity_budget, bool)
+        or not isinstance(sensitivity_budget, (int, float))
+        or not sensitivity_budget >= 0
+    ):
+        raise ValueError(
+            f"sensitivity_budget: expected a non-negative number or None, got "
+            f"{sensitivity_budget!r}"
+        )
     if sensitivity_metric not in SENSITIVITY_METRICS:
         raise ValueError(
             f"sensitivity_metric: unknown {sensitivity_metric!r}, expected one of "
@@ -233,6 +258,8 @@ def quantize(
                 qdq_placement,
                 sensitivity_metric,
                 sensitivity_samples,
+                bias_correction,
+                sensitivity_budget,
             ),
             feeds or [],
             report,
@@ -268,6 +295,8 @@ class QdqOptions:
     placement: str
     sensitivity_metric: str = "local"
     sensitivity_samples: int = 4
+    bias_correction: bool = False
+    sensitivity_budget: float | None = None
 
 
 def _quantize_qdq(model, opts: QdqOptions, feeds, report: QdqReport, result) -> None:
@@ -287,7 +316,12 @@ def _quantize_qdq(model, opts: QdqOptions, feeds, report: QdqReport, result) -> 
     # Calibrate every tensor output placement could add, before sensitivity shrinks the plan.
     candidates = add_output_qdq(model, _shallow(plan), fold_act) if units else []
     calib = run_calibration(
-        model, [*plan.activation_names(), *candidates], feeds, opts.method, opts.percentile
+        model,
+        [*plan.activation_names(), *candidates],
+        feeds,
+        opts.method,
+        opts.percentile,
+        act.name,
     )
     ranges = calib.ranges()
     # Output Qs exist for the runtime's fusion and feed float ops: keep their full observed
@@ -298,7 +332,7 @@ def _quantize_qdq(model, opts: QdqOptions, feeds, report: QdqReport, result) -> 
     )
     ranges = narrow_ranges(model, ranges)
     qparams = {t: act.params(lo, hi) for t, (lo, hi) in ranges.items()}
-    if opts.skip_sensitive_nodes:
+    if opts.skip_sensitive_nodes or opts.sensitivity_budget is not None:
         if opts.sensitivity_metric == "output":
 
             def quantize_only(copy, sub: QdqPlan) -> None:
@@ -314,11 +348,17 @@ def _quantize_qdq(model, opts: QdqOptions, feeds, report: QdqReport, result) -> 
                 model, plan, calib.amax(), fmt, feeds[: opts.sensitivity_samples], act, qparams
             )
         result.sensitivity = scores
-        worst = drop_sensitive(plan, scores, opts.skip_sensitive_nodes, report)
+        count = opts.skip_sensitive_nodes
+        if opts.sensitivity_budget is not None:
+            count = budget_count(scores, opts.sensitivity_budget, count or None)
+        worst = drop_sensitive(plan, scores, count, report)
         result.notes.append(f"kept float (most sensitive): {worst}")
     if units:
         outs = add_output_qdq(model, plan, fold_act)
         result.notes.append(f"quantized {len(outs)} op outputs (DQ -> op -> Q units)")
+    if opts.bias_correction:
+        shifts = correct_biases(model, plan, fmt, act, qparams, feeds)
+        result.notes.append(f"bias correction on {len(shifts)} nodes")
     apply_qdq(model, plan, calib.amax(), fmt, report, qparams)
     result.notes.append(f"activations: {act.name}")
 
@@ -330,7 +370,8 @@ def _shallow(plan: QdqPlan) -> QdqPlan:
 
 
 def _validate_activation(mode: str, activation_type: str | None) -> str:
-    allowed = {"int8": ["int8", "uint8"], "fp8": ["fp8"], "int4": []}[mode]
+    # The first entry is the default (see ``activation_type`` in :func:`quantize`).
+    allowed = {"int8": ["uint8", "int8"], "fp8": ["fp8"], "int4": []}[mode]
     if activation_type is None:
         return allowed[0] if allowed else ""
     if activation_type not in allowed:
@@ -342,10 +383,23 @@ def _validate_activation(mode: str, activation_type: str | None) -> str:
 
 
 def run_calibration(
-    model, names: Sequence[str], feeds, method: str, percentile: float = 99.99
+    model,
+    names: Sequence[str],
+    feeds,
+    method: str,
+    percentile: float = 99.99,
+    activation_type: str = "int8",
 ) -> Calibrator:
-    """Run ``feeds`` through ``model`` observing ``names``; returns the filled calibrator."""
-    kwargs = {"percentile": percentile} if method == "percentile" else {}
+    """Run ``feeds`` through ``model`` observing ``names``; returns the filled calibrator.
+
+    ``activation_type`` tells ``entropy`` how many levels a never-negative tensor gets
+    (``uint8``: 256 over ``[0, amax]``; otherwise 128 per sign).
+    """
+    kwargs: dict[str, Any] = {}
+    if method == "percentile":
+        kwargs["percentile"] = percentile
+    elif method == "entropy" and activation_type == "uint8":
+        kwargs["unsigned_levels"] = 256
     calib = CALIBRATORS.create(method, **kwargs)
     names = list(dict.fromkeys(names))
     if not names:

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     import onnx
 
 
-def _single_node(node: onnx.NodeProto, inputs: Sequence[str], opsets) -> onnx.ModelProto:
+def single_node_model(node: onnx.NodeProto, inputs: Sequence[str], opsets) -> onnx.ModelProto:
+    """A model holding ``node`` alone, with ``inputs`` as float32 graph inputs."""
     import onnx
     from onnx import helper
 
@@ -80,7 +81,7 @@ def node_sensitivity(
                 quantized[tensor] = q.astype(np.float32) * scale.reshape(shape)
             elif tensor in plan.activations and tensor in amax:
                 quantized[tensor] = None  # per feed below
-        session = make_session(_single_node(node, inputs, model.opset_import), optimize=False)
+        session = make_session(single_node_model(node, inputs, model.opset_import), optimize=False)
         num = den = 0.0
         for vals in values:
             ref_feed, q_feed = {}, {}
@@ -114,6 +115,20 @@ def _act_fq(fmt: QuantFormat, x: np.ndarray, scale: np.ndarray) -> np.ndarray:
     if fmt.name == "int8":
         return (np.clip(np.rint(x / scale), -128, 127) * scale).astype(np.float32)
     return fmt.fake_quantize(x, scale)
+
+
+def budget_count(scores: dict[str, float], budget: float, cap: int | None = None) -> int:
+    """Fewest nodes to keep float so the rest's combined error fits ``budget``.
+
+    Nodes are taken worst first; the error left by the quantized rest is estimated as the
+    root of the sum of their squared scores (independent errors add in quadrature), and the
+    smallest count whose rest is ``<= budget`` is returned (at most ``cap``).
+    """
+    ranked = sorted(scores.values(), reverse=True)
+    # rest[k] = sqrt(sum of squares of ranked[k:])
+    rest = np.sqrt(np.append(np.cumsum(np.square(ranked)[::-1])[::-1], 0.0))
+    count = int(np.argmax(rest <= budget))
+    return count if cap is None else min(count, cap)
 
 
 def drop_sensitive(

@@ -87,3 +87,19 @@ def test_onnx_quantize_cli_uint8_units(conv_matmul_model, tmp_path, capsys):
     assert len(report["details"]["quantized_nodes"]) == 1  # one of conv/mm measured fragile
     zps = [i for i in onnx.load(out).graph.initializer if i.name.endswith("_zero_point")]
     assert onnx.TensorProto.UINT8 in {z.data_type for z in zps}
+
+
+def test_onnx_quantize_cli_budget_and_bias_correction(conv_matmul_model, tmp_path, capsys):
+    path = conv_matmul_model[0]
+    data = tmp_path / "calib.npy"
+    np.save(data, np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32))
+    out = tmp_path / "qb.onnx"
+    args = ["onnx-quantize", path, "--calibration-data", str(data), "--output", str(out)]
+    code = main([*args, "--sensitivity-budget", "0", "--bias-correction", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["details"]["quantized_nodes"] == []  # a zero budget keeps every node float
+    code = main([*args, "--sensitivity-budget", "1e9", "--bias-correction", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert sorted(report["details"]["quantized_nodes"]) == ["conv", "mm"]
+    assert any("bias correction on 1 nodes" in n for n in report["details"]["notes"])

@@ -93,6 +93,9 @@ def test_opset_too_old(tmp_path):
         ({"calibration_method": "awq_lite"}, "calibration_method"),
         ({"high_precision_dtype": "fp64"}, "high_precision_dtype"),
         ({"quantize_mode": "int4", "block_size": 48}, "block_size"),
+        ({"sensitivity_budget": -0.1}, "sensitivity_budget: expected a non-negative"),
+        ({"sensitivity_budget": "low"}, "sensitivity_budget: expected a non-negative"),
+        ({"bias_correction": "yes"}, "bias_correction: expected a bool"),
     ],
 )
 def test_bad_arguments_named(conv_matmul_model, kwargs, match):

@@ -47,7 +47,7 @@ def test_ocr_int8_same_text_as_fp32(tmp_path):
 
     lines = text_lines()
     order = np.random.default_rng(0).permutation(len(lines))
-    calib = [lines[i] for i in order[:16]]
+    calib = [lines[i] for i in order[:32]]
     evaluation = [lines[i] for i in order[100:140]]  # disjoint from calibration
     hashes = {k: file_sha256(p) for k, p in rapidocr_model_paths().items()}
     fp32 = OcrPipeline()
@@ -70,10 +70,12 @@ def test_ocr_int8_same_text_as_fp32(tmp_path):
     ref = fp32.read_all(images)
     got = OcrPipeline(paths["det"], paths["rec"]).read_all(images)
     rate = exact_match_rate(ref, got)
-    # The issue asks for >= 95%. On 200 held-out lines (benchmarks/onnx_ocr_int8.py) this
-    # recipe measures 94.0% (int8 == ground truth 95.0%, as often as fp32); these 40 lines
-    # measure >= 95%. The bar leaves one line of margin below that.
-    assert rate >= 0.925, [(a, b) for a, b in zip(ref, got, strict=True) if a != b]
+    # The issue asks for >= 95%. On 200 held-out lines with 128 calibration lines
+    # (benchmarks/onnx_ocr_int8.py) the recipe (bias correction included) measures 97.5%.
+    # Here, with 32 calibration lines, 0.95 (32 and 64 lines alike): the two lines that
+    # differ are near-ties for fp32 itself ("lO" vs "I0", a full-width parenthesis); 16
+    # calibration lines measure 0.925.
+    assert rate >= 0.95, [(a, b) for a, b in zip(ref, got, strict=True) if a != b]
     # Sanity: the fp32 OCR reads most rendered lines correctly, so the comparison is meaningful.
     assert exact_match_rate(evaluation, ref) >= 0.8
     assert {k: file_sha256(p) for k, p in rapidocr_model_paths().items()} == hashes
@@ -95,16 +97,20 @@ def test_magika_int8_and_fp16_agree_with_fp32(tmp_path):
     assert len(feats) >= 150  # files below magika's size threshold skip the model
     path = magika_model_path()
     ref = top1(path, feats)
-    q = quantize(
+    # Default settings (max calibration, uint8 activations: onnxruntime CPU's U8S8 layout):
+    # 0.995 here; symmetric int8 activations (activation_type="int8") measure 0.985.
+    q = quantize(path, "int8", calibration_data=calib, output_path=tmp_path / "m8.onnx")
+    # Entropy (KL) calibration after the fix of its threshold search: 0.985 here (0.80
+    # before), 0.987 on 1000 files (benchmarks/onnx_magika.py, same batch size 16). With
+    # batch size 1 it measures 0.975: the KL minimum is flat, and last-bit differences in
+    # onnxruntime's batched outputs move the chosen threshold of some tensors.
+    ent = quantize(
         path,
         "int8",
         calibration_data=calib,
-        calibration_method="max",
-        output_path=tmp_path / "m8.onnx",
+        calibration_method="entropy",
         calibration_batch_size=16,
-        # onnxruntime CPU's U8S8 layout: 0.995 here; symmetric int8 activations with the
-        # Conv's output quantized too (DQ -> Conv -> Q) measure 0.985.
-        activation_type="uint8",
+        output_path=tmp_path / "m8e.onnx",
     )
     h = convert_to_mixed_precision(
         path, "fp16", reference_data=calib, output_path=tmp_path / "m16.onnx"
@@ -112,6 +118,7 @@ def test_magika_int8_and_fp16_agree_with_fp32(tmp_path):
     for out in (q.output_path, h.output_path):
         _check(out)
     assert (top1(q.output_path, feats) == ref).mean() >= 0.99
+    assert (top1(ent.output_path, feats) == ref).mean() >= 0.98
     assert (top1(h.output_path, feats) == ref).mean() >= 0.99
     # The kept-in-fp32 nodes were measured: every reason is an overflow or an error figure.
     assert h.kept

@@ -39,7 +39,16 @@ def test_qdq_graph_matches_numpy_fake_quant(conv_matmul_model, tmp_path, mode):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
     out = str(tmp_path / f"q_{mode}.onnx")
-    res = quantize(path, mode, calibration_data=x, calibration_method="max", output_path=out)
+    # Symmetric activations (zero point 0, the TensorRT layout) are asked for explicitly:
+    # the int8-mode default is uint8 (test_int8_mode_defaults_to_uint8_activations).
+    res = quantize(
+        path,
+        mode,
+        calibration_data=x,
+        calibration_method="max",
+        output_path=out,
+        activation_type=mode,
+    )
     assert set(res.quantized_nodes) == {"conv", "mm"}
     model = onnx.load(out)
     onnx.checker.check_model(model, full_check=True)
@@ -266,3 +275,19 @@ def test_shared_initializer_gets_one_dq_and_float_user_keeps_it(tmp_path):
     assert by_name["add_w"].input[1] == "W"
     ref = run(path, {"x": x})[0]
     np.testing.assert_allclose(run(out, {"x": x})[0], ref, atol=0.05 * np.abs(ref).max())
+
+
+def test_int8_mode_defaults_to_uint8_activations(conv_matmul_model, tmp_path):
+    path, _, _ = conv_matmul_model
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    out = tmp_path / "d.onnx"
+    quantize(path, "int8", calibration_data=x, output_path=out)
+    model = onnx.load(out)
+    inits = {i.name: i for i in model.graph.initializer}
+    act_zps = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert act_zps
+    assert all(z.data_type == onnx.TensorProto.UINT8 for z in act_zps)
+    # Weights stay symmetric int8 per channel.
+    w_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert w_dq
+    assert all(inits[n.input[0]].data_type == onnx.TensorProto.INT8 for n in w_dq)
