@@ -74,8 +74,10 @@ def test_ocr_int8_same_text_as_fp32(tmp_path):
     # (benchmarks/onnx_ocr_int8.py) the recipe (bias correction included) measures 97.5%.
     # Here, with 32 calibration lines, 0.95 (32 and 64 lines alike): the two lines that
     # differ are near-ties for fp32 itself ("lO" vs "I0", a full-width parenthesis); 16
-    # calibration lines measure 0.925.
-    assert rate >= 0.95, [(a, b) for a, b in zip(ref, got, strict=True) if a != b]
+    # calibration lines measure 0.925. The bar leaves one line for such a near-tie to flip on
+    # another CPU's onnxruntime kernels (CI's machine is not this one); the 95% is
+    # shown on the 200 lines of the benchmark.
+    assert rate >= 0.925, [(a, b) for a, b in zip(ref, got, strict=True) if a != b]
     # Sanity: the fp32 OCR reads most rendered lines correctly, so the comparison is meaningful.
     assert exact_match_rate(evaluation, ref) >= 0.8
     assert {k: file_sha256(p) for k, p in rapidocr_model_paths().items()} == hashes
