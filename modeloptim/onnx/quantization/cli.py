@@ -51,9 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--placement",
         dest="qdq_placement",
-        default="units",
+        default=None,
         choices=["units", "inputs"],
-        help="units: DQ -> op -> Q that runtimes fuse (default); inputs: Q/DQ on inputs only",
+        help="units: DQ -> op -> Q that runtimes fuse (int8 default); inputs: Q/DQ on inputs "
+        "only (fp8 default)",
     )
     parser.add_argument(
         "--skip-sensitive",

@@ -114,12 +114,16 @@ def test_magika_int8_and_fp16_agree_with_fp32(tmp_path):
         calibration_batch_size=16,
         output_path=tmp_path / "m8e.onnx",
     )
+    # fp8 defaults to Q/DQ on inputs only: 0.985 here, 0.991 on 1000 files; Q on Conv
+    # outputs (qdq_placement="units") measures 0.970 here, 0.979 on 1000 files
+    f8 = quantize(path, "fp8", calibration_data=calib, output_path=tmp_path / "m8f.onnx")
     h = convert_to_mixed_precision(
         path, "fp16", reference_data=calib, output_path=tmp_path / "m16.onnx"
     )
-    for out in (q.output_path, h.output_path):
+    for out in (q.output_path, f8.output_path, h.output_path):
         _check(out)
     assert (top1(q.output_path, feats) == ref).mean() >= 0.99
+    assert (top1(f8.output_path, feats) == ref).mean() >= 0.98
     assert (top1(ent.output_path, feats) == ref).mean() >= 0.98
     assert (top1(h.output_path, feats) == ref).mean() >= 0.99
     # The kept-in-fp32 nodes were measured: every reason is an overflow or an error figure.

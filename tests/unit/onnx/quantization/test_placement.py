@@ -277,3 +277,21 @@ def _float_max(path, x, tensor):
 
     model = with_outputs(onnx.load(path), [tensor])
     return float(run(model, {"x": x})[0].max())
+
+
+def _q_inputs(path) -> list[list[str]]:
+    graph = onnx.load(str(path)).graph
+    return sorted(list(n.input) for n in graph.node if n.op_type == "QuantizeLinear")
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("int8", "units"), ("fp8", "inputs")])
+def test_default_placement_per_mode(cnn_path, tmp_path, mode, expected):
+    """int8 defaults to fusable units, fp8 (no runtime unit to fuse) to Q/DQ on inputs."""
+    x = _data()
+    paths = {}
+    for place in (None, "units", "inputs"):
+        out = tmp_path / f"{mode}_{place}.onnx"
+        quantize(cnn_path, mode, calibration_data=x, output_path=out, qdq_placement=place)
+        paths[place] = out
+    assert _q_inputs(paths["units"]) != _q_inputs(paths["inputs"])  # the choice is visible
+    assert _q_inputs(paths[None]) == _q_inputs(paths[expected])
