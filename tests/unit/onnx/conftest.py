@@ -52,3 +52,31 @@ def conv_matmul_model(tmp_path):
     path = tmp_path / "cm.onnx"
     onnx.save(model, path)
     return str(path), w, m
+
+
+def fragile_pair(tmp_path, z_scale=1.0, outlier=2000.0):
+    """``y = x @ W1 + z @ W2`` (nodes "plain", "fragile") and calibration data for it.
+
+    One outlier in ``z`` sets its per-tensor scale, so every other value of ``z`` rounds to 0
+    when quantized: "fragile" is the node whose quantization hurts. Returns (path, data).
+    """
+    rng = np.random.default_rng(5)
+    w1, w2 = (rng.standard_normal((16, 8)).astype(np.float32) for _ in range(2))
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["a"], name="plain"),
+        helper.make_node("MatMul", ["z", "W2"], ["b"], name="fragile"),
+        helper.make_node("Add", ["a", "b"], ["y"], name="sum"),
+    ]
+    model = make_model(
+        nodes,
+        [fvi("x", ["N", 16]), fvi("z", ["N", 16])],
+        [fvi("y", ["N", 8])],
+        [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")],
+    )
+    path = tmp_path / "two.onnx"
+    onnx.save(model, path)
+    x = rng.standard_normal((32, 16)).astype(np.float32)
+    z = rng.standard_normal((32, 16)).astype(np.float32) * np.float32(z_scale)
+    z[:, 0] = 0.0
+    z[0, 0] = outlier
+    return path, {"x": x, "z": z}

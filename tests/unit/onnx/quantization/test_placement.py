@@ -14,7 +14,7 @@ from modeloptim.onnx.quantization import quantize
 from modeloptim.onnx.quantization.activation import ACTIVATION_TYPES
 from modeloptim.onnx.quantization.calibrators import CALIBRATORS
 from modeloptim.onnx.quantization.placement import narrow_ranges
-from tests.unit.onnx.conftest import fvi, make_model, run
+from tests.unit.onnx.conftest import fragile_pair, fvi, make_model, run
 
 
 def optimized_ops(path, tmp_path) -> collections.Counter:
@@ -196,29 +196,11 @@ def test_narrow_ranges_only_when_every_reader_clamps():
 
 
 def test_output_sensitivity_finds_the_fragile_node(tmp_path):
-    rng = np.random.default_rng(5)
-    w1, w2 = (rng.standard_normal((16, 8)).astype(np.float32) for _ in range(2))
-    nodes = [
-        helper.make_node("MatMul", ["x", "W1"], ["a"], name="plain"),
-        helper.make_node("MatMul", ["z", "W2"], ["b"], name="fragile"),
-        helper.make_node("Add", ["a", "b"], ["y"], name="sum"),
-    ]
-    model = make_model(
-        nodes,
-        [fvi("x", ["N", 16]), fvi("z", ["N", 16])],
-        [fvi("y", ["N", 8])],
-        [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")],
-    )
-    path = tmp_path / "two.onnx"
-    onnx.save(model, path)
-    x = rng.standard_normal((32, 16)).astype(np.float32)
-    z = rng.standard_normal((32, 16)).astype(np.float32)
-    z[:, 0] = 0.0
-    z[0, 0] = 2000.0  # one outlier sets the per-tensor scale of z: the rest rounds to 0
+    path, data = fragile_pair(tmp_path)
     res = quantize(
         path,
         "int8",
-        calibration_data={"x": x, "z": z},
+        calibration_data=data,
         output_path=tmp_path / "s.onnx",
         skip_sensitive_nodes=1,
         sensitivity_metric="output",

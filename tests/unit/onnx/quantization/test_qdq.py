@@ -9,7 +9,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from modeloptim.onnx.quantization import quantize
-from tests.unit.onnx.conftest import fvi, make_model, run
+from tests.unit.onnx.conftest import fragile_pair, fvi, make_model, run
 
 
 def np_conv(x, w):
@@ -198,26 +198,8 @@ def test_high_precision_fp16_after_int8(conv_matmul_model, tmp_path):
 
 
 def test_skip_sensitive_nodes_keeps_the_fragile_one_float(tmp_path):
-    rng = np.random.default_rng(5)
-    w1, w2 = (rng.standard_normal((16, 8)).astype(np.float32) for _ in range(2))
-    nodes = [
-        helper.make_node("MatMul", ["x", "W1"], ["a"], name="plain"),
-        helper.make_node("MatMul", ["z", "W2"], ["b"], name="fragile"),
-        helper.make_node("Add", ["a", "b"], ["y"], name="sum"),
-    ]
-    model = make_model(
-        nodes,
-        [fvi("x", ["N", 16]), fvi("z", ["N", 16])],
-        [fvi("y", ["N", 8])],
-        [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")],
-    )
-    path = str(tmp_path / "two.onnx")
-    onnx.save(model, path)
-    x = rng.standard_normal((32, 16)).astype(np.float32)
-    z = rng.standard_normal((32, 16)).astype(np.float32) * 0.01
-    z[:, 0] = 0.0
-    z[0, 0] = 50.0  # one outlier sets the per-tensor scale: everything else rounds to 0
-    data = {"x": x, "z": z}
+    path, data = fragile_pair(tmp_path, z_scale=0.01, outlier=50.0)
+    path = str(path)
     out = str(tmp_path / "s.onnx")
     res = quantize(
         path,

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import onnx
 import pytest
-from onnx import helper, numpy_helper
 
 from modeloptim.onnx.quantization import quantize
 from modeloptim.onnx.quantization.sensitivity import budget_count
-from tests.unit.onnx.conftest import fvi, make_model
+from tests.unit.onnx.conftest import fragile_pair
 
 
 def _brute(scores, budget):
@@ -38,26 +35,9 @@ def test_budget_hand_computed():
 
 
 def test_quantize_budget_keeps_the_fragile_node_float(tmp_path):
-    rng = np.random.default_rng(5)
-    w1, w2 = (rng.standard_normal((16, 8)).astype(np.float32) for _ in range(2))
-    model = make_model(
-        [
-            helper.make_node("MatMul", ["x", "W1"], ["a"], name="plain"),
-            helper.make_node("MatMul", ["z", "W2"], ["b"], name="fragile"),
-            helper.make_node("Add", ["a", "b"], ["y"], name="sum"),
-        ],
-        [fvi("x", ["N", 16]), fvi("z", ["N", 16])],
-        [fvi("y", ["N", 8])],
-        [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")],
-    )
-    path = tmp_path / "two.onnx"
-    onnx.save(model, path)
-    x = rng.standard_normal((32, 16)).astype(np.float32)
-    z = rng.standard_normal((32, 16)).astype(np.float32)
-    z[:, 0] = 0.0
-    z[0, 0] = 2000.0  # one outlier sets the per-tensor scale of z: the rest rounds to 0
+    path, data = fragile_pair(tmp_path)
     common = {
-        "calibration_data": {"x": x, "z": z},
+        "calibration_data": data,
         "sensitivity_metric": "output",
         "calibration_batch_size": 8,
     }
