@@ -39,6 +39,10 @@ BASE: dict[str, Any] = {
     "GEMV_WORDS_BLOCK_K": w4a16.GEMV_WORDS_BLOCK_K,
     "GEMV_WORDS_WARPS": w4a16.GEMV_WORDS_WARPS,
     "GEMV_WORDS_STAGES": 1,
+    "GEMV_WORDS_PIPE": 1,
+    "GEMV_ILV_PIPE": 1,
+    "GEMV_WORDS_LEAN": w4a16.GEMV_WORDS_LEAN,
+    "GEMV_WORDS_X2D": False,
 }
 
 
@@ -80,6 +84,42 @@ def variants(families: set[str], quick: bool) -> list[tuple[str, dict[str, Any]]
                     },
                 )
             )
+    if "pipe" in families:  # loops software-pipelined through shared memory (tl.range stages)
+        for (bn, bk, wp), pipe in itertools.product(
+            ((16, 1024, 4), (8, 1024, 4), (8, 512, 4), (16, 512, 8), (32, 512, 8), (4, 1024, 4)),
+            (2, 3, 4),
+        ):
+            tile = {"GEMV_WORDS_BLOCK_N": bn, "GEMV_WORDS_BLOCK_K": bk, "GEMV_WORDS_WARPS": wp}
+            out.append((f"words pipe{pipe} {bn}x{bk} w{wp}", {**tile, "GEMV_WORDS_PIPE": pipe}))
+        for (bn, bk, wp), pipe in itertools.product(
+            ((4, 1024, 4), (4, 2048, 4), (8, 1024, 4), (2, 1024, 2), (4, 512, 2), (8, 2048, 8)),
+            (2, 3, 4),
+        ):
+            ilv = {"GEMV_ILV": True, "GEMV_ILV_BLOCK_N": bn, "GEMV_ILV_BLOCK_K": bk}
+            ilv |= {"GEMV_ILV_WARPS": wp, "GEMV_ILV_PIPE": pipe}
+            out.append((f"interleaved pipe{pipe} {bn}x{bk} w{wp}", ilv))
+    if "lean" in families:  # _words_step_lean: about 1/3 fewer instructions per weight pair
+        tiles = [
+            (16, 1024, 4),
+            (16, 2048, 4),
+            (16, 4096, 4),
+            (32, 2048, 8),
+            (8, 2048, 2),
+            (16, 2048, 2),
+            (32, 2048, 4),
+            (8, 4096, 4),
+            (16, 8192, 4),
+        ]
+        for bn, bk, wp in tiles:
+            tile = {"GEMV_WORDS_BLOCK_N": bn, "GEMV_WORDS_BLOCK_K": bk, "GEMV_WORDS_WARPS": wp}
+            out.append((f"words lean {bn}x{bk} w{wp}", {**tile, "GEMV_WORDS_LEAN": True}))
+        lean = {"GEMV_WORDS_LEAN": True}
+        out.append(("words lean default prefetch", {**lean, "GEMV_WORDS_PREFETCH": True}))
+        out.append(("words lean default split2", {**lean, "GEMV_WORDS_SPLIT_K": 2}))
+        out.append(("words lean default (again)", lean))
+        out.append(
+            ("words old decode 16x1024 w4", {"GEMV_WORDS_LEAN": False, "GEMV_WORDS_BLOCK_K": 1024})
+        )
     dots = itertools.product((32, 64, 128), (128, 256, 512), ((4, 4), (8, 3), (4, 2)))
     for bn, bk, (wp, st) in dots if "dot" in families else []:
         if quick and (wp, st) != (4, 4):
@@ -104,7 +144,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=8192)
     p.add_argument("--json", default="")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--families", default="byte,ilv", help="of byte, words, ilv, dot")
+    p.add_argument("--families", default="byte,ilv", help="of byte, words, ilv, dot, pipe, lean")
     p.add_argument("--rep-ms", type=int, default=40)
     a = p.parse_args()
     n = k = a.size

@@ -88,6 +88,10 @@ def test_fused_gemm_bf16(monkeypatch):
 
 GEMV_VARIANTS = {
     "words": {},
+    "words fold decode": {"GEMV_WORDS_LEAN": False, "GEMV_WORDS_BLOCK_K": 1024},
+    "words lean 16x1024": {"GEMV_WORDS_BLOCK_K": 1024},
+    "words pipelined 3 stages": {"GEMV_WORDS_PIPE": 3},
+    "interleaved pipelined 2 stages": {"GEMV_ILV": True, "GEMV_ILV_PIPE": 2},
     "words prefetch": {"GEMV_WORDS_PREFETCH": True},
     "words split 4": {"GEMV_WORDS_SPLIT_K": 4},
     "words prefetch split 2": {"GEMV_WORDS_PREFETCH": True, "GEMV_WORDS_SPLIT_K": 2},

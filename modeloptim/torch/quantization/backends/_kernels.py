@@ -221,6 +221,64 @@ def _words_step(
 
 
 @triton.jit
+def _words_step_lean(
+    w,
+    sc,
+    acc,
+    x_row,
+    kw,
+    mask_w,
+    GROUP: tl.constexpr,
+    X2D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """``_words_step`` with about half the instructions per weight pair (``LEAN``).
+
+    ``t = ((w ^ 0x88888888) >> 4s) & 0x000F000F | 0x43004300`` as before. The low element
+    is ``f_lo = bitcast(t << 16) = 128 + c_lo``; the high one is ``t`` read as a float32
+    *without* masking its low half: ``bitcast(t) = 128 + c_hi + (0x4300 + c_lo) / 2**16
+    = f_hi + (17024 + f_lo) / 2**16``. The ``f_lo / 2**16`` cross term is cancelled by
+    using ``x_lo' = x_lo - x_hi / 2**16`` for the low element (computed once per activation
+    column, shared by every weight row; exact in float32 to 2**-24 relative), so
+    ``f_lo * x_lo' + bitcast(t) * x_hi = f_lo * x_lo + f_hi * x_hi + 17024 / 2**16 * x_hi``
+    and the constant is folded with the ``- 136`` into one per-column correction
+    ``136 * x_lo + (136 + 17024 / 2**16) * x_hi``. Per pair that leaves a shift, one LOP3,
+    one shift and two FMAs (the default step also masks ``t``, multiplies, and accumulates
+    ``sum(x)`` per weight row).
+    """
+    BW: tl.constexpr = BLOCK_K // 8
+    w = w ^ -2004318072  # 0x88888888: every nibble to its offset-8 code
+    prod = tl.zeros([BLOCK_N, BW], dtype=tl.float32)
+    corr = tl.zeros([BW], dtype=tl.float32)
+    for s in tl.static_range(4):
+        t = ((w >> (4 * s)) & 0x000F000F) | 0x43004300
+        f_lo = (t << 16).to(tl.float32, bitcast=True)
+        f_hi = t.to(tl.float32, bitcast=True)
+        if X2D:
+            x_lo = tl.load(x_row + (kw * 8 + s)[None, :], mask=mask_w[None, :], other=0.0)
+            x_hi = tl.load(x_row + (kw * 8 + s + 4)[None, :], mask=mask_w[None, :], other=0.0)
+            x_lo = x_lo.to(tl.float32)
+            x_hi = x_hi.to(tl.float32)
+            corr += tl.sum(x_lo * 136.0 + x_hi * 136.259765625, axis=0)
+            prod = tl.fma(f_lo, x_lo - x_hi * 1.52587890625e-05, prod)
+            prod = tl.fma(f_hi, x_hi, prod)
+        else:
+            x_lo = tl.load(x_row + kw * 8 + s, mask=mask_w, other=0.0).to(tl.float32)
+            x_hi = tl.load(x_row + kw * 8 + (s + 4), mask=mask_w, other=0.0).to(tl.float32)
+            corr += x_lo * 136.0 + x_hi * 136.259765625
+            prod = tl.fma(f_lo, (x_lo - x_hi * 1.52587890625e-05)[None, :], prod)
+            prod = tl.fma(f_hi, x_hi[None, :], prod)
+    if BLOCK_K <= GROUP:
+        acc += (prod - corr[None, :]) * sc[:, None]
+    else:
+        part = tl.sum(tl.reshape(prod, [BLOCK_N, BLOCK_K // GROUP, GROUP // 8]), axis=2)
+        cg = tl.sum(tl.reshape(corr, [BLOCK_K // GROUP, GROUP // 8]), axis=1)
+        acc += (part - cg[None, :]) * sc
+    return acc
+
+
+@triton.jit
 def w4_gemv_words_kernel(
     x_ptr,
     w_ptr,
@@ -242,6 +300,8 @@ def w4_gemv_words_kernel(
     SPLIT_K: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    PIPE: tl.constexpr = 1,
+    LEAN: tl.constexpr = False,
 ):
     """INT4 decode GEMV reading the packed weight as int32 words (8 nibbles each).
 
@@ -261,6 +321,10 @@ def w4_gemv_words_kernel(
     flight while the previous words are decoded. ``SPLIT_K > 1``: program ``(i, m, j)`` sums
     the word range ``[j * kw_split, (j + 1) * kw_split)`` only and writes its float32 partial
     to ``part[j, m, n]``; ``w4_splitk_reduce_kernel`` adds the partials and the bias.
+    ``PIPE > 1`` software-pipelines the K loop over that many stages (``tl.range``: Triton
+    stages every load of the loop through shared memory with asynchronous copies, so
+    ``PIPE - 1`` steps' weights are in flight while one is decoded). ``LEAN`` decodes with
+    ``_words_step_lean`` (fewer instructions per pair; ``FOLD`` is implied).
     """
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
@@ -288,7 +352,8 @@ def w4_gemv_words_kernel(
         kn = k_lo + jw
         w_next = tl.load(w_row + kn[None, :], mask=mask_n[:, None] & (kn < k_hi)[None, :], other=0)
         s_next = _words_scales(s_ptr, n, mask_n, k_lo, NG, GROUP, BLOCK_K)
-    for kw0 in range(k_lo, k_hi, BW):  # a word-index loop variable keeps the alignment visible
+    # a word-index loop variable keeps the alignment visible
+    for kw0 in tl.range(k_lo, k_hi, BW, num_stages=PIPE):
         kw = kw0 + jw
         mask_w = kw < k_hi
         if PREFETCH:
@@ -303,7 +368,10 @@ def w4_gemv_words_kernel(
         else:
             w = tl.load(w_row + kw[None, :], mask=mask_n[:, None] & mask_w[None, :], other=0)
             sc = _words_scales(s_ptr, n, mask_n, kw0, NG, GROUP, BLOCK_K)
-        acc = _words_step(w, sc, acc, x_row, kw, mask_w, GROUP, FOLD, X2D, BLOCK_N, BLOCK_K)
+        if LEAN:
+            acc = _words_step_lean(w, sc, acc, x_row, kw, mask_w, GROUP, X2D, BLOCK_N, BLOCK_K)
+        else:
+            acc = _words_step(w, sc, acc, x_row, kw, mask_w, GROUP, FOLD, X2D, BLOCK_N, BLOCK_K)
     out = tl.sum(acc, axis=1)
     if SPLIT_K == 1:
         if HAS_BIAS:
@@ -333,6 +401,7 @@ def w4_gemv_ilv_kernel(
     SCALE2D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    PIPE: tl.constexpr = 1,
 ):
     """INT4 decode GEMV over the interleaved word layout (``packing.interleave_int4_words``).
 
@@ -351,6 +420,7 @@ def w4_gemv_ilv_kernel(
     ``SCALE2D`` loads the group scales as a tile of the weight tile's shape (each column's
     group scale, cached loads) and accumulates ``prod * scale`` element-wise, instead of
     per-step group sums through a reshape (which moves data between layouts each step).
+    ``PIPE > 1``: the K loop software-pipelined over that many stages (as the word kernel).
     """
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
@@ -373,7 +443,7 @@ def w4_gemv_ilv_kernel(
             s_next = tl.load(s_row + ((jw * 8) // GROUP)[None, :], mask=mask_n[:, None], other=0.0)
         else:
             s_next = _words_scales(s_ptr, n, mask_n, 0, NG, GROUP, BLOCK_K)
-    for kw0 in range(0, stride_wn, BW):
+    for kw0 in tl.range(0, stride_wn, BW, num_stages=PIPE):
         c = kw0 + jw
         if PREFETCH:
             w = w_next

@@ -24,12 +24,14 @@ GEMV_BLOCK_K = 2048
 GEMV_WARPS = 4
 GEMV_STAGES = 1
 #: INT4 decode uses the word-wise kernel (``w4_gemv_words_kernel``: 8 nibbles per int32 load,
-#: two weights per pair of integer operations) when the layout allows it; its own tile.
+#: two weights per pair of integer operations) when the layout allows it; its own tile. The
+#: lean decode with a 16 x 2048 tile and 4 warps was the fastest on an H100 (session 4 sweep,
+#: benchmarks/gpu/NOTES.md): 17.6 us for 8192 x 8192 INT4 g128 vs 47.4 us for the bf16 GEMV.
 GEMV_WORDS = True
 GEMV_WORDS_FOLD = True
 GEMV_WORDS_X2D = False
 GEMV_WORDS_BLOCK_N = 16
-GEMV_WORDS_BLOCK_K = 1024
+GEMV_WORDS_BLOCK_K = 2048
 GEMV_WORDS_WARPS = 4
 GEMV_WORDS_STAGES = 1
 #: Issue the next K step's loads before decoding the current one (manual double buffering).
@@ -37,6 +39,12 @@ GEMV_WORDS_PREFETCH = False
 #: Split K over this many programs per output block (float32 partials + a reduction kernel)
 #: when K divides evenly; 1 = one program per output block over all of K.
 GEMV_WORDS_SPLIT_K = 1
+#: Software-pipeline the word kernel's K loop over this many stages (asynchronous copies into
+#: shared memory, ``tl.range(num_stages=...)``); 1 = no pipelining.
+GEMV_WORDS_PIPE = 1
+#: Decode with ``_words_step_lean``: ~1/3 fewer instructions per weight pair than the default
+#: step (no mask for the high half, no per-row ``sum(x)``, FMAs instead of mul + add).
+GEMV_WORDS_LEAN = True
 #: INT4 decode over the interleaved word layout (``w4_gemv_ilv_kernel``; activations loaded
 #: in the weights' register layout, no shared-memory exchange): needs K and the group size
 #: multiples of 128, keeps an interleaved copy of the codes on the weight (``decode_words``).
@@ -46,6 +54,7 @@ GEMV_ILV_BLOCK_K = 1024
 GEMV_ILV_WARPS = 4
 GEMV_ILV_PREFETCH = False
 GEMV_ILV_SCALE2D = False
+GEMV_ILV_PIPE = 1
 #: INT4 decode on the tensor cores instead (``w4_gemv_dot_kernel``, M padded to 16) where the
 #: group size is a multiple of 128; its tile, warps and pipeline depth.
 GEMV_DOT = False
@@ -207,6 +216,8 @@ def _gemv_words(
         SPLIT_K=split,
         BLOCK_N=GEMV_WORDS_BLOCK_N,
         BLOCK_K=bk,
+        PIPE=GEMV_WORDS_PIPE,
+        LEAN=GEMV_WORDS_LEAN,
         num_warps=GEMV_WORDS_WARPS,
         num_stages=GEMV_WORDS_STAGES,
     )
@@ -276,6 +287,7 @@ def _gemv_ilv(
         SCALE2D=GEMV_ILV_SCALE2D,
         BLOCK_N=GEMV_ILV_BLOCK_N,
         BLOCK_K=bk,
+        PIPE=GEMV_ILV_PIPE,
         num_warps=GEMV_ILV_WARPS,
     )
 

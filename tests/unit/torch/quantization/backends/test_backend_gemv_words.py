@@ -25,13 +25,19 @@ def calls(monkeypatch):
     return seen
 
 
+#: decode step variants: (LEAN, FOLD)
+DECODES = {"lean": (True, True), "fold": (False, True), "plain": (False, False)}
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("fold", [True, False])
+@pytest.mark.parametrize("decode", list(DECODES))
 @pytest.mark.parametrize(
     ("group", "block_k", "k"),
     [(128, 256, 512), (32, 256, 384), (256, 64, 512), (64, 64, 192)],
 )
-def test_words_gemv_matches_float64(monkeypatch, calls, dtype, fold, group, block_k, k):
+def test_words_gemv_matches_float64(monkeypatch, calls, dtype, decode, group, block_k, k):
+    lean, fold = DECODES[decode]
+    monkeypatch.setattr(w4a16, "GEMV_WORDS_LEAN", lean)
     monkeypatch.setattr(w4a16, "GEMV_WORDS_FOLD", fold)
     monkeypatch.setattr(w4a16, "GEMV_WORDS_BLOCK_K", block_k)
     monkeypatch.setattr(w4a16, "GEMV_WORDS_BLOCK_N", 8)
@@ -50,8 +56,10 @@ def test_words_gemv_matches_float64(monkeypatch, calls, dtype, fold, group, bloc
     assert _rel(y, ref) < (1e-3 if dtype == torch.float16 else 8e-3)
 
 
-def test_words_gemv_every_code_and_position(calls):
+@pytest.mark.parametrize("lean", [True, False])
+def test_words_gemv_every_code_and_position(monkeypatch, calls, lean):
     # one weight row per (code, nibble position): catches a swapped half or shift
+    monkeypatch.setattr(w4a16, "GEMV_WORDS_LEAN", lean)
     k = 64
     rows = []
     for code in range(-7, 8):
@@ -68,6 +76,29 @@ def test_words_gemv_every_code_and_position(calls):
     assert calls
     ref = x.double() @ w.double().T
     assert torch.allclose(y.double(), ref, rtol=2e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("block_k", [64, 256])  # one group per step; several groups per step
+def test_lean_decode_cancels_the_high_halfs_low_bits(monkeypatch, calls, block_k):
+    # The lean step reads the high element of each pair without masking the low half's bits,
+    # which adds (0x4300 + code_lo) / 2**16 to it; x_lo - x_hi / 2**16 and a constant cancel
+    # that. Make the term visible: high-half weights zero with activations 1, low-half
+    # weights up to 7 (offset code 15) with activations ~0.01. Uncancelled, it adds
+    # ~128 * 7.5 / 2**16 = 0.015 to a signal of ~0.5 (3%); the fold itself costs ~0.2%.
+    monkeypatch.setattr(w4a16, "GEMV_WORDS_BLOCK_K", block_k)
+    k, n = 256, 12
+    torch.manual_seed(4)
+    hi = (torch.arange(k) % 8) >= 4  # elements in the high halves of the word pairs
+    codes = torch.randint(-7, 8, (n, k)).float()
+    codes[:, ::64] = 7.0  # group scale 1 in every group
+    codes[:, hi] = 0.0
+    qw = B.quantize_int4(codes, 64)
+    assert torch.equal(qw.dequantize(torch.float32), codes)
+    x = torch.where(hi, 1.0, 0.01 * torch.randn(k)).to(torch.float16)[None, :]
+    y = w4a16.w4a16_linear(x, qw, None)
+    assert calls
+    ref = x.double() @ codes.double().T
+    assert _rel(y, ref) < 5e-3
 
 
 def test_words_layout_rejected_when_misaligned():
