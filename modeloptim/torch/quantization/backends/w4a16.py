@@ -64,9 +64,10 @@ GEMV_DOT_WARPS = 4
 GEMV_DOT_STAGES = 4
 #: For GEMV_MAX_M < M <= FUSED_GEMM_MAX_M the fused tile kernel (dequantize in registers,
 #: tensor-core dots) runs; above it a one-pass Triton dequantization to a dense 16-bit weight
-#: and cuBLAS. On an H100 (8192 x 8192 INT4) the fused kernel took 334 us at M=16 vs 622 us for
-#: dequantize + cuBLAS, and 2213 us vs 628 us at M=256 (benchmarks/gpu/NOTES.md).
-FUSED_GEMM_MAX_M = 32
+#: and cuBLAS. Since the one-scale-per-group dequantization (session 2) the second is faster
+#: at every M measured on an H100 (8192 x 8192 INT4, M=16: 127 us vs 316-334 us fused;
+#: benchmarks/gpu/results/s4_c6_small_m.log), so the fused kernel only runs when forced.
+FUSED_GEMM_MAX_M = GEMV_MAX_M
 #: Force the fused kernel for every M > GEMV_MAX_M (tests and benchmarks).
 FUSED_GEMM = False
 #: GEMM tile.
