@@ -21,12 +21,30 @@ from triton.testing import do_bench_cudagraph
 from modeloptim.torch.quantization import backends as B
 from modeloptim.torch.quantization.backends import w4a16
 
+#: fused GEMM tiles tried by --sweep: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
+SWEEP = [
+    (16, 64, 128, 4, 4),
+    (16, 32, 128, 4, 4),
+    (16, 128, 128, 4, 3),
+    (16, 64, 256, 4, 3),
+    (32, 64, 128, 4, 4),
+    (32, 128, 128, 4, 3),
+    (64, 64, 128, 4, 4),
+    (64, 128, 128, 4, 4),
+    (64, 128, 64, 4, 4),
+    (128, 128, 64, 8, 3),
+    (128, 128, 128, 8, 3),
+    (128, 256, 64, 8, 3),
+    (64, 256, 64, 8, 4),
+]
+
 
 def main() -> None:
     """Print one table per M."""
     p = argparse.ArgumentParser()
     p.add_argument("--size", type=int, default=8192)
-    p.add_argument("--ms", default="1,2,3,4,6,8,12,16,32")
+    p.add_argument("--ms", default="1,2,4,8,16,32,64,128,256,1024,2048")
+    p.add_argument("--sweep", action="store_true", help="fused GEMM tile sweep per M")
     a = p.parse_args()
     n = k = a.size
     dev = torch.cuda.get_device_name()
@@ -57,14 +75,29 @@ def main() -> None:
             print(f"| {m} | {label} | {t:.1f} | {t_bf16 / t:.2f} | {err:.1e} |", flush=True)
 
         row("default")
-        if m <= w4a16.GEMV_MAX_M:
+        if m == 1:
             continue
-        fused0, max0 = w4a16.FUSED_GEMM, w4a16.FUSED_GEMM_MAX_M
-        w4a16.FUSED_GEMM = True
-        row("fused tile kernel")
+        fused0, max0, gemv_max0 = w4a16.FUSED_GEMM, w4a16.FUSED_GEMM_MAX_M, w4a16.GEMV_MAX_M
+        w4a16.FUSED_GEMM, w4a16.GEMV_MAX_M = True, 0
+        row(f"fused tile kernel {w4a16._gemm_tile(m)}")
+        if a.sweep:
+            tiles0 = w4a16.GEMM_TILES
+            for tile in SWEEP:
+                if tile[0] > 2 * max(m, 16) or (m >= 256 and tile[0] < 64):
+                    continue
+                w4a16.GEMM_TILES = ((1 << 62, tile),)
+                try:
+                    row(f"fused tile kernel {tile}")
+                except Exception as e:  # a tile that does not fit: report, go on
+                    print(f"| {m} | fused {tile} failed: {type(e).__name__} | | | |", flush=True)
+            w4a16.GEMM_TILES = tiles0
+        w4a16.GEMV_MAX_M = 16
         w4a16.FUSED_GEMM, w4a16.FUSED_GEMM_MAX_M = False, 0
+        if m <= 16:
+            row("per-row GEMV")
+        w4a16.GEMV_MAX_M = 0
         row("dequantize + cuBLAS")
-        w4a16.FUSED_GEMM, w4a16.FUSED_GEMM_MAX_M = fused0, max0
+        w4a16.FUSED_GEMM, w4a16.FUSED_GEMM_MAX_M, w4a16.GEMV_MAX_M = fused0, max0, gemv_max0
 
 
 if __name__ == "__main__":
