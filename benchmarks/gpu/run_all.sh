@@ -17,7 +17,7 @@ QUICK=${1:-}
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 } 2>&1 | tee "$OUT/env.txt"
 echo "=== tests/gpu"
-timeout 170 python3 -m pytest -q -p no:cacheprovider --tb=short -rf tests/gpu 2>&1 \
+timeout 320 python3 -m pytest -q -p no:cacheprovider --tb=short -rf tests/gpu 2>&1 \
   | tee "$OUT/tests_gpu.log" | tail -40
 echo "=== fake_quant_bw"
 FQ_ARGS="--compile-budget-s 110"

@@ -146,8 +146,7 @@ def w4a16_linear(
     if x.dtype == torch.float32:
         # float32 tiles take twice the shared memory per stage
         bk, stages = min(bk, 64), min(stages, 3)
-    grid = (triton_cdiv(m, bm) * triton_cdiv(n, bn),)
-    w4_gemm_kernel[grid](
+    w4_gemm_kernel[(triton_cdiv(m, bm) * triton_cdiv(n, bn),)](
         x,
         weight.data,
         scales,
