@@ -392,3 +392,29 @@ def test_summary_lists_modelopt_names(capsys: pytest.CaptureFixture[str]) -> Non
     assert {k: v for k, v in got.items() if v is not None} == expected
     assert got["lm_head.weight_quantizer"] is None
     assert "alias" in capsys.readouterr().out  # the column (rich wraps its long names)
+
+
+def test_dict_form_config_with_modelopt_names() -> None:
+    # the older {pattern: attributes} form, weight-only (no calibration data needed)
+    theirs = {
+        "*weight_quantizer": W8,
+        "*input_quantizer": {"enable": False},
+        "*experts.gate_up_proj_weight_quantizers.*": {"num_bits": 4, "block_sizes": {-1: 16}},
+        "*experts.down_proj_weight_quantizers.1": {"enable": False},
+    }
+    ours = {
+        "*weight_quantizer": W8,
+        "*input_quantizer": {"enable": False},
+        "*experts.*.gate_up_proj.weight_quantizer": {"num_bits": 4, "block_sizes": {-1: 16}},
+        "*experts.1.down_proj.weight_quantizer": {"enable": False},
+    }
+    models = [
+        mtq.quantize(qwen2_moe(num_experts=E), {"quant_cfg": c, "algorithm": "max"})
+        for c in (theirs, ours)
+    ]
+    assert quantizer_state(models[0]) == quantizer_state(models[1])
+    assert torch.equal(_logits(models[0]), _logits(models[1]))
+    ex = experts_of(models[0])[1]
+    assert ex.expert(3).gate_up_proj.weight_quantizer.format.describe().startswith("int4")
+    assert ex.expert(3).down_proj.weight_quantizer.format.describe().startswith("int8")
+    assert not ex.expert(1).down_proj.weight_quantizer.is_enabled
