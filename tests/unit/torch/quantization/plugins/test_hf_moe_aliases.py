@@ -224,6 +224,8 @@ def test_alias_patterns_do_not_warn_and_unknown_ones_still_do() -> None:
         warnings.simplefilter("error")
         counts = set_quantizer_by_cfg(model, cfg)
         assert mtq.set_quantizer_attribute(model, "*down_proj_weight_quantizers.0", W8) == 2
+        assert mtq.enable_quantizer(model, "*experts.gate_up_proj_input_quantizer") == 2 * E
+        assert mtq.disable_quantizer(model, "*experts.down_proj_weight_quantizers.3") == 2
     assert counts == {
         "*experts.gate_up_proj_weight_quantizers*": 2 * E,
         "*experts.down_proj_input_quantizer": 2 * E,
