@@ -198,6 +198,7 @@ def bench_w4a16(size: int, rows: list[dict], sweep: bool) -> None:
             }
         )
         # larger M: fused tile kernel vs one-pass dequantization + cuBLAS (the default)
+        max_m0 = w4a16.FUSED_GEMM_MAX_M
         for m in (16, 256, 2048):
             xm = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             tb = _bench(lambda xm=xm: F.linear(xm, ws[0]), reps=50)
@@ -214,7 +215,7 @@ def bench_w4a16(size: int, rows: list[dict], sweep: bool) -> None:
                         "rel_err": float("nan"),
                     }
                 )
-            w4a16.FUSED_GEMM, w4a16.FUSED_GEMM_MAX_M = False, 32
+            w4a16.FUSED_GEMM, w4a16.FUSED_GEMM_MAX_M = False, max_m0
 
 
 def main() -> None:

@@ -37,6 +37,9 @@ if [ "${GEMV_SWEEP:-0}" = "1" ]; then
     > "$OUT/w4_sweep.log" 2>&1
   grep -E "^\||device" "$OUT/w4_sweep.log" || tail -20 "$OUT/w4_sweep.log"
 fi
+echo "=== w4_small_m"
+timeout 120 python3 benchmarks/gpu/w4_small_m.py > "$OUT/w4_small_m.log" 2>&1
+grep -E "^\||device" "$OUT/w4_small_m.log" || tail -20 "$OUT/w4_small_m.log"
 echo "=== e2e_llama"
 timeout 300 python3 benchmarks/gpu/e2e_llama.py --profile --json "$OUT/e2e.json" \
   > "$OUT/e2e.log" 2>&1

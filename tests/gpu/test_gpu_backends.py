@@ -77,13 +77,25 @@ def test_dequantize_w4_bit_exact(fmt):
         assert torch.equal(w4a16.dequantize_w4(qw, dtype), qw.dequantize(dtype))
 
 
-def test_fused_gemm_bf16(monkeypatch):
+@pytest.mark.parametrize(
+    ("fmt", "group", "k"), [("int4", 128, 1152), ("int4", 32, 1056), ("nvfp4", 16, 1056)]
+)
+@pytest.mark.parametrize("m", [3, 16, 40, 100])  # each default tile; masked rows
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_fused_gemm_matches_float64(monkeypatch, fmt, group, k, m, dtype):
     monkeypatch.setattr(w4a16, "FUSED_GEMM", True)
-    w = torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16)
-    qw = B.quantize_int4(w, 128)
-    x = torch.randn(64, 1024, device="cuda", dtype=torch.bfloat16)
-    ref = x.double() @ qw.dequantize(torch.float64).T
-    assert _rel(B.quantized_linear(x, qw), ref) < 1e-2
+    monkeypatch.setattr(w4a16, "GEMV_MAX_M", 0)
+    torch.manual_seed(m + k)
+    n = 1000  # not a multiple of any tile
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    qw = B.quantize_int4(w, group) if fmt == "int4" else B.quantize_nvfp4(w)
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    bias = torch.randn(n, device="cuda", dtype=dtype)
+    ref = x.double() @ qw.dequantize(torch.float64).T + bias.double()
+    y = B.quantized_linear(x, qw, bias)
+    assert y.dtype == dtype
+    tol = {torch.bfloat16: 5e-3, torch.float16: 1e-3, torch.float32: 1e-5}[dtype]
+    assert _rel(y, ref) < tol
 
 
 GEMV_VARIANTS = {
@@ -124,6 +136,7 @@ GEMV_VARIANTS = {
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("m", [1, 3])
 def test_int4_gemv_variants_match_float64(monkeypatch, variant, dtype, m):
+    monkeypatch.setattr(w4a16, "GEMV_MAX_M", 8)  # the GEMV kernels with 3 rows too
     for key, value in GEMV_VARIANTS[variant].items():
         monkeypatch.setattr(w4a16, key, value)
     torch.manual_seed(m)

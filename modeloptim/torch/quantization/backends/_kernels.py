@@ -591,13 +591,32 @@ def w4_gemm_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr = 8,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    """``y = x @ dequant(W).T (+ bias)`` on tensor cores, W dequantized tile by tile in registers.
+
+    Per K step: a contiguous ``[BLOCK_M, BLOCK_K]`` activation tile and the ``[BLOCK_N,
+    BLOCK_K / 2]`` packed bytes; the bytes are decoded (even K index in the low nibble), times
+    their group scales (``BLOCK_K`` within one group: one scale per row; else a scale per
+    ``GROUP`` columns), rounded to the activation dtype exactly as ``QuantizedWeight.dequantize``
+    rounds, interleaved back to ``[BLOCK_N, BLOCK_K]`` and fed to one dot with float32
+    accumulation; Triton pipelines the loads over ``num_stages``. NVFP4's per-tensor scale is
+    applied to the accumulator. Programs are ordered in groups of ``GROUP_M`` row blocks so that
+    concurrently running programs share weight tiles in L2.
+    """
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    rows_in_group = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % rows_in_group
+    pid_n = (pid % per_group) // rows_in_group
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = rm < M
     mask_n = n < N
+    kx = tl.arange(0, BLOCK_K)
     j = tl.arange(0, BLOCK_K // 2)
     half_k = K // 2
     NG = K // GROUP
@@ -605,23 +624,29 @@ def w4_gemm_kernel(
     x_row = x_ptr + rm.to(tl.int64)[:, None] * stride_xm
     w_row = w_ptr + n.to(tl.int64)[:, None] * half_k
     for k0 in range(0, K, BLOCK_K):
+        xm = mask_m[:, None] & (k0 + kx < K)[None, :]
+        x = tl.load(x_row + (k0 + kx)[None, :], mask=xm, other=0.0)
         jj = k0 // 2 + j
-        mask_j = jj < half_k
-        xm = mask_m[:, None] & mask_j[None, :]
-        xe = tl.load(x_row + 2 * jj[None, :], mask=xm, other=0.0)
-        xo = tl.load(x_row + 2 * jj[None, :] + 1, mask=xm, other=0.0)
-        wm = mask_n[:, None] & mask_j[None, :]
+        wm = mask_n[:, None] & (jj < half_k)[None, :]
         p = tl.load(w_row + jj[None, :], mask=wm, other=0).to(tl.int32)
         lo, hi = _unpack(p, WFMT)
-        s = _group_scale(s_ptr, n, 2 * jj, wm, NG, GROUP, WFMT)
-        wlo = (lo * s).to(xe.dtype)
-        whi = (hi * s).to(xe.dtype)
-        if IEEE:
-            acc += tl.dot(xe, tl.trans(wlo), input_precision="ieee")
-            acc += tl.dot(xo, tl.trans(whi), input_precision="ieee")
+        if BLOCK_K <= GROUP:
+            s = _load_scales(s_ptr, n * NG + k0 // GROUP, mask_n, WFMT)[:, None]
         else:
-            acc += tl.dot(xe, tl.trans(wlo))
-            acc += tl.dot(xo, tl.trans(whi))
+            g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+            sm = mask_n[:, None] & (g < NG)[None, :]
+            sg = _load_scales(s_ptr, n[:, None] * NG + g[None, :], sm, WFMT)
+            s = tl.reshape(
+                tl.broadcast_to(sg[:, :, None], [BLOCK_N, BLOCK_K // GROUP, GROUP // 2]),
+                [BLOCK_N, BLOCK_K // 2],
+            )
+        w = tl.reshape(
+            tl.join((lo * s).to(x.dtype), (hi * s).to(x.dtype)), [BLOCK_N, BLOCK_K]
+        )
+        if IEEE:
+            acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, tl.trans(w), acc)
     if WFMT == 1:
         acc = acc * tl.load(gs_ptr).to(tl.float32)
     if HAS_BIAS:

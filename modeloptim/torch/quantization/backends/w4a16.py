@@ -1,9 +1,10 @@
 """W4A16 GEMM/GEMV in Triton: INT4 (per-group scales) or NVFP4 weights, 16-bit activations.
 
-The weight is never materialized in 16 bits: kernels read the packed bytes (two 4-bit codes
-per byte, even K index in the low nibble), decode in registers and accumulate in float32.
-Decode shapes (``M <= GEMV_MAX_M``, 16-bit activations) use the GEMV kernel; larger M and
-float32 activations use the tiled tensor-core kernel.
+Kernels read the packed bytes (two 4-bit codes per byte, even K index in the low nibble),
+decode in registers and accumulate in float32. Decode shapes (``M <= GEMV_MAX_M``, 16-bit
+activations) use a GEMV kernel; up to ``FUSED_GEMM_MAX_M`` rows (float32 activations from
+one row on) the tiled tensor-core kernel, which dequantizes each weight tile in registers.
+Prefill sizes dequantize the weight to a dense 16-bit copy in one pass and call cuBLAS.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from ._device import triton_usable
 from .registry import GEMM_BACKENDS
 from .weights import QuantizedWeight, WeightFormat
 
-#: Largest M served by the GEMV kernel (one program column per activation row).
-GEMV_MAX_M = 8
+#: Largest M served by the GEMV kernel (one program column per activation row, each streaming
+#: the whole weight): on an H100 it beats the tile kernel at M <= 2 only (28.8 vs 37.0 us at
+#: M = 2, 40.6 vs 37.1 us at M = 3; benchmarks/gpu/results/s4_c8_small_m.log).
+GEMV_MAX_M = 2
 #: GEMV tile (output rows per program, K per step), warps and pipeline stages: the fastest of
 #: a 36-config sweep on an H100 (benchmarks/gpu/NOTES.md): 26.6 us for 8192 x 8192 INT4.
 GEMV_BLOCK_N = 4
@@ -64,14 +67,19 @@ GEMV_DOT_WARPS = 4
 GEMV_DOT_STAGES = 4
 #: For GEMV_MAX_M < M <= FUSED_GEMM_MAX_M the fused tile kernel (dequantize in registers,
 #: tensor-core dots) runs; above it a one-pass Triton dequantization to a dense 16-bit weight
-#: and cuBLAS. On an H100 (8192 x 8192 INT4) the fused kernel took 334 us at M=16 vs 622 us for
-#: dequantize + cuBLAS, and 2213 us vs 628 us at M=256 (benchmarks/gpu/NOTES.md).
-FUSED_GEMM_MAX_M = 32
+#: and cuBLAS. On an H100 (8192 x 8192 INT4 g128; benchmarks/gpu/results/s4_c7_fused_sweep.log)
+#: the fused kernel took 34.9 / 51.3 / 77.0 / 93.1 us at M = 16 / 32 / 64 / 128 against 119-121
+#: us for dequantize + cuBLAS, which wins from M = 256 (125 vs 141 us).
+FUSED_GEMM_MAX_M = 128
 #: Force the fused kernel for every M > GEMV_MAX_M (tests and benchmarks).
 FUSED_GEMM = False
-#: GEMM tile.
-GEMM_BLOCK = (64, 64, 64)
-GEMM_WARPS = 4
+#: Fused GEMM tiles by M: the first entry whose bound is >= M (else the last) gives
+#: (BLOCK_M, BLOCK_N, BLOCK_K, warps, pipeline stages).
+GEMM_TILES: tuple[tuple[int, tuple[int, int, int, int, int]], ...] = (
+    (16, (16, 64, 256, 4, 3)),
+    (64, (32, 64, 128, 4, 4)),
+    (1 << 62, (64, 64, 128, 4, 4)),
+)
 
 
 def _w4_available(x: torch.Tensor, w: QuantizedWeight) -> bool:
@@ -134,10 +142,11 @@ def w4a16_linear(
         return y
     if not FUSED_GEMM and m > FUSED_GEMM_MAX_M:
         return F.linear(x, dequantize_w4(weight, x.dtype), bias)
-    bm, bn, bk = GEMM_BLOCK
-    bm = min(bm, max(16, 1 << (m - 1).bit_length()))  # small M: a 16-row tile
-    bk = min(bk, weight.group_size) if weight.group_size >= 32 else bk
-    grid = (triton_cdiv(m, bm), triton_cdiv(n, bn))
+    bm, bn, bk, warps, stages = _gemm_tile(m)
+    if x.dtype == torch.float32:
+        # float32 tiles take twice the shared memory per stage
+        bk, stages = min(bk, 64), min(stages, 3)
+    grid = (triton_cdiv(m, bm) * triton_cdiv(n, bn),)
     w4_gemm_kernel[grid](
         x,
         weight.data,
@@ -157,9 +166,18 @@ def w4a16_linear(
         BLOCK_M=bm,
         BLOCK_N=bn,
         BLOCK_K=bk,
-        num_warps=GEMM_WARPS,
+        num_warps=warps,
+        num_stages=stages,
     )
     return y
+
+
+def _gemm_tile(m: int) -> tuple[int, int, int, int, int]:
+    """The fused GEMM's (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) for ``m`` rows."""
+    for bound, tile in GEMM_TILES:
+        if m <= bound:
+            return tile
+    return GEMM_TILES[-1][1]
 
 
 def _words_layout_ok(weight: QuantizedWeight) -> bool:

@@ -17,6 +17,13 @@ def _rel(y, ref):
     return ((y.double() - ref).norm() / ref.norm()).item()
 
 
+@pytest.fixture(autouse=True)
+def _gemv_up_to_8_rows(monkeypatch):
+    # these tests run the GEMV kernels with up to 8 activation rows (the kernels take any M;
+    # the dispatcher sends M > GEMV_MAX_M to the tile kernel by default)
+    monkeypatch.setattr(w4a16, "GEMV_MAX_M", 8)
+
+
 @pytest.fixture
 def calls(monkeypatch):
     seen = []

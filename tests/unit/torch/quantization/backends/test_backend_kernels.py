@@ -130,14 +130,55 @@ def test_dequantize_w4_kernel_bit_exact(dtype, fmt):
         assert torch.equal(out, qw.dequantize(dtype))
 
 
-@pytest.mark.parametrize("fmt", ["int4", "nvfp4"])
-def test_fused_gemm_kernel(fmt, monkeypatch):
+@pytest.mark.parametrize(
+    ("fmt", "group", "k"),
+    [
+        ("int4", 128, 256),  # a K step inside one group
+        ("int4", 32, 256),  # several groups per K step
+        ("int4", 64, 320),  # K not a multiple of the step: masked tail
+        ("nvfp4", 16, 256),
+        ("nvfp4", 16, 288),
+    ],
+)
+@pytest.mark.parametrize("m", [20, 40])  # one and two 32-row tiles (masked rows)
+def test_fused_gemm_kernel(fmt, group, k, m, monkeypatch):
     monkeypatch.setattr(w4a16, "FUSED_GEMM", True)
-    w = torch.randn(40, 256)
-    qw = B.quantize_int4(w.half(), 128) if fmt == "int4" else B.quantize_nvfp4(w)
+    torch.manual_seed(k + m)
+    w = torch.randn(70, k)  # N not a multiple of the tile: masked columns
+    qw = B.quantize_int4(w.half(), group) if fmt == "int4" else B.quantize_nvfp4(w)
+    bias = torch.randn(70)
     for dtype in (torch.float32, torch.float16):
-        x = torch.randn(20, 256).to(dtype)
-        ref = x.double() @ qw.dequantize(torch.float64).T
-        assert _rel(w4a16.w4a16_linear(x, qw, None), ref) < (
-            1e-6 if dtype == torch.float32 else 2e-3
-        )
+        x = torch.randn(m, k).to(dtype)
+        ref = x.double() @ qw.dequantize(torch.float64).T + bias.double()
+        y = w4a16.w4a16_linear(x, qw, bias.to(dtype))
+        assert y.shape == (m, 70)
+        assert y.dtype == dtype
+        assert _rel(y, ref) < (1e-6 if dtype == torch.float32 else 2e-3)
+
+
+@pytest.mark.parametrize(
+    ("m", "path"),
+    [(1, "gemv"), (2, "gemv"), (3, "fused"), (128, "fused"), (129, "dequantize")],
+)
+def test_w4a16_path_by_rows(monkeypatch, m, path):
+    # decode rows: GEMV; a few to FUSED_GEMM_MAX_M rows: the tile kernel; more: dense weight
+    seen = []
+    real_gemv, real_deq = w4a16._gemv_words, w4a16.dequantize_w4
+    monkeypatch.setattr(w4a16, "_gemv_words", lambda *a: seen.append("gemv") or real_gemv(*a))
+    monkeypatch.setattr(
+        w4a16, "dequantize_w4", lambda *a: seen.append("dequantize") or real_deq(*a)
+    )
+    qw = B.quantize_int4(torch.randn(24, 64).half(), 32)
+    x = torch.randn(m, 64).half()
+    y = w4a16.w4a16_linear(x, qw, None)
+    ref = x.double() @ qw.dequantize(torch.float64).T
+    assert _rel(y, ref) < 2e-3
+    assert seen == ([] if path == "fused" else [path])
+
+
+def test_gemm_tile_by_rows():
+    assert w4a16._gemm_tile(1)[0] == 16
+    assert w4a16._gemm_tile(16)[0] == 16
+    assert w4a16._gemm_tile(17)[0] == 32
+    assert w4a16._gemm_tile(65)[0] == 64
+    assert w4a16._gemm_tile(10**6) == w4a16.GEMM_TILES[-1][1]
