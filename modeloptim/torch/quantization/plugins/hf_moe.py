@@ -38,10 +38,10 @@ ModelOpt name (:func:`modelopt_expert_alias`, registered in
     model.layers.0.mlp.experts.3.down_proj.input_quantizer
         alias model.layers.0.mlp.experts.down_proj_input_quantizer  (every expert's)
 
-``"*gate_up_proj_weight_quantizers*"``, ``"*experts.down_proj_input_quantizer"`` or
-``{"parent_class": "Qwen2MoeExperts", "quantizer_name": "*"}`` therefore reach the same
-quantizers as in ModelOpt (an alias's owner, for ``parent_class``, is the experts module).
-Output quantizers have no alias (ModelOpt's fused experts have none).
+``"*gate_up_proj_weight_quantizers*"`` or ``"*experts.down_proj_input_quantizer"`` therefore
+reach the same quantizers as in ModelOpt. For ``parent_class`` an alias is owned by the
+experts module, registered under its class name (``{"parent_class": "Qwen2MoeExperts",
+"quantizer_name": "*input_quantizer"}``). Output quantizers keep only their own names.
 
 The quantized forward is the eager loop of the original (the ``experts_implementation``
 chosen in the config, e.g. ``grouped_mm``, is not used once quantized). While any input
