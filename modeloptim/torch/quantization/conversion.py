@@ -2,6 +2,8 @@
 
 Quantizer names are the dotted paths of the quantizer modules (``"fc1.weight_quantizer"``);
 patterns are ``fnmatch`` wildcards over them (see :mod:`.config.quantize` for the rules).
+A pattern also accepts a quantizer when it matches one of the quantizer's aliases (ModelOpt's
+names for layers laid out differently here, e.g. MoE experts; see :mod:`.quantizer_aliases`).
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ from modeloptim.torch.quantization.nn.modules.quant_module import (
 )
 from modeloptim.torch.quantization.nn.modules.sequential_quantizer import SequentialQuantizer
 from modeloptim.torch.quantization.nn.modules.tensor_quantizer import TensorQuantizer
+from modeloptim.torch.quantization.quantizer_aliases import QUANTIZER_ALIASES
 
 __all__ = [
     "Pattern",
     "is_quantized",
     "named_quantizers",
     "named_tensor_quantizers",
+    "quantizer_matches",
     "register_plugins",
     "replace_quant_module",
     "set_quantizer_attribute",
@@ -131,6 +135,19 @@ def _matcher(pattern: Pattern) -> Callable[[str], Any]:
     return re.compile(fnmatch.translate(pattern)).match
 
 
+def quantizer_matches(pattern: Pattern, name: str, layer: nn.Module) -> bool:
+    """Whether ``pattern`` matches the quantizer ``name`` held by ``layer``, or an alias of it.
+
+    Args:
+        pattern: a wildcard or a predicate on names (called with each alias too).
+        name: the quantizer's full dotted name.
+        layer: the module holding the quantizer (its aliases come from
+            :data:`.quantizer_aliases.QUANTIZER_ALIASES`).
+    """
+    match = _matcher(pattern)
+    return bool(match(name)) or any(match(a.name) for a in QUANTIZER_ALIASES.aliases(name, layer))
+
+
 def _parent_class_name(parent: nn.Module) -> str | None:
     cls = parent.original_cls if isinstance(parent, QuantModule) else type(parent)
     return QuantModuleRegistry.get_name(cls)
@@ -169,15 +186,31 @@ class _QuantizerIndex:
     ``named_quantizers`` walks every module; doing it once per rule made applying a preset
     cost rules x modules (17 x 1,090 module visits for SmolLM2-135M). Rules only swap
     quantizer objects in place (same name, same parent), so each slot is updated when a rule
-    replaces its quantizer and the index stays equal to a fresh walk.
+    replaces its quantizer and the index stays equal to a fresh walk (aliases depend only on
+    the name and the parent, so they are looked up once too).
     """
 
     __slots__ = ("_classes", "slots")
 
     def __init__(self, model: nn.Module) -> None:
-        #: ``[name, quantizer, parent]`` per quantizer attribute, in ``named_quantizers`` order
-        self.slots: list[list[Any]] = [[n, q, p] for n, q, p in named_quantizers(model)]
+        #: ``[name, quantizer, parent, aliases]`` per quantizer attribute, in
+        #: ``named_quantizers`` order
+        self.slots: list[list[Any]] = [
+            [n, q, p, QUANTIZER_ALIASES.aliases(n, p)] for n, q, p in named_quantizers(model)
+        ]
         self._classes: dict[int, str | None] = {}
+
+    def accepts(
+        self, slot: list[Any], match: Callable[[str], Any], parent_class: str | None
+    ) -> bool:
+        """Whether ``match`` accepts the slot's name or an alias, with its owner's class."""
+        name, _, parent, aliases = slot
+        if match(name) and (parent_class is None or self.parent_class(parent) == parent_class):
+            return True
+        return any(
+            match(a.name) and (parent_class is None or self.parent_class(a.parent) == parent_class)
+            for a in aliases
+        )
 
     def parent_class(self, parent: nn.Module) -> str | None:
         """Registry name of the parent layer's (original) class, cached per module."""
@@ -205,11 +238,9 @@ def _apply_entry(
     enable = entry.resolved_enable
     hits = 0
     for slot in index.slots:
-        name, quantizer, parent = slot
-        if not matches(name):
+        if not index.accepts(slot, matches, entry.parent_class):
             continue
-        if entry.parent_class is not None and index.parent_class(parent) != entry.parent_class:
-            continue
+        name, quantizer, parent, _ = slot
         hits += 1
         if entry.cfg is not None:
             quantizer = slot[1] = _set_cfg(parent, name, quantizer, entry.cfg)

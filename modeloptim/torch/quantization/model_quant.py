@@ -251,12 +251,12 @@ def postprocess_amax(
     Returns:
         The number of quantizers changed.
     """
-    from modeloptim.torch.quantization.conversion import _matches
+    from modeloptim.torch.quantization.conversion import quantizer_matches
 
     count = 0
-    for name, quantizer, _ in named_quantizers(model):
+    for name, quantizer, layer in named_quantizers(model):
         members = list(quantizer) if isinstance(quantizer, nn.Sequential) else [quantizer]
-        if not _matches(key, name):
+        if not quantizer_matches(key, name, layer):  # its own name or an alias (MoE experts)
             continue
         for q in members:
             if isinstance(q, TensorQuantizer) and q.amax is not None:
@@ -285,11 +285,16 @@ def print_quant_summary(model: nn.Module, print_table: bool = True) -> list[dict
 
     Returns:
         One dict per TensorQuantizer: ``module``, ``quantizer``, ``enabled``, ``format``,
-        ``amax`` (a short string) and ``amax_shape`` (tuple, or None).
+        ``amax`` (a short string), ``amax_shape`` (tuple, or None) and ``alias`` (the
+        quantizer's ModelOpt name where it differs, e.g. for MoE experts, else None; shown as
+        a column when any quantizer has one).
     """
+    from modeloptim.torch.quantization.quantizer_aliases import QUANTIZER_ALIASES
+
     rows: list[dict[str, Any]] = []
-    for name, quantizer, _ in named_quantizers(model):
+    for name, quantizer, layer in named_quantizers(model):
         module, _, attr = name.rpartition(".")
+        alias = ", ".join(a.name for a in QUANTIZER_ALIASES.aliases(name, layer)) or None
         members: list[tuple[str, TensorQuantizer]] = (
             [(f"{attr}[{i}]", q) for i, q in enumerate(quantizer) if isinstance(q, TensorQuantizer)]
             if isinstance(quantizer, nn.Sequential)
@@ -304,6 +309,7 @@ def print_quant_summary(model: nn.Module, print_table: bool = True) -> list[dict
                     "format": q.format.describe() if q.is_enabled else "disabled",
                     "amax": _amax_range(q) if q.is_enabled else "",
                     "amax_shape": None if q.amax is None else tuple(q.amax.shape),
+                    "alias": alias,
                 }
             )
     if print_table:
@@ -311,9 +317,12 @@ def print_quant_summary(model: nn.Module, print_table: bool = True) -> list[dict
         from rich.table import Table
 
         table = Table(title=f"Quantizers ({sum(r['enabled'] for r in rows)} enabled / {len(rows)})")
-        for col in ("module", "quantizer", "format", "amax"):
+        cols = ["module", "quantizer", "format", "amax"]
+        if any(r["alias"] for r in rows):
+            cols.append("alias")
+        for col in cols:
             table.add_column(col)
         for r in rows:
-            table.add_row(r["module"], r["quantizer"], r["format"], r["amax"])
+            table.add_row(*(r[c] or "" for c in cols))
         Console().print(table)
     return rows

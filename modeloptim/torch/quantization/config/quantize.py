@@ -10,8 +10,10 @@
 Both normalize to a list of :class:`QuantizerCfgEntry`. Rules when applied to a model:
 
 - patterns are ``fnmatch`` wildcards over full quantizer names
-  (``"model.layers.0.mlp.up_proj.weight_quantizer"``); ``parent_class`` restricts an entry to
-  quantizers whose layer was registered under that name;
+  (``"model.layers.0.mlp.up_proj.weight_quantizer"``) or their aliases (ModelOpt's names where
+  the layout differs, e.g. ``"...mlp.experts.gate_up_proj_weight_quantizers.3"`` for MoE
+  experts; see :mod:`modeloptim.torch.quantization.quantizer_aliases`); ``parent_class``
+  restricts an entry to quantizers whose layer was registered under that name;
 - entries named ``"default"`` match every quantizer and are applied *first*, wherever they
   appear (so merging a KV-cache preset into another one keeps working, as in ModelOpt);
 - other entries apply in order, later ones win;

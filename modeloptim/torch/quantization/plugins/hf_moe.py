@@ -23,10 +23,25 @@ so stock patterns reach them (``*weight_quantizer``, ``*experts*weight_quantizer
 ``*gate_up_proj*``, ``*experts.3.*``), every expert has its own amax (per tensor, per row or
 per block of *its* weight, exactly as an ``nn.Linear`` of that shape), and calibration, AWQ,
 SmoothQuant and GPTQ see each expert projection as a linear layer reading (a row subset of)
-the layer's hidden states. Naming differs from ModelOpt, which keeps ``ModuleList``s
-``gate_up_proj_weight_quantizers.<e>`` plus one shared ``gate_up_proj_input_quantizer``; here
-each expert has its own input quantizers (export takes their maximum where a serving engine
-wants one scale).
+the layer's hidden states.
+
+The layout differs from ModelOpt, which keeps ``ModuleList``s
+``<experts>.gate_up_proj_weight_quantizers.<e>`` plus one shared
+``<experts>.gate_up_proj_input_quantizer`` on the experts module; here each expert has its own
+input quantizers (export takes their maximum where a serving engine wants one scale). So that
+patterns written for ModelOpt keep working, every expert quantizer also answers to its
+ModelOpt name (:func:`modelopt_expert_alias`, registered in
+:data:`~modeloptim.torch.quantization.quantizer_aliases.QUANTIZER_ALIASES`)::
+
+    model.layers.0.mlp.experts.3.gate_up_proj.weight_quantizer
+        alias model.layers.0.mlp.experts.gate_up_proj_weight_quantizers.3
+    model.layers.0.mlp.experts.3.down_proj.input_quantizer
+        alias model.layers.0.mlp.experts.down_proj_input_quantizer  (every expert's)
+
+``"*gate_up_proj_weight_quantizers*"`` or ``"*experts.down_proj_input_quantizer"`` therefore
+reach the same quantizers as in ModelOpt. For ``parent_class`` an alias is owned by the
+experts module, registered under its class name (``{"parent_class": "Qwen2MoeExperts",
+"quantizer_name": "*input_quantizer"}``). Output quantizers keep only their own names.
 
 The quantized forward is the eager loop of the original (the ``experts_implementation``
 chosen in the config, e.g. ``grouped_mm``, is not used once quantized). While any input
@@ -61,6 +76,7 @@ from modeloptim.torch.quantization.nn.modules.quant_module import (
 )
 from modeloptim.torch.quantization.nn.modules.sequential_quantizer import SequentialQuantizer
 from modeloptim.torch.quantization.nn.modules.tensor_quantizer import TensorQuantizer
+from modeloptim.torch.quantization.quantizer_aliases import QUANTIZER_ALIASES, QuantizerAlias
 from modeloptim.torch.trace.linear_layouts import LINEAR_LAYOUTS
 
 __all__ = [
@@ -70,8 +86,10 @@ __all__ = [
     "expert_layout",
     "fuse_unfused_expert_weights",
     "is_hf_experts",
+    "modelopt_expert_alias",
     "register_hf_moe_experts",
 ]
+
 
 def _routed_forward(cls: type[nn.Module]) -> bool:
     """Whether ``cls.forward`` is ``(hidden_states, expert indices, expert weights)``.
@@ -213,6 +231,37 @@ class QuantHFExpertProjection(QuantLinearConvBase):
 
 
 QuantModuleRegistry.register({HFExpertProjection: "HFExpertProjection"})(QuantHFExpertProjection)
+
+
+@QUANTIZER_ALIASES.register(QuantHFExpertProjection)
+def modelopt_expert_alias(name: str, layer: nn.Module) -> QuantizerAlias | None:
+    """ModelOpt's name for an expert projection's weight or input quantizer.
+
+    ``<experts>.<e>.<proj>.weight_quantizer`` -> ``<experts>.<proj>_weight_quantizers.<e>``
+    and ``<experts>.<e>.<proj>.input_quantizer`` -> ``<experts>.<proj>_input_quantizer`` (the
+    same alias for every expert, as ModelOpt shares one input quantizer), owned by the experts
+    module. Other quantizers, and projections not at ``<experts>.<e>.<proj>``, get none.
+
+    Args:
+        name: the quantizer's full dotted name.
+        layer: the :class:`QuantHFExpertProjection` holding it.
+    """
+    parts = name.split(".")
+    if len(parts) < 3:
+        return None
+    *prefix, box, proj, attr = parts
+    param, index = getattr(layer, "param", None), getattr(layer, "index", None)
+    if proj != param or box != str(index):  # moved out of its experts module: no ModelOpt name
+        return None
+    if attr == "weight_quantizer":
+        alias = f"{param}_weight_quantizers.{index}"
+    elif attr == "input_quantizer":
+        alias = f"{param}_input_quantizer"
+    else:
+        return None
+    return QuantizerAlias(".".join([*prefix, alias]), layer.__dict__["_experts"])
+
+
 # A linear layer for the shared-input finders and AWQ/SmoothQuant/GPTQ (weight is [out, in]).
 LINEAR_LAYOUTS.register(HFExpertProjection)
 
