@@ -40,6 +40,7 @@ from modeloptim.torch.export.ct_layout import (
     ct_quant_config,
     layer_scheme,
 )
+from modeloptim.torch.export.float_inputs import float_layer_input_state
 from modeloptim.torch.export.fused import harmonize_groups
 from modeloptim.torch.export.layers import LayerExport, format_kind, kv_quantizers
 from modeloptim.torch.export.modelopt_writer import (
@@ -413,6 +414,8 @@ def export_hf_checkpoint(
         "version": 1,
         "layout": lay.value,
         "quantizers": _quantizer_description(model),
+        # quantized inputs of float-exported layers: no engine tensor carries them
+        "float_layer_inputs": float_layer_input_state(model),
         "layers": result.layer_info,
     }
     with atomic_dir(target) as tmp:
