@@ -10,6 +10,13 @@ engine-facing tensors stay those of a float layer; the input quantizer's calibra
 (``amax``, ``pre_quant_scale``) is written to ``modeloptim_quantizers.json`` instead (as
 exact hexadecimal floats), and :func:`~.loader.load_hf_checkpoint` restores it, so the
 reloaded model computes exactly what the exported one did.
+
+Smoothing factors need more care, as engines read only the float weight of such a layer
+(:func:`prepare_float_layers`, run by the export before anything is packed): an AWQ
+``pre_quant_scale`` on an input that is not quantized (scale-only, weight-only AWQ) is folded
+into the float weight in place (``W[:, j] *= s[j]``, the layer's function up to float
+rounding), so the checkpoint holds a plain float layer; a smoothed input that *is* quantized
+(SmoothQuant, W4A8 AWQ) has no such form, and the export refuses it before anything changes.
 """
 
 from __future__ import annotations
@@ -20,10 +27,16 @@ import torch
 from torch import nn
 
 from modeloptim.torch.export.layers import layer_export
+from modeloptim.torch.export.packers import UnsupportedFormatError, quantizes
 from modeloptim.torch.quantization.nn import SequentialQuantizer, TensorQuantizer
 from modeloptim.torch.quantization.nn.modules.quant_module import QuantModule
 
-__all__ = ["float_layer_input_state", "restore_float_layer_inputs"]
+__all__ = [
+    "float_layer_input_state",
+    "is_float_layer",
+    "prepare_float_layers",
+    "restore_float_layer_inputs",
+]
 
 _FIELDS = ("amax", "pre_quant_scale")
 
@@ -47,18 +60,61 @@ def _decode(d: dict[str, Any], name: str) -> torch.Tensor:
         raise ValueError(f"path: bad stored state of quantizer {name!r}: {err}") from None
 
 
+def is_float_layer(name: str, module: nn.Module) -> bool:
+    """Whether ``module`` is a quantized-module layer whose weight is exported in float."""
+    if not isinstance(module, QuantModule):
+        return False
+    wq = module._modules.get("weight_quantizer")
+    return isinstance(wq, TensorQuantizer | SequentialQuantizer) and not layer_export(
+        name, module
+    )
+
+
 def _float_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Quantized-module layers with a weight quantizer whose weight is exported in float."""
-    out: list[tuple[str, nn.Module]] = []
-    for name, module in model.named_modules():
-        if not isinstance(module, QuantModule):
-            continue
-        wq = module._modules.get("weight_quantizer")
-        if isinstance(wq, TensorQuantizer | SequentialQuantizer) and not layer_export(
-            name, module
-        ):
-            out.append((name, module))
+    return [(n, m) for n, m in model.named_modules() if is_float_layer(n, m)]
+
+
+def _smoothed_inputs(model: nn.Module) -> list[tuple[str, nn.Module, TensorQuantizer]]:
+    """Float-exported layers whose enabled input quantizer has a ``pre_quant_scale``."""
+    out = []
+    for name, module in _float_layers(model):
+        iq = module._modules.get("input_quantizer")
+        if isinstance(iq, TensorQuantizer) and iq.is_enabled and iq.pre_quant_scale is not None:
+            out.append((name, module, iq))
     return out
+
+
+@torch.no_grad()
+def prepare_float_layers(model: nn.Module) -> list[str]:
+    """Fold scale-only smoothing of float-exported layers into their weights, in place.
+
+    All layers are checked before any is changed.
+
+    Returns:
+        Names of the layers whose ``pre_quant_scale`` was folded into the weight.
+
+    Raises:
+        UnsupportedFormatError: a float-exported layer quantizes a smoothed input (names
+            the quantizers and what to change).
+    """
+    todo = _smoothed_inputs(model)
+    bad = [f"{n}.input_quantizer" for n, _, iq in todo if quantizes(iq)]
+    if bad:
+        raise UnsupportedFormatError(
+            f"model: the weight quantizers of {len(bad)} layers are off but their input "
+            f"quantizers quantize a smoothed input ({', '.join(repr(b) for b in bad[:4])}"
+            f"{', ...' if len(bad) > 4 else ''}): the smoothing (pre_quant_scale) is folded "
+            "into their weights and a float layer in the checkpoint cannot carry it. Disable "
+            "those weight quantizers before mtq.quantize (calibration then leaves the layers "
+            "unsmoothed), or keep them enabled. Nothing was written"
+        )
+    for _, module, iq in todo:
+        s = iq.pre_quant_scale
+        assert s is not None
+        weight: Any = module.weight  # [out, in]; a view for 3-D MoE experts
+        weight.mul_(s.reshape(-1).to(weight.dtype))  # x * s @ W^T == x @ (W * s)^T
+        iq.pre_quant_scale = None
+    return [n for n, _, _ in todo]
 
 
 def float_layer_input_state(model: nn.Module) -> dict[str, dict[str, Any]]:

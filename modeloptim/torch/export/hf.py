@@ -40,7 +40,7 @@ from modeloptim.torch.export.ct_layout import (
     ct_quant_config,
     layer_scheme,
 )
-from modeloptim.torch.export.float_inputs import float_layer_input_state
+from modeloptim.torch.export.float_inputs import float_layer_input_state, prepare_float_layers
 from modeloptim.torch.export.fused import harmonize_groups
 from modeloptim.torch.export.layers import LayerExport, format_kind, kv_quantizers
 from modeloptim.torch.export.modelopt_writer import (
@@ -380,6 +380,7 @@ def export_hf_checkpoint(
         )
     out_dtype = dtype or next(model.parameters()).dtype
     packed = {s.name: _packed_weight(s) for s in layers}  # validates every layer first
+    prepare_float_layers(model)  # float layers with quantized inputs: check, fold smoothing
     groups: list[list[str]] = []
     if any(s.input_quantizer is not None or s.pre_quant_scale is not None for s in layers):
         groups = harmonize_groups(model, _shared_groups(model, sample_input))
