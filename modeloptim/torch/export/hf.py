@@ -7,9 +7,11 @@ engines ignore it). Layouts are a registry (:data:`LAYOUTS`): ``"modelopt"`` (Te
 vLLM / SGLang ModelOpt checkpoints) and ``"compressed-tensors"``.
 
 Policy for partly quantized models: layers without an enabled weight quantizer are exported
-in float and listed in ``exclude_modules`` / ``ignore``. A model with no quantized layer at
-all is refused with a ``ValueError`` (use ``save_pretrained``); so is any layer whose format
-combination has no checkpoint form (the message names the layer and the supported pairs).
+in float and listed in ``exclude_modules`` / ``ignore`` (an input quantizer left on keeps its
+amax in ``modeloptim_quantizers.json`` for the exact reload; see :mod:`.float_inputs`). A
+model with no quantized layer at all is refused with a ``ValueError`` (use
+``save_pretrained``); so is any layer whose format combination has no checkpoint form (the
+message names the layer and the supported pairs).
 All checks run before anything is written or changed.
 
 Before writing, layers that read the same tensor (q/k/v, gate/up; found by

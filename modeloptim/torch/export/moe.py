@@ -20,6 +20,25 @@ and the packed weights are bit for bit the fake-quantized ones. Experts whose we
 quantized are written in float under the same names and listed in ``exclude_modules``. The
 3-D tensors themselves are not written.
 
+Experts of one layer need not be quantized alike; each state either reloads exactly or is
+refused before anything is written or changed:
+
+- weight quantizer off, input on (``mtq.disable_quantizer(model,
+  "*experts.3.down_proj.weight_quantizer")`` or ModelOpt's ``"*down_proj_weight_quantizers.3"``):
+  a float expert part as above; its input amax (still part of the layer's one input scale)
+  goes to the loader's sidecar file (:mod:`.float_inputs`), and scale-only AWQ smoothing is
+  folded into its float weight. A *quantized smoothed* input (SmoothQuant or W4A8 AWQ, then
+  the weight disabled) has no float form and is refused.
+- the whole expert off: a float expert part, no scales.
+- another format for some experts (e.g. one expert's ``down_proj`` in NVFP4, the others in
+  FP8): ``MIXED_PRECISION`` with a ``quant_algo`` per expert part; input amaxes are unified
+  per input format.
+- weight on, input off next to experts of the same ``quant_algo`` whose input has a static
+  scale: refused (:func:`collect_export_layers`), since a ModelOpt checkpoint has one input
+  scale per projection and layer and the algo name (``FP8``) does not say which experts
+  skip it. With distinct algo names (``NVFP4`` next to ``W4A16_NVFP4``) it is exported as
+  mixed precision.
+
 :func:`load_expert_layers` is the loader's inverse: it decodes each expert's tensors into the
 3-D parameters of a freshly built model (dequantized, so its packed weight stage is switched
 off) and restores the input scales.
