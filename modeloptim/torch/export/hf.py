@@ -7,8 +7,8 @@ engines ignore it). Layouts are a registry (:data:`LAYOUTS`): ``"modelopt"`` (Te
 vLLM / SGLang ModelOpt checkpoints) and ``"compressed-tensors"``.
 
 Policy for partly quantized models: layers without an enabled weight quantizer are exported
-in float and listed in ``exclude_modules`` / ``ignore`` (an input quantizer left on keeps its
-amax in ``modeloptim_quantizers.json`` for the exact reload; see :mod:`.float_inputs`). A
+in float and listed in ``exclude_modules`` / ``ignore`` (input/output quantizers left on keep
+their amax in ``modeloptim_quantizers.json`` for the exact reload; see :mod:`.float_layers`). A
 model with no quantized layer at all is refused with a ``ValueError`` (use
 ``save_pretrained``); so is any layer whose format combination has no checkpoint form (the
 message names the layer and the supported pairs).
@@ -42,7 +42,10 @@ from modeloptim.torch.export.ct_layout import (
     ct_quant_config,
     layer_scheme,
 )
-from modeloptim.torch.export.float_inputs import float_layer_input_state, prepare_float_layers
+from modeloptim.torch.export.float_layers import (
+    float_layer_activation_state,
+    prepare_float_layers,
+)
 from modeloptim.torch.export.fused import harmonize_groups
 from modeloptim.torch.export.layers import LayerExport, format_kind, kv_quantizers
 from modeloptim.torch.export.modelopt_writer import (
@@ -418,7 +421,7 @@ def export_hf_checkpoint(
         "layout": lay.value,
         "quantizers": _quantizer_description(model),
         # quantized inputs of float-exported layers: no engine tensor carries them
-        "float_layer_inputs": float_layer_input_state(model),
+        "float_layer_activations": float_layer_activation_state(model),
         "layers": result.layer_info,
     }
     with atomic_dir(target) as tmp:

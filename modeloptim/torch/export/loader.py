@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modeloptim.torch.export.float_inputs import restore_float_layer_inputs
+from modeloptim.torch.export.float_layers import restore_float_layer_activations
 from modeloptim.torch.export.hf import QUANTIZERS_FILE
 from modeloptim.torch.export.modelopt_layout import decode_weight
 from modeloptim.torch.export.moe import load_expert_layers
@@ -135,7 +135,7 @@ def load_hf_checkpoint(
     )
     model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     _restore_quantizers(model, desc["quantizers"])
-    restore_float_layer_inputs(model, desc.get("float_layer_inputs", {}))
+    restore_float_layer_activations(model, desc.get("float_layer_activations", {}))
     tensors = load_safetensors_folder(folder)
     used, moe_layers, moe_filled = load_expert_layers(model, tensors, desc["layers"])
     for name, extra in desc["layers"].items():

@@ -26,7 +26,7 @@ refused before anything is written or changed:
 - weight quantizer off, input on (``mtq.disable_quantizer(model,
   "*experts.3.down_proj.weight_quantizer")`` or ModelOpt's ``"*down_proj_weight_quantizers.3"``):
   a float expert part as above; its input amax (still part of the layer's one input scale)
-  goes to the loader's sidecar file (:mod:`.float_inputs`), and scale-only AWQ smoothing is
+  goes to the loader's sidecar file (:mod:`.float_layers`), and scale-only AWQ smoothing is
   folded into its float weight. A *quantized smoothed* input (SmoothQuant or W4A8 AWQ, then
   the weight disabled) has no float form and is refused.
 - the whole expert off: a float expert part, no scales.

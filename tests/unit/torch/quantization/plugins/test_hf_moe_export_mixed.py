@@ -98,7 +98,7 @@ def test_expert_weight_off_input_on_reloads_exactly(
         torch.testing.assert_close(t[f"{P}.{e}.down_proj.input_scale"].float(),
                                    _fp8_scale(iq.amax), rtol=1e-6, atol=0)
     assert key in _json(tmp_path / "c", "hf_quant_config.json")["quantization"]["exclude_modules"]
-    side = _json(tmp_path / "c", "modeloptim_quantizers.json")["float_layer_inputs"]
+    side = _json(tmp_path / "c", "modeloptim_quantizers.json")["float_layer_activations"]
     assert list(side) == [f"{key}.input_quantizer"]
     back = loaded.get_submodule(f"{key}.input_quantizer")
     assert back.is_enabled
@@ -121,7 +121,7 @@ def test_whole_expert_off_is_float_without_scales(tmp_path: Path) -> None:
     for part in ("gate_proj", "up_proj", "down_proj"):
         assert f"{P}.3.{part}" in report.excluded
         assert f"{P}.3.{part}.input_scale" not in t
-    assert _json(tmp_path / "c", "modeloptim_quantizers.json")["float_layer_inputs"] == {}
+    assert _json(tmp_path / "c", "modeloptim_quantizers.json")["float_layer_activations"] == {}
 
 
 def test_one_expert_in_another_format_exports_mixed_precision(tmp_path: Path) -> None:
@@ -176,7 +176,7 @@ def test_w4a8_expert_weight_off_before_calibration(tmp_path: Path) -> None:
         {"quantizer_name": "*experts.2.gate_up_proj.weight_quantizer", "enable": False}])
     report, _ = _export_and_reload(model, tmp_path / "c")
     assert f"{P}.2.gate_proj" in report.excluded
-    side = _json(tmp_path / "c", "modeloptim_quantizers.json")["float_layer_inputs"]
+    side = _json(tmp_path / "c", "modeloptim_quantizers.json")["float_layer_activations"]
     assert list(side[f"{P}.2.gate_up_proj.input_quantizer"]) == ["amax"]
 
 
@@ -250,3 +250,13 @@ def test_smoothquant_expert_disabled_before_calibration_exports(tmp_path: Path) 
         {"quantizer_name": "*experts.3.gate_up_proj.weight_quantizer", "enable": False}])
     _export_and_reload(model, tmp_path / "c")
     assert model.get_submodule(f"{P}.3.gate_up_proj.input_quantizer").pre_quant_scale is None
+
+
+def test_float_expert_with_output_quantizer_reloads_exactly(tmp_path: Path) -> None:
+    model = _quantized("FP8_DEFAULT_CFG", [
+        {"quantizer_name": "*experts.3.down_proj.output_quantizer",
+         "cfg": {"num_bits": (4, 3), "axis": None}},
+        {"quantizer_name": "*experts.3.down_proj.weight_quantizer", "enable": False}])
+    _export_and_reload(model, tmp_path / "c")
+    side = _json(tmp_path / "c", "modeloptim_quantizers.json")["float_layer_activations"]
+    assert set(side) == {f"{P}.3.down_proj.input_quantizer", f"{P}.3.down_proj.output_quantizer"}

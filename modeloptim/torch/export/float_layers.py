@@ -1,15 +1,16 @@
-"""Quantized inputs of layers exported in float: kept in the loader's sidecar file.
+"""Quantized activations of layers exported in float: kept in the loader's sidecar file.
 
 A layer whose weight quantizer is off is exported in float and listed in
 ``exclude_modules`` (engines run it unquantized, as ModelOpt writes such layers). Its input
 quantizer may still be on, e.g. after
 ``mtq.disable_quantizer(model, "*experts.3.down_proj.weight_quantizer")`` (or ModelOpt's
 ``"*down_proj_weight_quantizers.3"``), and the fake-quantized model then quantizes that
-layer's input. No checkpoint format has a float weight with a quantized input, so the
-engine-facing tensors stay those of a float layer; the input quantizer's calibrated state
-(``amax``, ``pre_quant_scale``) is written to ``modeloptim_quantizers.json`` instead (as
-exact hexadecimal floats), and :func:`~.loader.load_hf_checkpoint` restores it, so the
-reloaded model computes exactly what the exported one did.
+layer's input (an output quantizer left on likewise quantizes its output). No checkpoint
+format has a float weight with quantized activations, so the engine-facing tensors stay those
+of a float layer; the calibrated state of its input and output quantizers (``amax``,
+``pre_quant_scale``) is written to ``modeloptim_quantizers.json`` instead (as exact
+hexadecimal floats), and :func:`~.loader.load_hf_checkpoint` restores it, so the reloaded
+model computes exactly what the exported one did.
 
 Smoothing factors need more care, as engines read only the float weight of such a layer
 (:func:`prepare_float_layers`, run by the export before anything is packed): an AWQ
@@ -32,13 +33,14 @@ from modeloptim.torch.quantization.nn import SequentialQuantizer, TensorQuantize
 from modeloptim.torch.quantization.nn.modules.quant_module import QuantModule
 
 __all__ = [
-    "float_layer_input_state",
+    "float_layer_activation_state",
     "is_float_layer",
     "prepare_float_layers",
-    "restore_float_layer_inputs",
+    "restore_float_layer_activations",
 ]
 
 _FIELDS = ("amax", "pre_quant_scale")
+_ACTIVATIONS = ("input_quantizer", "output_quantizer")
 
 
 def _encode(t: torch.Tensor) -> dict[str, Any]:
@@ -117,28 +119,30 @@ def prepare_float_layers(model: nn.Module) -> list[str]:
     return [n for n, _, _ in todo]
 
 
-def float_layer_input_state(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Calibrated state of the enabled input quantizers of layers exported in float.
+def float_layer_activation_state(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Calibrated state of the enabled activation quantizers of layers exported in float.
 
     Returns:
-        ``{"<layer>.input_quantizer": {"amax": ..., "pre_quant_scale": ...}}`` (each field
-        present when set; tensors as ``{"dtype", "shape", "hex"}``), for every layer whose
-        weight is not quantized but whose input quantizer is enabled and holds state.
+        ``{"<layer>.input_quantizer": {"amax": ..., "pre_quant_scale": ...}, ...}`` (each
+        field present when set; tensors as ``{"dtype", "shape", "hex"}``) for the enabled
+        input and output quantizers holding state of every layer whose weight is not
+        quantized.
     """
     out: dict[str, dict[str, Any]] = {}
     for name, module in _float_layers(model):
-        iq = module._modules.get("input_quantizer")
-        if not isinstance(iq, TensorQuantizer) or not iq.is_enabled:
-            continue
-        state = {f: _encode(v) for f in _FIELDS if (v := getattr(iq, f)) is not None}
-        if state:
-            out[f"{name}.input_quantizer"] = state
+        for attr in _ACTIVATIONS:
+            q = module._modules.get(attr)
+            if not isinstance(q, TensorQuantizer) or not q.is_enabled:
+                continue
+            state = {f: _encode(v) for f in _FIELDS if (v := getattr(q, f)) is not None}
+            if state:
+                out[f"{name}.{attr}"] = state
     return out
 
 
 @torch.no_grad()
-def restore_float_layer_inputs(model: nn.Module, state: dict[str, dict[str, Any]]) -> None:
-    """Inverse of :func:`float_layer_input_state` on a model with restored quantizers.
+def restore_float_layer_activations(model: nn.Module, state: dict[str, dict[str, Any]]) -> None:
+    """Inverse of :func:`float_layer_activation_state` on a model with restored quantizers.
 
     Raises:
         ValueError: a named quantizer is missing from ``model`` or its stored state is
@@ -150,7 +154,7 @@ def restore_float_layer_inputs(model: nn.Module, state: dict[str, dict[str, Any]
         except AttributeError:
             q = None
         if not isinstance(q, TensorQuantizer):
-            raise ValueError(f"path: stored input quantizer {name!r} is not in the model")
+            raise ValueError(f"path: stored quantizer {name!r} is not in the model")
         for f in _FIELDS:
             if f in fields:
                 setattr(q, f, _decode(fields[f], name))

@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 import modeloptim.torch.quantization as mtq
-from modeloptim.torch.export.float_inputs import (
+from modeloptim.torch.export.float_layers import (
     _decode,
     _encode,
-    float_layer_input_state,
+    float_layer_activation_state,
     is_float_layer,
     prepare_float_layers,
-    restore_float_layer_inputs,
+    restore_float_layer_activations,
 )
 from modeloptim.torch.export.packers import UnsupportedFormatError
 
@@ -55,18 +55,18 @@ def test_state_of_a_float_layer_restores_exactly() -> None:
     mtq.disable_quantizer(model, "*2.weight_quantizer")
     assert is_float_layer("2", model[2])
     assert not is_float_layer("0", model[0])
-    state = float_layer_input_state(model)
+    state = float_layer_activation_state(model)
     assert list(state) == ["2.input_quantizer"]  # the quantized layer's scale is a tensor
     fresh = _fp8(_two_linears(seed=1))  # other weights, other amaxes
     assert not torch.equal(fresh[2].input_quantizer.amax, model[2].input_quantizer.amax)
-    restore_float_layer_inputs(fresh, state)
+    restore_float_layer_activations(fresh, state)
     assert torch.equal(fresh[2].input_quantizer.amax, model[2].input_quantizer.amax)
 
 
 def test_unknown_quantizer_in_state_is_refused() -> None:
     model = _fp8(_two_linears())
     with pytest.raises(ValueError, match=r"'5\.input_quantizer' is not in the model"):
-        restore_float_layer_inputs(model, {"5.input_quantizer": {}})
+        restore_float_layer_activations(model, {"5.input_quantizer": {}})
 
 
 def test_scale_only_smoothing_is_folded_into_the_float_weight() -> None:
