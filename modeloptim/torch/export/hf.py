@@ -385,7 +385,7 @@ def export_hf_checkpoint(
         )
     out_dtype = dtype or next(model.parameters()).dtype
     packed = {s.name: _packed_weight(s) for s in layers}  # validates every layer first
-    prepare_float_layers(model)  # float layers with quantized inputs: check, fold smoothing
+    prepare_float_layers(model)  # float layers with smoothed inputs: check, fold
     groups: list[list[str]] = []
     if any(s.input_quantizer is not None or s.pre_quant_scale is not None for s in layers):
         groups = harmonize_groups(model, _shared_groups(model, sample_input))
@@ -420,7 +420,7 @@ def export_hf_checkpoint(
         "version": 1,
         "layout": lay.value,
         "quantizers": _quantizer_description(model),
-        # quantized inputs of float-exported layers: no engine tensor carries them
+        # quantized activations of float-exported layers: no engine tensor carries them
         "float_layer_activations": float_layer_activation_state(model),
         "layers": result.layer_info,
     }

@@ -52,7 +52,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from modeloptim.torch.export.layers import LayerExport, collect_layers, layer_export
+from modeloptim.torch.export.layers import (
+    LayerExport,
+    collect_layers,
+    format_kind,
+    layer_export,
+)
 from modeloptim.torch.export.packers import UnsupportedFormatError, leaf_quantizers
 from modeloptim.torch.export.scales import activation_rule
 from modeloptim.torch.quantization.nn import TensorQuantizer
@@ -248,8 +253,6 @@ def unify_expert_input_amax(model: nn.Module) -> list[list[str]]:
     Returns:
         The changed groups (names of the expert projections).
     """
-    from modeloptim.torch.export.layers import format_kind
-
     changed: list[list[str]] = []
     for name, experts in expert_modules(model):
         for proj in (experts.__dict__["_first_proj"], "down_proj"):
