@@ -260,3 +260,15 @@ def test_float_expert_with_output_quantizer_reloads_exactly(tmp_path: Path) -> N
     _export_and_reload(model, tmp_path / "c")
     side = _json(tmp_path / "c", "modeloptim_quantizers.json")["float_layer_activations"]
     assert set(side) == {f"{P}.3.down_proj.input_quantizer", f"{P}.3.down_proj.output_quantizer"}
+
+
+def test_awq_fold_on_transposed_gpt_oss_expert(tmp_path: Path) -> None:
+    model = _quantized("INT4_AWQ_CFG", after=("*experts.2.down_proj.weight_quantizer",),
+                       family="gpt_oss")
+    layer = model.get_submodule(f"{P}.2.down_proj")
+    s = layer.input_quantizer.pre_quant_scale
+    assert s is not None
+    raw = model.get_submodule(P).down_proj[2].detach().T.clone()  # stored [in, out]
+    _export_and_reload(model, tmp_path / "c")
+    torch.testing.assert_close(_tensors(tmp_path / "c")[f"{P}.2.down_proj.weight"],
+                               raw * s.reshape(1, -1), rtol=1e-6, atol=0)
