@@ -118,6 +118,8 @@ class ExportReport:
         quantized_weight_bits: storage bits per quantized weight (codes + scales).
         harmonized_groups: fused groups whose input scales were unified.
         snapped: quantizers whose scale was snapped to an engine-expressible value.
+        folded: float-exported layers whose scale-only smoothing (``pre_quant_scale``) was
+            folded into their weight (:func:`~.float_layers.prepare_float_layers`).
     """
 
     export_dir: str
@@ -131,6 +133,7 @@ class ExportReport:
     quantized_weight_bits: float
     harmonized_groups: list[list[str]] = field(default_factory=list)
     snapped: list[str] = field(default_factory=list)
+    folded: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form (for ``--json``)."""
@@ -385,7 +388,7 @@ def export_hf_checkpoint(
         )
     out_dtype = dtype or next(model.parameters()).dtype
     packed = {s.name: _packed_weight(s) for s in layers}  # validates every layer first
-    prepare_float_layers(model)  # float layers with smoothed inputs: check, fold
+    folded = prepare_float_layers(model)  # float layers with smoothed inputs: check, fold
     groups: list[list[str]] = []
     if any(s.input_quantizer is not None or s.pre_quant_scale is not None for s in layers):
         groups = harmonize_groups(model, _shared_groups(model, sample_input))
@@ -447,6 +450,7 @@ def export_hf_checkpoint(
         quantized_weight_bits=8.0 * q_bytes / max(1, n_q),
         harmonized_groups=groups,
         snapped=snapped,
+        folded=folded,
     )
 
 

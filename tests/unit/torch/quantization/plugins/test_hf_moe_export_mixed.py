@@ -188,7 +188,8 @@ def test_awq_smoothing_of_a_float_expert_is_folded_into_its_weight(tmp_path: Pat
     assert not torch.equal(s, torch.ones_like(s))
     unfolded = layer.weight.detach().clone()
     before = _logits(model)
-    _export_and_reload(model, tmp_path / "c")
+    report, _ = _export_and_reload(model, tmp_path / "c")
+    assert report.folded == [f"{P}.3.gate_up_proj"]
     t = _tensors(tmp_path / "c")
     # engines read a plain float layer: the original weight W' * s, no pre_quant_scale
     expect = unfolded * s.reshape(1, -1)
