@@ -96,7 +96,8 @@ def w4a16_linear(
     x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """``x [M, K] @ dequant(W).T (+ bias)`` reading W packed; ``[M, N]`` in ``x.dtype``."""
-    from ._kernels import w4_gemm_kernel, w4_gemv_kernel
+    from ._gemv_kernels import w4_gemv_kernel
+    from ._kernels import w4_gemm_kernel
 
     if x.stride(-1) != 1:
         x = x.contiguous()
@@ -195,7 +196,7 @@ def _words_layout_ok(weight: QuantizedWeight) -> bool:
 def _gemv_words(
     x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None, y: torch.Tensor
 ) -> None:
-    from ._kernels import w4_gemv_words_kernel
+    from ._gemv_kernels import w4_gemv_words_kernel
 
     m, k = x.shape
     n = weight.shape[0]
@@ -239,7 +240,7 @@ def _gemv_words(
         num_stages=GEMV_WORDS_STAGES,
     )
     if split > 1:
-        from ._kernels import w4_splitk_reduce_kernel
+        from ._gemv_kernels import w4_splitk_reduce_kernel
 
         block = 1024
         w4_splitk_reduce_kernel[(triton_cdiv(n, block), m)](
@@ -271,7 +272,7 @@ def _ilv_ok(x: torch.Tensor, weight: QuantizedWeight) -> bool:
 def _gemv_ilv(
     x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None, y: torch.Tensor
 ) -> None:
-    from ._kernels import w4_gemv_ilv_kernel
+    from ._gemv_kernels import w4_gemv_ilv_kernel
     from .packing import interleave_int4_words
 
     m, k = x.shape
@@ -312,7 +313,7 @@ def _gemv_ilv(
 def _gemv_dot(
     x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None, y: torch.Tensor
 ) -> None:
-    from ._kernels import w4_gemv_dot_kernel
+    from ._gemv_kernels import w4_gemv_dot_kernel
 
     m, k = x.shape
     n = weight.shape[0]
