@@ -9,6 +9,8 @@ Prefill sizes dequantize the weight to a dense 16-bit copy in one pass and call 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -80,6 +82,8 @@ GEMM_TILES: tuple[tuple[int, tuple[int, int, int, int, int]], ...] = (
     (64, (32, 64, 128, 4, 4)),
     (1 << 62, (64, 64, 128, 4, 4)),
 )
+#: Smallest BLOCK_N the tile kernel narrows to when the grid would leave SMs idle.
+GEMM_MIN_BLOCK_N = 16
 
 
 def _w4_available(x: torch.Tensor, w: QuantizedWeight) -> bool:
@@ -144,6 +148,10 @@ def w4a16_linear(
     if not FUSED_GEMM and m > FUSED_GEMM_MAX_M:
         return F.linear(x, dequantize_w4(weight, x.dtype), bias)
     bm, bn, bk, warps, stages = _gemm_tile(m)
+    # narrower column tiles until the grid fills the GPU twice (N = 4096 at BLOCK_N = 64 gives
+    # only 64 programs for 132 SMs)
+    while bn > GEMM_MIN_BLOCK_N and triton_cdiv(m, bm) * triton_cdiv(n, bn) < 2 * _sm_count(x):
+        bn //= 2
     if x.dtype == torch.float32:
         # float32 tiles take twice the shared memory per stage
         bk, stages = min(bk, 64), min(stages, 3)
@@ -170,6 +178,16 @@ def w4a16_linear(
         num_stages=stages,
     )
     return y
+
+
+@functools.cache
+def _device_sm_count(device: torch.device) -> int:
+    return int(torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+def _sm_count(x: torch.Tensor) -> int:
+    """Streaming multiprocessors of ``x``'s GPU (0 off the GPU: no grid-size adjustment)."""
+    return _device_sm_count(x.device) if x.is_cuda else 0
 
 
 def _gemm_tile(m: int) -> tuple[int, int, int, int, int]:
