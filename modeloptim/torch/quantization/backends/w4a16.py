@@ -83,7 +83,7 @@ GEMM_TILES: tuple[tuple[int, tuple[int, int, int, int, int]], ...] = (
     (1 << 62, (64, 64, 128, 4, 4)),
 )
 #: Smallest BLOCK_N the tile kernel narrows to when the grid would leave SMs idle.
-GEMM_MIN_BLOCK_N = 16
+GEMM_MIN_BLOCK_N = 32
 
 
 def _w4_available(x: torch.Tensor, w: QuantizedWeight) -> bool:
@@ -148,9 +148,9 @@ def w4a16_linear(
     if not FUSED_GEMM and m > FUSED_GEMM_MAX_M:
         return F.linear(x, dequantize_w4(weight, x.dtype), bias)
     bm, bn, bk, warps, stages = _gemm_tile(m)
-    # narrower column tiles until the grid fills the GPU twice (N = 4096 at BLOCK_N = 64 gives
-    # only 64 programs for 132 SMs)
-    while bn > GEMM_MIN_BLOCK_N and triton_cdiv(m, bm) * triton_cdiv(n, bn) < 2 * _sm_count(x):
+    # narrower column tiles while the grid would leave half the SMs idle (N = 4096 at
+    # BLOCK_N = 64: 64 programs for 132 SMs); BLOCK_N = 16 measured slower than idle SMs
+    while bn > GEMM_MIN_BLOCK_N and 2 * triton_cdiv(m, bm) * triton_cdiv(n, bn) < _sm_count(x):
         bn //= 2
     if x.dtype == torch.float32:
         # float32 tiles take twice the shared memory per stage
