@@ -21,6 +21,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from modeloptim.torch.quantization.backends import _gemv_kernels as gk
 from modeloptim.torch.quantization.backends import _kernels as bk
 from modeloptim.torch.quantization.triton import blockwise as bw
 from modeloptim.torch.quantization.triton import elementwise as ew
@@ -168,7 +169,7 @@ def _variants():
         }
         yield (
             f"w4 gemv {'int4' if wfmt == 0 else 'nvfp4'}",
-            bk.w4_gemv_kernel,
+            gk.w4_gemv_kernel,
             sig,
             const,
             gv_al,
@@ -196,9 +197,10 @@ def _variants():
             "WFMT": wfmt,
             "HAS_BIAS": False,
             "IEEE": False,
-            "BLOCK_M": 64,
+            "BLOCK_M": 16,
             "BLOCK_N": 64,
-            "BLOCK_K": 64,
+            "BLOCK_K": 256,
+            "GROUP_M": 8,
         }
         yield (
             f"w4 gemm {'int4' if wfmt == 0 else 'nvfp4'}",

@@ -5,8 +5,9 @@ submodule (packed codes and scales as buffers, so ``state_dict`` and ``.to()`` w
 of a float parameter: memory drops to the format's storage size (e.g. ~4.5 bits per weight
 for NVFP4). Reading ``layer.weight`` (as the layer's own ``forward`` does) dequantizes, which
 equals the fake-quantized weight exactly; later stages of a sequential weight quantizer (the
-FP8 step of W4A8) still apply on top. No real low-bit GEMM is used on CPU; the dequantized
-weight feeds the layer's usual matmul.
+FP8 step of W4A8) still apply on top. On CPU the dequantized weight feeds the layer's usual
+matmul; on CUDA, packed INT4/NVFP4 linear layers run the W4A16 Triton GEMM/GEMV kernels
+(:mod:`.compressed_gemm`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from modeloptim.torch.quantization.nn.modules.quant_module import QuantModule
+from modeloptim.torch.quantization.nn.modules.quant_module import (
+    BACKEND_FORWARD,
+    QuantLinearConvBase,
+    QuantModule,
+)
 from modeloptim.torch.quantization.qtensor import QTENSOR_TYPES, QTensor
 
 __all__ = [
@@ -117,6 +122,24 @@ def compress_layer(module: QuantModule, qtensor: QTensor, used: list[Any]) -> No
     for q in used:
         q.disable()
     getattr(module, _CALLBACKS)["weight"] = _read_compressed
+    from modeloptim.torch.quantization.compressed_gemm import (
+        BACKEND_WEIGHTS,
+        compressed_linear_forward,
+    )
+
+    if qtensor.format_name in BACKEND_WEIGHTS and _plain_linear_layer(module):
+        module.__dict__[BACKEND_FORWARD] = compressed_linear_forward
+
+
+def _plain_linear_layer(module: nn.Module) -> bool:
+    """A quantized ``nn.Linear`` (or subclass keeping its forward): ``F.linear`` math."""
+    original = getattr(module, "_original_cls", None)
+    return (
+        isinstance(original, type)
+        and issubclass(original, nn.Linear)
+        and original.forward is nn.Linear.forward
+        and type(module).forward is QuantLinearConvBase.forward
+    )
 
 
 def _shared_weight_ids(model: nn.Module) -> set[int]:

@@ -9,6 +9,8 @@ Prefill sizes dequantize the weight to a dense 16-bit copy in one pass and call 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -80,6 +82,8 @@ GEMM_TILES: tuple[tuple[int, tuple[int, int, int, int, int]], ...] = (
     (64, (32, 64, 128, 4, 4)),
     (1 << 62, (64, 64, 128, 4, 4)),
 )
+#: Smallest BLOCK_N the tile kernel narrows to when the grid would leave SMs idle.
+GEMM_MIN_BLOCK_N = 32
 
 
 def _w4_available(x: torch.Tensor, w: QuantizedWeight) -> bool:
@@ -96,7 +100,8 @@ def w4a16_linear(
     x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """``x [M, K] @ dequant(W).T (+ bias)`` reading W packed; ``[M, N]`` in ``x.dtype``."""
-    from ._kernels import w4_gemm_kernel, w4_gemv_kernel
+    from ._gemv_kernels import w4_gemv_kernel
+    from ._kernels import w4_gemm_kernel
 
     if x.stride(-1) != 1:
         x = x.contiguous()
@@ -143,6 +148,10 @@ def w4a16_linear(
     if not FUSED_GEMM and m > FUSED_GEMM_MAX_M:
         return F.linear(x, dequantize_w4(weight, x.dtype), bias)
     bm, bn, bk, warps, stages = _gemm_tile(m)
+    # narrower column tiles while the grid would leave half the SMs idle (N = 4096 at
+    # BLOCK_N = 64: 64 programs for 132 SMs); BLOCK_N = 16 measured slower than idle SMs
+    while bn > GEMM_MIN_BLOCK_N and 2 * triton_cdiv(m, bm) * triton_cdiv(n, bn) < _sm_count(x):
+        bn //= 2
     if x.dtype == torch.float32:
         # float32 tiles take twice the shared memory per stage
         bk, stages = min(bk, 64), min(stages, 3)
@@ -171,6 +180,16 @@ def w4a16_linear(
     return y
 
 
+@functools.cache
+def _device_sm_count(device: torch.device) -> int:
+    return int(torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+def _sm_count(x: torch.Tensor) -> int:
+    """Streaming multiprocessors of ``x``'s GPU (0 off the GPU: no grid-size adjustment)."""
+    return _device_sm_count(x.device) if x.is_cuda else 0
+
+
 def _gemm_tile(m: int) -> tuple[int, int, int, int, int]:
     """The fused GEMM's (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) for ``m`` rows."""
     for bound, tile in GEMM_TILES:
@@ -195,7 +214,7 @@ def _words_layout_ok(weight: QuantizedWeight) -> bool:
 def _gemv_words(
     x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None, y: torch.Tensor
 ) -> None:
-    from ._kernels import w4_gemv_words_kernel
+    from ._gemv_kernels import w4_gemv_words_kernel
 
     m, k = x.shape
     n = weight.shape[0]
@@ -239,7 +258,7 @@ def _gemv_words(
         num_stages=GEMV_WORDS_STAGES,
     )
     if split > 1:
-        from ._kernels import w4_splitk_reduce_kernel
+        from ._gemv_kernels import w4_splitk_reduce_kernel
 
         block = 1024
         w4_splitk_reduce_kernel[(triton_cdiv(n, block), m)](
@@ -271,7 +290,7 @@ def _ilv_ok(x: torch.Tensor, weight: QuantizedWeight) -> bool:
 def _gemv_ilv(
     x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None, y: torch.Tensor
 ) -> None:
-    from ._kernels import w4_gemv_ilv_kernel
+    from ._gemv_kernels import w4_gemv_ilv_kernel
     from .packing import interleave_int4_words
 
     m, k = x.shape
@@ -312,7 +331,7 @@ def _gemv_ilv(
 def _gemv_dot(
     x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None, y: torch.Tensor
 ) -> None:
-    from ._kernels import w4_gemv_dot_kernel
+    from ._gemv_kernels import w4_gemv_dot_kernel
 
     m, k = x.shape
     n = weight.shape[0]

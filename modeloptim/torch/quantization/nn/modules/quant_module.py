@@ -183,6 +183,9 @@ def cache_quantized_weights(model: nn.Module) -> Iterator[nn.Module]:
 
 _FAST_LINEAR = "_fast_linear_forward"
 _MEMO = "_shared_input_memo"
+#: Set by ``compress`` on packed plain linear layers: ``fn(layer, input) -> output | None``
+#: running a real low-bit GEMM (``compressed_gemm.compressed_linear_forward``).
+BACKEND_FORWARD = "_backend_forward"
 
 
 def _plain_linear(layer: nn.Module) -> bool:
@@ -194,7 +197,8 @@ def _plain_linear(layer: nn.Module) -> bool:
     """
     original = getattr(layer, "_original_cls", None)
     return (
-        isinstance(original, type)
+        isinstance(layer._parameters.get("weight"), torch.Tensor)  # not a packed weight
+        and isinstance(original, type)
         and issubclass(original, nn.Linear)
         and original.forward is nn.Linear.forward
         and type(layer).forward is QuantLinearConvBase.forward
@@ -279,13 +283,14 @@ class QuantLinearConvBase(QuantInputBase):
 
     def forward(self, input: Any, *args: Any, **kwargs: Any) -> Any:
         """Run the wrapped layer with its weight fake-quantized."""
-        if (
-            not args
-            and not kwargs
-            and self.__dict__.get(_FAST_LINEAR, False)
-            and not torch.is_grad_enabled()
-        ):
-            return _linear_fast_forward(self, input)
+        if not args and not kwargs and not torch.is_grad_enabled():
+            backend = self.__dict__.get(BACKEND_FORWARD)
+            if backend is not None:
+                out = backend(self, input)
+                if out is not None:
+                    return out
+            if self.__dict__.get(_FAST_LINEAR, False):
+                return _linear_fast_forward(self, input)
         with self.quantize_weight():
             return super().forward(input, *args, **kwargs)
 
