@@ -29,12 +29,14 @@ from torch import nn
 
 from modeloptim.torch.export.layers import layer_export
 from modeloptim.torch.export.packers import UnsupportedFormatError, quantizes
+from modeloptim.torch.export.scales import activation_rule
 from modeloptim.torch.quantization.nn import SequentialQuantizer, TensorQuantizer
 from modeloptim.torch.quantization.nn.modules.quant_module import QuantModule
 
 __all__ = [
     "float_layer_activation_state",
     "is_float_layer",
+    "missing_float_layer_scales",
     "prepare_float_layers",
     "restore_float_layer_activations",
 ]
@@ -158,3 +160,20 @@ def restore_float_layer_activations(model: nn.Module, state: dict[str, dict[str,
         for f in _FIELDS:
             if f in fields:
                 setattr(q, f, _decode(fields[f], name))
+
+
+def missing_float_layer_scales(model: nn.Module) -> list[str]:
+    """Enabled static activation quantizers of float layers that have no amax.
+
+    After :func:`restore_float_layer_activations` this is empty for checkpoints written with
+    the sidecar state; checkpoints exported before it existed list the quantizers whose
+    scales they lost (the model would fail at its first forward).
+    """
+    out: list[str] = []
+    for name, module in _float_layers(model):
+        for attr in _ACTIVATIONS:
+            q = module._modules.get(attr)
+            static = isinstance(q, TensorQuantizer) and activation_rule(q) is not None
+            if static and quantizes(q) and getattr(q, "amax", None) is None:
+                out.append(f"{name}.{attr}")
+    return out

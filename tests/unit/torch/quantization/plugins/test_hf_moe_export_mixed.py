@@ -273,3 +273,14 @@ def test_awq_fold_on_transposed_gpt_oss_expert(tmp_path: Path) -> None:
     _export_and_reload(model, tmp_path / "c")
     torch.testing.assert_close(_tensors(tmp_path / "c")[f"{P}.2.down_proj.weight"],
                                raw * s.reshape(1, -1), rtol=1e-6, atol=0)
+
+
+def test_checkpoint_without_float_layer_scales_is_a_clear_load_error(tmp_path: Path) -> None:
+    model = _quantized("FP8_DEFAULT_CFG", after=("*experts.3.down_proj.weight_quantizer",))
+    export_hf_checkpoint(model, tmp_path / "c")
+    desc_file = tmp_path / "c" / "modeloptim_quantizers.json"
+    desc = json.loads(desc_file.read_text())
+    del desc["float_layer_activations"]  # as written before the sidecar state existed
+    desc_file.write_text(json.dumps(desc))
+    with pytest.raises(ValueError, match=r"experts\.3\.down_proj\.input_quantizer.*export"):
+        load_hf_checkpoint(tmp_path / "c")
