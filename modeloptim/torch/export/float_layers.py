@@ -10,7 +10,8 @@ format has a float weight with quantized activations, so the engine-facing tenso
 of a float layer; the calibrated state of its input and output quantizers (``amax``,
 ``pre_quant_scale``) is written to ``modeloptim_quantizers.json`` instead (as exact
 hexadecimal floats), and :func:`~.loader.load_hf_checkpoint` restores it, so the reloaded
-model computes exactly what the exported one did.
+model computes exactly what the exported one did (a checkpoint written before this state
+existed, which lost such a scale, is a clear load error instead of a failing forward).
 
 Smoothing factors need more care, as engines read only the float weight of such a layer
 (:func:`prepare_float_layers`, run by the export before anything is packed): an AWQ
