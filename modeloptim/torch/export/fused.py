@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modeloptim.torch.export.layers import layer_export
 from modeloptim.torch.export.packers import leaf_quantizers
 from modeloptim.torch.quantization.nn import TensorQuantizer
 from modeloptim.torch.quantization.nn.modules.quant_module import QuantModule
@@ -137,7 +138,13 @@ def harmonize_groups(model: nn.Module, groups: list[list[str]]) -> list[list[str
         names = [n for n, _, _ in kept]
         mods = [m for _, m, _ in kept]
         qs = [q for _, _, q in kept]
-        touched = _unify_pre_quant_scale(names, mods, qs)
+        # Layers exported in float keep their own smoothing (folded into their float weight
+        # by the export): only the quantized members share the fused kernel's factors.
+        quant = [i for i, (n, m) in enumerate(zip(names, mods, strict=True))
+                 if layer_export(n, m) is not None]
+        touched = _unify_pre_quant_scale(
+            [names[i] for i in quant], [mods[i] for i in quant], [qs[i] for i in quant]
+        )
         amaxes = [q.amax for q in qs]
         present = [a for a in amaxes if a is not None]
         if len(present) == len(qs):

@@ -7,9 +7,11 @@ engines ignore it). Layouts are a registry (:data:`LAYOUTS`): ``"modelopt"`` (Te
 vLLM / SGLang ModelOpt checkpoints) and ``"compressed-tensors"``.
 
 Policy for partly quantized models: layers without an enabled weight quantizer are exported
-in float and listed in ``exclude_modules`` / ``ignore``. A model with no quantized layer at
-all is refused with a ``ValueError`` (use ``save_pretrained``); so is any layer whose format
-combination has no checkpoint form (the message names the layer and the supported pairs).
+in float and listed in ``exclude_modules`` / ``ignore`` (input/output quantizers left on keep
+their amax in ``modeloptim_quantizers.json`` for the exact reload; see :mod:`.float_layers`). A
+model with no quantized layer at all is refused with a ``ValueError`` (use
+``save_pretrained``); so is any layer whose format combination has no checkpoint form (the
+message names the layer and the supported pairs).
 All checks run before anything is written or changed.
 
 Before writing, layers that read the same tensor (q/k/v, gate/up; found by
@@ -39,6 +41,10 @@ from modeloptim.torch.export.ct_layout import (
     ct_layer_tensors,
     ct_quant_config,
     layer_scheme,
+)
+from modeloptim.torch.export.float_layers import (
+    float_layer_activation_state,
+    prepare_float_layers,
 )
 from modeloptim.torch.export.fused import harmonize_groups
 from modeloptim.torch.export.layers import LayerExport, format_kind, kv_quantizers
@@ -112,6 +118,8 @@ class ExportReport:
         quantized_weight_bits: storage bits per quantized weight (codes + scales).
         harmonized_groups: fused groups whose input scales were unified.
         snapped: quantizers whose scale was snapped to an engine-expressible value.
+        folded: float-exported layers whose scale-only smoothing (``pre_quant_scale``) was
+            folded into their weight (:func:`~.float_layers.prepare_float_layers`).
     """
 
     export_dir: str
@@ -125,6 +133,7 @@ class ExportReport:
     quantized_weight_bits: float
     harmonized_groups: list[list[str]] = field(default_factory=list)
     snapped: list[str] = field(default_factory=list)
+    folded: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form (for ``--json``)."""
@@ -379,6 +388,7 @@ def export_hf_checkpoint(
         )
     out_dtype = dtype or next(model.parameters()).dtype
     packed = {s.name: _packed_weight(s) for s in layers}  # validates every layer first
+    folded = prepare_float_layers(model)  # float layers with smoothed inputs: check, fold
     groups: list[list[str]] = []
     if any(s.input_quantizer is not None or s.pre_quant_scale is not None for s in layers):
         groups = harmonize_groups(model, _shared_groups(model, sample_input))
@@ -413,6 +423,8 @@ def export_hf_checkpoint(
         "version": 1,
         "layout": lay.value,
         "quantizers": _quantizer_description(model),
+        # quantized activations of float-exported layers: no engine tensor carries them
+        "float_layer_activations": float_layer_activation_state(model),
         "layers": result.layer_info,
     }
     with atomic_dir(target) as tmp:
@@ -438,6 +450,7 @@ def export_hf_checkpoint(
         quantized_weight_bits=8.0 * q_bytes / max(1, n_q),
         harmonized_groups=groups,
         snapped=snapped,
+        folded=folded,
     )
 
 

@@ -24,6 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from modeloptim.torch.export.float_layers import (
+    missing_float_layer_scales,
+    restore_float_layer_activations,
+)
 from modeloptim.torch.export.hf import QUANTIZERS_FILE
 from modeloptim.torch.export.modelopt_layout import decode_weight
 from modeloptim.torch.export.moe import load_expert_layers
@@ -134,6 +138,15 @@ def load_hf_checkpoint(
     )
     model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     _restore_quantizers(model, desc["quantizers"])
+    restore_float_layer_activations(model, desc.get("float_layer_activations", {}))
+    # checkpoints from before the sidecar state lost these scales (forward would fail)
+    lost = [] if "float_layer_activations" in desc else missing_float_layer_scales(model)
+    if lost:
+        raise ValueError(
+            f"path: the checkpoint has no scale for {lost[:3]} (quantizers enabled on layers "
+            "exported in float; written by a modeloptim without float_layer_activations): "
+            "export the model again"
+        )
     tensors = load_safetensors_folder(folder)
     used, moe_layers, moe_filled = load_expert_layers(model, tensors, desc["layers"])
     for name, extra in desc["layers"].items():

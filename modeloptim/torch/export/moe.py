@@ -20,6 +20,25 @@ and the packed weights are bit for bit the fake-quantized ones. Experts whose we
 quantized are written in float under the same names and listed in ``exclude_modules``. The
 3-D tensors themselves are not written.
 
+Experts of one layer need not be quantized alike; each state either reloads exactly or is
+refused before anything is written or changed:
+
+- weight quantizer off, input on (``mtq.disable_quantizer(model,
+  "*experts.3.down_proj.weight_quantizer")`` or ModelOpt's ``"*down_proj_weight_quantizers.3"``):
+  a float expert part as above; its input amax (still part of the layer's one input scale)
+  goes to the loader's sidecar file (:mod:`.float_layers`), and scale-only AWQ smoothing is
+  folded into its float weight. A *quantized smoothed* input (SmoothQuant or W4A8 AWQ, then
+  the weight disabled) has no float form and is refused.
+- the whole expert off: a float expert part, no scales.
+- another format for some experts (e.g. one expert's ``down_proj`` in NVFP4, the others in
+  FP8): ``MIXED_PRECISION`` with a ``quant_algo`` per expert part; input amaxes are unified
+  per input format.
+- weight on, input off next to experts of the same ``quant_algo`` whose input has a static
+  scale: refused (:func:`collect_export_layers`), since a ModelOpt checkpoint has one input
+  scale per projection and layer and the algo name (``FP8``) does not say which experts
+  skip it. With distinct algo names (``NVFP4`` next to ``W4A16_NVFP4``) it is exported as
+  mixed precision.
+
 :func:`load_expert_layers` is the loader's inverse: it decodes each expert's tensors into the
 3-D parameters of a freshly built model (dequantized, so its packed weight stage is switched
 off) and restores the input scales.
@@ -33,8 +52,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from modeloptim.torch.export.layers import LayerExport, collect_layers, layer_export
-from modeloptim.torch.export.packers import leaf_quantizers
+from modeloptim.torch.export.layers import (
+    LayerExport,
+    collect_layers,
+    format_kind,
+    layer_export,
+)
+from modeloptim.torch.export.packers import UnsupportedFormatError, leaf_quantizers
 from modeloptim.torch.export.scales import activation_rule
 from modeloptim.torch.quantization.nn import TensorQuantizer
 from modeloptim.torch.quantization.plugins.hf_moe import QuantHFMoEExperts
@@ -117,6 +141,38 @@ def _part_spec(name: str, spec: LayerExport, rows: torch.Tensor) -> LayerExport:
     )
 
 
+def _check_expert_inputs(name: str, proj: str, specs: dict[int, LayerExport]) -> None:
+    """Refuse experts of one projection that share a ``quant_algo`` but not an input scale.
+
+    A ModelOpt checkpoint gives a projection's experts one ``input_scale`` per MoE layer
+    (engines take the maximum over experts and apply it to all of them), and the
+    ``quant_algo`` name does not say whether an input is quantized (``FP8`` weight-only
+    and ``FP8`` reads the same), so experts with a quantized weight and the same algo must
+    all have a static input scale or none. Experts whose algos differ are listed one by
+    one under ``MIXED_PRECISION`` and are not compared.
+
+    Raises:
+        UnsupportedFormatError: the mixed state (names the quantizers and what to change).
+    """
+    by_algo: dict[str, dict[bool, list[int]]] = {}
+    for e, spec in specs.items():
+        iq = spec.input_quantizer
+        static = iq is not None and activation_rule(iq) is not None
+        by_algo.setdefault(spec.quant_algo, {}).setdefault(static, []).append(e)
+    for algo, split in by_algo.items():
+        if len(split) < 2:
+            continue
+        off, on = split[False], split[True]
+        quantizers = ", ".join(f"'{name}.{e}.{proj}.input_quantizer'" for e in off)
+        raise UnsupportedFormatError(
+            f"layer {name!r}: {proj} of experts {off} quantizes its weight ({algo}) but not its "
+            f"input ({quantizers}), while experts {on} ({algo}) have a static input scale; a "
+            "ModelOpt checkpoint has one input scale per projection and MoE layer (engines apply "
+            "it to every expert). Enable those input quantizers, or disable the experts' weight "
+            "quantizers as well (they are then exported in float). Nothing was written"
+        )
+
+
 def collect_export_layers(model: nn.Module) -> tuple[list[LayerExport], list[str]]:
     """:func:`~.layers.collect_layers` with 3-D experts split into per-expert parts.
 
@@ -124,6 +180,10 @@ def collect_export_layers(model: nn.Module) -> tuple[list[LayerExport], list[str
         ``(quantized layers, excluded layer names)``: expert projections appear as
         ``<experts>.<e>.gate_proj`` / ``up_proj`` / ``down_proj``; unquantized ones are
         excluded under those names.
+
+    Raises:
+        UnsupportedFormatError: experts of one projection mix states that the checkpoint
+            cannot express (see :func:`_check_expert_inputs`).
     """
     layers, excluded = collect_layers(model)
     moe = expert_modules(model)
@@ -132,6 +192,11 @@ def collect_export_layers(model: nn.Module) -> tuple[list[LayerExport], list[str
     children = {f"{n}.{e}.{p}" for n, m in moe for e in range(int(m.num_experts))
                 for p in (m.__dict__["_first_proj"], "down_proj")}
     by_name = {s.name: s for s in layers}
+    for name, experts in moe:  # every check before any part is built
+        for proj in (experts.__dict__["_first_proj"], "down_proj"):
+            specs = {e: by_name[f"{name}.{e}.{proj}"] for e in range(int(experts.num_experts))
+                     if f"{name}.{e}.{proj}" in by_name}
+            _check_expert_inputs(name, proj, specs)
     out = [s for s in layers if s.name not in children]
     for name, experts in moe:
         for e in range(int(experts.num_experts)):
@@ -180,7 +245,10 @@ def unify_expert_input_amax(model: nn.Module) -> list[list[str]]:
 
     Fused MoE kernels take one activation scale per projection and layer (vLLM and
     TensorRT-LLM reduce per-expert ``input_scale`` to their maximum when loading), so export
-    writes that value for every expert and the model computes what the engine will.
+    writes that value for every expert and the model computes what the engine will. Experts
+    whose input quantizers have different formats (experts of one projection quantized
+    differently) are unified per format. Experts exported in float whose input is still
+    quantized take part too (the engine's one scale covers them).
 
     Returns:
         The changed groups (names of the expert projections).
@@ -188,18 +256,22 @@ def unify_expert_input_amax(model: nn.Module) -> list[list[str]]:
     changed: list[list[str]] = []
     for name, experts in expert_modules(model):
         for proj in (experts.__dict__["_first_proj"], "down_proj"):
-            names = [f"{name}.{e}.{proj}" for e in range(int(experts.num_experts))]
-            qs = [model.get_submodule(n)._modules.get("input_quantizer") for n in names]
-            live = [q for q in qs if isinstance(q, TensorQuantizer) and q.is_enabled]
-            amaxes = [q.amax for q in live]
-            if len(live) < 2 or any(a is None for a in amaxes):
-                continue
-            top = torch.stack([a.float() for a in amaxes if a is not None]).amax(dim=0)
-            if all(torch.equal(a, top) for a in amaxes if a is not None):
-                continue
-            for q in live:
-                q.amax = top
-            changed.append(names)
+            by_kind: dict[str, list[tuple[str, TensorQuantizer]]] = {}
+            for e in range(int(experts.num_experts)):
+                n = f"{name}.{e}.{proj}"
+                q = model.get_submodule(n)._modules.get("input_quantizer")
+                if isinstance(q, TensorQuantizer) and q.is_enabled:
+                    by_kind.setdefault(format_kind(q.format), []).append((n, q))
+            for live in by_kind.values():
+                amaxes = [q.amax for _, q in live]
+                if len(live) < 2 or any(a is None for a in amaxes):
+                    continue
+                top = torch.stack([a.float() for a in amaxes if a is not None]).amax(dim=0)
+                if all(torch.equal(a, top) for a in amaxes if a is not None):
+                    continue
+                for _, q in live:
+                    q.amax = top
+                changed.append([n for n, _ in live])
     return changed
 
 
