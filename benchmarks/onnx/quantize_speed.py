@@ -9,7 +9,7 @@ Also times the KL (entropy) threshold search alone: the batched search against t
 per-candidate loop (kept as ``_kl_threshold_bins_loop``), on histograms of real activations.
 
 Usage: python benchmarks/onnx/quantize_speed.py [--baseline-ref REF] [--ocr-lines 32]
-    [--magika-files 64] [--repeat 1] [--skip-ocr]
+    [--magika-files 64] [--repeat 1] [--skip-ocr] [--ocr-det] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from onnx_common import print_table  # noqa: E402
 
 BASELINE_REF = "c3b61b3"  # main before the onnxspeed branch
-OCR_REC_SKIP_SENSITIVE = 8
-MAX_KL_HISTOGRAMS = 48  # the loop costs ~0.1 s per histogram and level count  # the recipe's rec setting (modeloptim.onnx.evaluation.ocr)
+# The recipe's nodes kept float (modeloptim.onnx.evaluation.ocr.OCR_SKIP_SENSITIVE).
+OCR_SKIP_SENSITIVE = {"det": 6, "rec": 8}
+MAX_KL_HISTOGRAMS = 48  # the loop costs ~0.1 s per histogram and level count
 
 # name -> (model key, quantize keyword arguments)
 WORKLOADS: dict[str, tuple[str, dict]] = {
@@ -49,18 +50,21 @@ WORKLOADS: dict[str, tuple[str, dict]] = {
         "magika",
         {"quantize_mode": "fp8", "calibration_method": "max", "calibration_batch_size": 16},
     ),
-    "ocr rec int8 recipe (max, sensitivity, bias corr.)": (
-        "rec",
-        {
-            "quantize_mode": "int8",
-            "calibration_method": "max",
-            "activation_type": "uint8",
-            "skip_sensitive_nodes": OCR_REC_SKIP_SENSITIVE,
-            "sensitivity_metric": "output",
-            "sensitivity_samples": 4,
-            "bias_correction": True,
-        },
-    ),
+    **{
+        f"ocr {key} int8 recipe (max, sensitivity, bias corr.)": (
+            key,
+            {
+                "quantize_mode": "int8",
+                "calibration_method": "max",
+                "activation_type": "uint8",
+                "skip_sensitive_nodes": OCR_SKIP_SENSITIVE[key],
+                "sensitivity_metric": "output",
+                "sensitivity_samples": 4,
+                "bias_correction": True,
+            },
+        )
+        for key in ("rec", "det")
+    },
     "ocr rec int8 entropy": (
         "rec",
         {"quantize_mode": "int8", "calibration_method": "entropy", "activation_type": "uint8"},
@@ -141,8 +145,11 @@ def prepare_inputs(args: argparse.Namespace, tmp: Path) -> dict[str, tuple[str, 
         pipe.recording = True
         for k, i in enumerate(order[: args.ocr_lines]):
             pipe.read(render_line(lines[i], k))
-        (tmp / "rec.pkl").write_bytes(pickle.dumps(list(pipe.rec_inputs)))
-        inputs["rec"] = (str(rapidocr_model_paths()["rec"]), str(tmp / "rec.pkl"))
+        keys = ("rec", "det") if args.ocr_det else ("rec",)
+        for key in keys:
+            recorded = pipe.rec_inputs if key == "rec" else pipe.det_inputs
+            (tmp / f"{key}.pkl").write_bytes(pickle.dumps(list(recorded)))
+            inputs[key] = (str(rapidocr_model_paths()[key]), str(tmp / f"{key}.pkl"))
     return inputs
 
 
@@ -150,6 +157,7 @@ def kl_search_rows(data_path: str, model_path: str) -> list[list[object]]:
     """Batched vs loop KL search on the entropy histograms of one model's activations."""
     import onnx
 
+    from modeloptim.onnx.calib_data import make_feeds
     from modeloptim.onnx.ort_utils import float_tensor_names
     from modeloptim.onnx.quantization.kl_search import (
         _kl_threshold_bins_loop,
@@ -165,7 +173,7 @@ def kl_search_rows(data_path: str, model_path: str) -> list[list[object]]:
         for n in model.graph.node
         if n.output and n.output[0] in float_tensor_names(model)
     ]
-    feeds = [{model.graph.input[0].name: x} for x in data[:4]]
+    feeds = make_feeds(data, model, batch_size=16)[:4]
     calib = run_calibration(model, names, feeds, "entropy")
     hists = [h.astype(np.float64) for h in calib.hists.values()][:MAX_KL_HISTOGRAMS]
     rows = []
@@ -196,7 +204,9 @@ def main() -> None:
     ap.add_argument("--ocr-lines", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--skip-ocr", action="store_true")
+    ap.add_argument("--ocr-det", action="store_true", help="also the OCR det model (slow)")
     ap.add_argument("--only", nargs="*", help="workload names (substring match)")
+    ap.add_argument("--no-kl", action="store_true", help="skip the KL search timing")
     args = ap.parse_args()
     if args.worker:
         worker(args.worker)
@@ -208,8 +218,8 @@ def main() -> None:
         commit = extract_tree(args.baseline_ref, tmp / "before")
         trees = {"before": tmp / "before", "after": ROOT}
         inputs = prepare_inputs(args, tmp)
-        rows = kl_search_rows(inputs["magika"][1], inputs["magika"][0])
-        if "rec" in inputs:
+        rows = [] if args.no_kl else kl_search_rows(inputs["magika"][1], inputs["magika"][0])
+        if "rec" in inputs and not args.no_kl:
             rows += kl_search_rows(inputs["rec"][1], inputs["rec"][0])[:1]
         for name, (key, kwargs) in WORKLOADS.items():
             if key not in inputs or (args.only and not any(o in name for o in args.only)):
