@@ -34,6 +34,7 @@ from onnx_common import print_table  # noqa: E402
 BASELINE_REF = "c3b61b3"  # main before the onnxspeed branch
 # The recipe's nodes kept float (modeloptim.onnx.evaluation.ocr.OCR_SKIP_SENSITIVE).
 OCR_SKIP_SENSITIVE = {"det": 6, "rec": 8}
+FLOAT = 1  # onnx.TensorProto.FLOAT
 MAX_KL_HISTOGRAMS = 48  # the loop costs ~0.1 s per histogram and level count
 
 # name -> (model key, quantize keyword arguments)
@@ -167,12 +168,9 @@ def kl_search_rows(data_path: str, model_path: str) -> list[list[object]]:
 
     with open(data_path, "rb") as f:
         data = pickle.load(f)
-    model = onnx.load(model_path)
-    names = [
-        n.output[0]
-        for n in model.graph.node
-        if n.output and n.output[0] in float_tensor_names(model)
-    ]
+    model = onnx.shape_inference.infer_shapes(onnx.load(model_path))
+    types = float_tensor_names(model)
+    names = [o for n in model.graph.node for o in n.output if types.get(o) == FLOAT]
     feeds = make_feeds(data, model, batch_size=16)[:4]
     calib = run_calibration(model, names, feeds, "entropy")
     hists = [h.astype(np.float64) for h in calib.hists.values()][:MAX_KL_HISTOGRAMS]
@@ -186,7 +184,8 @@ def kl_search_rows(data_path: str, model_path: str) -> list[list[object]]:
             times[name] = (time.perf_counter() - start) / len(hists)
         rows.append(
             [
-                f"KL search, {len(hists)} histograms of 2048 bins, {levels} levels (ms / tensor)",
+                f"KL search, {Path(model_path).parent.name}: {len(hists)} histograms, "
+                f"{levels} levels (ms / histogram)",
                 times["loop"] * 1e3,
                 times["batched"] * 1e3,
                 times["loop"] / times["batched"],
@@ -220,7 +219,7 @@ def main() -> None:
         inputs = prepare_inputs(args, tmp)
         rows = [] if args.no_kl else kl_search_rows(inputs["magika"][1], inputs["magika"][0])
         if "rec" in inputs and not args.no_kl:
-            rows += kl_search_rows(inputs["rec"][1], inputs["rec"][0])[:1]
+            rows += kl_search_rows(inputs["rec"][1], inputs["rec"][0])
         for name, (key, kwargs) in WORKLOADS.items():
             if key not in inputs or (args.only and not any(o in name for o in args.only)):
                 continue
