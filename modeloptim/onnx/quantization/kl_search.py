@@ -179,8 +179,9 @@ def clipped_kl_batch(
     the remainder) is summed per candidate.
 
     Candidates this does not cover get ``err = inf`` (callers score them with
-    :func:`clipped_kl`): histograms that are not non-negative integer counts, a ``P`` or
-    ``P`` with no non-zero bin, smoothing shifts above half the smallest bin or level value.
+    :func:`clipped_kl`): histograms that are not non-negative integer counts (below 2^52 in
+    total), a ``P`` with no non-zero bin, smoothing shifts above half the smallest bin or
+    level value.
     A ``Q`` with no non-zero bin gets ``kl = inf, err = 0`` (what clipped_kl returns).
 
     Args:
