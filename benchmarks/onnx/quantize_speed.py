@@ -249,7 +249,7 @@ def main() -> None:
             )
     print_table(
         f"ONNX quantize on CPU ({os.cpu_count()} cores; before = {commit[:10]}, "
-        f"best of {args.repeat}; magika {args.magika_files} files, OCR rec {args.ocr_lines} lines)",
+        f"best of {args.repeat}; magika {args.magika_files} files, OCR {args.ocr_lines} lines)",
         ["workload", "before", "after", "speed-up", "same output"],
         rows,
     )
