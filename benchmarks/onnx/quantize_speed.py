@@ -154,7 +154,7 @@ def prepare_inputs(args: argparse.Namespace, tmp: Path) -> dict[str, tuple[str, 
     return inputs
 
 
-def kl_search_rows(data_path: str, model_path: str) -> list[list[object]]:
+def kl_search_rows(data_path: str, model_path: str, label: str) -> list[list[object]]:
     """Batched vs loop KL search on the entropy histograms of one model's activations."""
     import onnx
 
@@ -184,8 +184,7 @@ def kl_search_rows(data_path: str, model_path: str) -> list[list[object]]:
             times[name] = (time.perf_counter() - start) / len(hists)
         rows.append(
             [
-                f"KL search, {Path(model_path).parent.name}: {len(hists)} histograms, "
-                f"{levels} levels (ms / histogram)",
+                f"KL search, {label}: {len(hists)} histograms, {levels} levels (ms / histogram)",
                 times["loop"] * 1e3,
                 times["batched"] * 1e3,
                 times["loop"] / times["batched"],
@@ -217,9 +216,9 @@ def main() -> None:
         commit = extract_tree(args.baseline_ref, tmp / "before")
         trees = {"before": tmp / "before", "after": ROOT}
         inputs = prepare_inputs(args, tmp)
-        rows = [] if args.no_kl else kl_search_rows(inputs["magika"][1], inputs["magika"][0])
+        rows = [] if args.no_kl else kl_search_rows(*inputs["magika"][::-1], "magika")
         if "rec" in inputs and not args.no_kl:
-            rows += kl_search_rows(inputs["rec"][1], inputs["rec"][0])
+            rows += kl_search_rows(*inputs["rec"][::-1], "ocr rec")
         for name, (key, kwargs) in WORKLOADS.items():
             if key not in inputs or (args.only and not any(o in name for o in args.only)):
                 continue
