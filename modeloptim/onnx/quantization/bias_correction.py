@@ -28,10 +28,13 @@ from modeloptim.onnx.ort_utils import Feed, make_session, run_capture
 from modeloptim.onnx.quantization.activation import ActivationType, QParams
 from modeloptim.onnx.quantization.formats import QuantFormat
 from modeloptim.onnx.quantization.qdq import QdqPlan, quantize_weight
-from modeloptim.onnx.quantization.sensitivity import single_node_model
 
 if TYPE_CHECKING:
     import onnx
+
+
+# Target nodes per onnxruntime session: all their outputs for one feed are held at once.
+_NODES_PER_SESSION = 16
 
 
 @dataclass
@@ -108,47 +111,62 @@ def correct_biases(
         return {}
     inits = {i.name: i for i in model.graph.initializer}
     weights = {(n.name, idx): axis for n, idx, axis in plan.weights}
+    float_weights: dict[str, np.ndarray] = {}
     fq_weights: dict[str, np.ndarray] = {}
-    sessions = {}
     for t in targets:
-        idx_w = 1
-        w = numpy_helper.to_array(inits[t.node.input[idx_w]]).astype(np.float32)
-        axis = weights[(t.node.name, idx_w)]
-        q, scale = quantize_weight(w, fmt, axis)
+        w = numpy_helper.to_array(inits[t.node.input[1]])
+        float_weights[t.node.name] = w
+        axis = weights[(t.node.name, 1)]
+        q, scale = quantize_weight(w.astype(np.float32), fmt, axis)
         shape = [1] * w.ndim
         if axis is not None:
             shape[axis % w.ndim] = -1
         fq_weights[t.node.name] = q.astype(np.float32) * scale.reshape(shape)
-        inputs = [t.node.input[0], t.node.input[1]]
-        node = _bias_free(t.node)
-        sessions[t.node.name] = make_session(
-            single_node_model(node, inputs, model.opset_import), optimize=False
-        )
-    needed = sorted({t.node.input[0] for t in targets} - set(inits))
+    # One session per group of targets runs every node of the group on float and on
+    # fake-quantized inputs in one call (each node copy is fed exactly what a session of its
+    # own would get, so the outputs are the same), instead of two runs per node and feed.
+    # A node reading a constant input gets no correction (nothing is captured for it).
+    active = [t for t in targets if t.node.input[0] not in inits]
+    groups = [active[i : i + _NODES_PER_SESSION] for i in range(0, len(active), _NODES_PER_SESSION)]
+    sessions = [
+        make_session(_error_model(g, model.opset_import), optimize=False, spin=False)
+        for g in groups
+    ]
+    needed = sorted({t.node.input[0] for t in active})
     sums = {t.node.name: np.zeros(t.channels) for t in targets}
     counts = dict.fromkeys(sums, 0)
     energy = dict.fromkeys(sums, 0.0)
 
     def accumulate(values: dict[str, np.ndarray]) -> None:
-        for t in targets:
-            name = t.node.name
-            x = values.get(t.node.input[0])
-            if x is None:
-                continue
-            w = numpy_helper.to_array(inits[t.node.input[1]])
-            xq = x
-            if t.node.input[0] in plan.activations and t.node.input[0] in qparams:
-                xq = act.fake_quantize(x, *qparams[t.node.input[0]])
-            sess = sessions[name]
-            feed_names = [i.name for i in sess.get_inputs()]
-            ref = sess.run(None, dict(zip(feed_names, (x, w), strict=True)))[0]
-            got = sess.run(None, dict(zip(feed_names, (xq, fq_weights[name]), strict=True)))[0]
-            err = np.moveaxis(np.asarray(got, np.float64) - ref, t.channel_axis, -1)
-            sums[name] += err.reshape(-1, t.channels).sum(0)
-            counts[name] += err.size // t.channels
-            energy[name] += float(np.sum(np.asarray(ref, np.float64) ** 2))
+        quantized: dict[str, np.ndarray] = {}  # fake-quantized inputs, once per tensor
+        for group, sess in zip(groups, sessions, strict=True):
+            feed: dict[str, np.ndarray] = {}
+            for k, t in enumerate(group):
+                src = t.node.input[0]
+                x = values[src]
+                if src in plan.activations and src in qparams and src not in quantized:
+                    quantized[src] = act.fake_quantize(x, *qparams[src])
+                feed[f"x{k}"], feed[f"xq{k}"] = x, quantized.get(src, x)
+                feed[f"w{k}"], feed[f"wq{k}"] = float_weights[t.node.name], fq_weights[t.node.name]
+            outs = sess.run([f"y{tag}{k}" for k in range(len(group)) for tag in ("", "q")], feed)
+            for k, t in enumerate(group):
+                name = t.node.name
+                ref, got = outs[2 * k], outs[2 * k + 1]
+                err = np.moveaxis(np.asarray(got, np.float64) - ref, t.channel_axis, -1)
+                sums[name] += err.reshape(-1, t.channels).sum(0)
+                counts[name] += err.size // t.channels
+                energy[name] += float(np.sum(np.asarray(ref, np.float64) ** 2))
 
-    run_capture(model, needed, feeds, accumulate, progress="bias correction", chunk=len(needed))
+    if active:
+        run_capture(
+            model,
+            needed,
+            feeds,
+            accumulate,
+            progress="bias correction",
+            chunk=len(needed),
+            spin=False,
+        )
     report: dict[str, float] = {}
     new_inits = []
     for t in targets:
@@ -187,3 +205,33 @@ def _bias_free(node: onnx.NodeProto) -> onnx.NodeProto:
     copy.CopyFrom(node)
     del copy.input[2:]
     return copy
+
+
+def _error_model(targets: Sequence[_Target], opsets) -> onnx.ModelProto:
+    """Each target's bias-free node twice, on float and on fake-quantized inputs.
+
+    Target ``k`` gives ``y{k} = node(x{k}, w{k})`` and ``yq{k} = node(xq{k}, wq{k})``, all
+    float32 graph inputs and outputs.
+    """
+    import onnx
+    from onnx import helper
+
+    nodes, inputs, outputs = [], [], []
+    for k, t in enumerate(targets):
+        for tag in ("", "q"):
+            node = _bias_free(t.node)
+            node.name = f"{t.node.name}/{tag or 'ref'}"
+            node.input[0], node.input[1] = f"x{tag}{k}", f"w{tag}{k}"
+            node.output[0] = f"y{tag}{k}"
+            nodes.append(node)
+            inputs += [node.input[0], node.input[1]]
+            outputs.append(node.output[0])
+    graph = helper.make_graph(
+        nodes,
+        "bias_errors",
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in inputs],
+        [onnx.ValueInfoProto(name=o) for o in outputs],
+    )
+    model = helper.make_model(graph, opset_imports=list(opsets))
+    model.ir_version = 8
+    return model

@@ -49,6 +49,8 @@ QDQ_PLACEMENTS = ("units", "inputs")
 SENSITIVITY_METRICS = ("local", "output")
 DEFAULT_METHOD = {"int8": "max", "fp8": "max", "int4": "awq_clip"}
 BLOCK_SIZES = (16, 32, 64, 128, 256)
+# Histogram calibration keeps the first pass's captured tensors up to this many bytes.
+CALIBRATION_CACHE_BYTES = 512 * 2**20
 # Oldest opset we upgrade from: the version converter is unreliable below it.
 _MIN_SOURCE_OPSET = 7
 
@@ -395,31 +397,64 @@ def run_calibration(
     method: str,
     percentile: float = 99.99,
     activation_type: str = "int8",
+    cache_bytes: int = CALIBRATION_CACHE_BYTES,
 ) -> Calibrator:
     """Run ``feeds`` through ``model`` observing ``names``; returns the filled calibrator.
 
     ``activation_type`` tells ``entropy`` how many levels a never-negative tensor gets
-    (``uint8``: 256 over ``[0, amax]``; otherwise 128 per sign).
+    (``uint8``: 256 over ``[0, amax]``; otherwise 128 per sign). Methods with two passes
+    (histograms) keep the first pass's tensors when they total at most ``cache_bytes`` and
+    feed them to the second pass instead of running the model again (same values).
     """
     kwargs: dict[str, Any] = {}
     if method == "percentile":
         kwargs["percentile"] = percentile
     elif method == "entropy" and activation_type == "uint8":
         kwargs["unsigned_levels"] = 256
+    from tqdm.auto import tqdm
+
     calib = CALIBRATORS.create(method, **kwargs)
     names = list(dict.fromkeys(names))
     if not names:
         return calib
+    # Later passes see the same tensors as the first: keep them (up to a memory budget)
+    # instead of running onnxruntime again.
+    cache = _CaptureCache(cache_bytes if calib.passes > 1 else 0)
     for pass_index in range(calib.passes):
 
         def observe(values, pass_index=pass_index):
             for name, value in values.items():
                 calib.observe(name, value, pass_index)
+            if pass_index == 0:
+                cache.add(values)
 
-        run_capture(
-            model, names, feeds, observe, progress=f"calibrate {method} pass {pass_index + 1}"
-        )
+        progress = f"calibrate {method} pass {pass_index + 1}"
+        if pass_index > 0 and cache.complete:
+            for values in tqdm(cache.values, desc=progress + " (kept tensors)"):
+                observe(values)
+        else:
+            run_capture(model, names, feeds, observe, progress=progress, spin=False)
     return calib
+
+
+class _CaptureCache:
+    """The captured tensors of a calibration pass while they fit in ``budget`` bytes."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self.values: list[dict[str, Any]] = []
+        self.complete = budget > 0
+
+    def add(self, values: dict[str, Any]) -> None:
+        """Keep ``values`` (name -> array) or, past the budget, drop everything kept."""
+        if not self.complete:
+            return
+        self.used += sum(int(getattr(v, "nbytes", 0)) for v in values.values())
+        if self.used > self.budget:
+            self.values, self.complete = [], False
+        else:
+            self.values.append(values)
 
 
 def calibrate_activations(

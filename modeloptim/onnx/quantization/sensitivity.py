@@ -65,7 +65,7 @@ def node_sensitivity(
     def keep(vals: dict[str, np.ndarray]) -> None:
         values[next(counter) % len(feeds)].update(vals)
 
-    run_capture(model, needed, feeds, keep, progress="sensitivity capture")
+    run_capture(model, needed, feeds, keep, progress="sensitivity capture", spin=False)
     scores: dict[str, float] = {}
     for name, node in nodes.items():
         inputs = [i for i in dict.fromkeys(node.input) if i]
@@ -81,7 +81,9 @@ def node_sensitivity(
                 quantized[tensor] = q.astype(np.float32) * scale.reshape(shape)
             elif tensor in plan.activations and tensor in amax:
                 quantized[tensor] = None  # per feed below
-        session = make_session(single_node_model(node, inputs, model.opset_import), optimize=False)
+        session = make_session(
+            single_node_model(node, inputs, model.opset_import), optimize=False, spin=False
+        )
         num = den = 0.0
         for vals in values:
             ref_feed, q_feed = {}, {}
@@ -167,7 +169,7 @@ def output_sensitivity(
     import onnx
     from tqdm.auto import tqdm
 
-    ref_session = make_session(model)
+    ref_session = make_session(model, spin=False)
     refs = [ref_session.run(None, f) for f in feeds]
     scores: dict[str, float] = {}
     for name in tqdm(plan.nodes, desc=progress, disable=progress is None):
@@ -189,7 +191,7 @@ def output_sensitivity(
         }
         sub.weights = [(nodes[n.name], i, a) for n, i, a in sub.weights]
         quantize_only(copy, sub)
-        session = make_session(copy)
+        session = make_session(copy, spin=False)
         num = den = 0.0
         for feed, ref in zip(feeds, refs, strict=True):
             for r, g in zip(ref, session.run(None, feed), strict=True):

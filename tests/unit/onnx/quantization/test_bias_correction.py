@@ -121,3 +121,138 @@ def test_shared_bias_is_left_alone(tmp_path):
     quantize(str(src), "int8", calibration_data=list(x), output_path=out, bias_correction=True)
     inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(out).graph.initializer}
     np.testing.assert_array_equal(inits["B"], b)
+
+
+def _per_node_correct_biases(model, plan, fmt, act, qparams, feeds):
+    """The first implementation: one session per node, two runs per node and feed."""
+    from modeloptim.onnx.ort_utils import make_session, run_capture
+    from modeloptim.onnx.quantization import bias_correction as bc
+    from modeloptim.onnx.quantization.qdq import quantize_weight
+    from modeloptim.onnx.quantization.sensitivity import single_node_model
+
+    targets = bc._targets(model, plan)
+    inits = {i.name: i for i in model.graph.initializer}
+    axes = {(n.name, idx): axis for n, idx, axis in plan.weights}
+    sums = {t.node.name: np.zeros(t.channels) for t in targets}
+    counts = dict.fromkeys(sums, 0)
+    fq, sessions = {}, {}
+    for t in targets:
+        w = numpy_helper.to_array(inits[t.node.input[1]]).astype(np.float32)
+        axis = axes[(t.node.name, 1)]
+        q, scale = quantize_weight(w, fmt, axis)
+        shape = [1] * w.ndim
+        if axis is not None:
+            shape[axis % w.ndim] = -1
+        fq[t.node.name] = q.astype(np.float32) * scale.reshape(shape)
+        sessions[t.node.name] = make_session(
+            single_node_model(bc._bias_free(t.node), t.node.input[:2], model.opset_import),
+            optimize=False,
+        )
+
+    def accumulate(values):
+        for t in targets:
+            x = values[t.node.input[0]]
+            w = numpy_helper.to_array(inits[t.node.input[1]])
+            xq = act.fake_quantize(x, *qparams[t.node.input[0]])
+            sess = sessions[t.node.name]
+            names = [i.name for i in sess.get_inputs()]
+            ref = sess.run(None, dict(zip(names, (x, w), strict=True)))[0]
+            got = sess.run(None, dict(zip(names, (xq, fq[t.node.name]), strict=True)))[0]
+            err = np.moveaxis(np.asarray(got, np.float64) - ref, t.channel_axis, -1)
+            sums[t.node.name] += err.reshape(-1, t.channels).sum(0)
+            counts[t.node.name] += err.size // t.channels
+
+    needed = sorted({t.node.input[0] for t in targets})
+    run_capture(model, needed, feeds, accumulate)
+    for t in targets:
+        delta = sums[t.node.name] / counts[t.node.name]
+        if t.bias is None:  # the tests' models have every bias
+            raise AssertionError(t.node.name)
+        bias = numpy_helper.to_array(inits[t.bias]).astype(np.float32)
+        inits[t.bias].CopyFrom(numpy_helper.from_array((bias - delta).astype(np.float32), t.bias))
+    return {t.node.name: 0.0 for t in targets}
+
+
+def _many_targets_model(tmp_path):
+    """Conv+bias -> Relu -> two Convs reading the same tensor -> Add -> Flatten -> MatMul+Add
+    -> Gemm: five bias-correction targets, one input shared by two of them."""
+    rng = np.random.default_rng(11)
+
+    def arr(*shape, scale=0.3):
+        return (rng.standard_normal(shape) * scale + 0.02).astype(np.float32)
+
+    inits = {
+        "W1": arr(8, 3, 3, 3),
+        "B1": arr(8),
+        "W2": arr(8, 8, 3, 3, scale=0.1),
+        "B2": arr(8),
+        "W3": arr(8, 8, 3, 3, scale=0.1),
+        "B3": arr(8),
+        "M": arr(8 * 6 * 6, 10, scale=0.05),
+        "MB": arr(10),
+        "G": arr(10, 4),
+        "GB": arr(4),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "W2", "B2"], ["c2"], name="conv2"),
+        helper.make_node("Conv", ["r1", "W3", "B3"], ["c3"], name="conv3"),
+        helper.make_node("Add", ["c2", "c3"], ["s"], name="sum"),
+        helper.make_node("Flatten", ["s"], ["f"], name="flat"),
+        helper.make_node("MatMul", ["f", "M"], ["m"], name="mm"),
+        helper.make_node("Add", ["m", "MB"], ["a"], name="mm_bias"),
+        helper.make_node("Gemm", ["a", "G", "GB"], ["y"], name="gemm"),
+    ]
+    model = make_model(
+        nodes,
+        [fvi("x", ["N", 3, 10, 10])],
+        [fvi("y", ["N", 4])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    path = tmp_path / "many.onnx"
+    onnx.save(model, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("per_session", [1, 2, 16])
+@pytest.mark.parametrize("activation_type", ["uint8", "int8"])
+def test_grouped_sessions_give_the_per_node_result_bit_for_bit(
+    tmp_path, monkeypatch, per_session, activation_type
+):
+    import importlib
+
+    from modeloptim.onnx.quantization import bias_correction
+
+    qmod = importlib.import_module("modeloptim.onnx.quantization.quantize")
+    src = _many_targets_model(tmp_path)
+    rng = np.random.default_rng(12)
+    data = [(rng.standard_normal((3, 3, 10, 10)) + 0.2).astype(np.float32) for _ in range(5)]
+    monkeypatch.setattr(bias_correction, "_NODES_PER_SESSION", per_session)
+    outs = {}
+    for impl in ("grouped", "per_node"):
+        if impl == "per_node":
+            monkeypatch.setattr(qmod, "correct_biases", _per_node_correct_biases)
+        outs[impl] = tmp_path / f"{impl}.onnx"
+        res = quantize(
+            src,
+            "int8",
+            calibration_data=data,
+            output_path=outs[impl],
+            bias_correction=True,
+            activation_type=activation_type,
+        )
+        assert "bias correction on 5 nodes" in res.notes
+    got, ref = (
+        {i.name: numpy_helper.to_array(i) for i in onnx.load(outs[k]).graph.initializer}
+        for k in ("grouped", "per_node")
+    )
+    assert got.keys() == ref.keys()
+    for name in ("B1", "B2", "B3", "MB", "GB"):
+        assert not np.array_equal(ref[name], numpy_helper.to_array(_init(src, name))), name
+    for name, value in ref.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def _init(path, name):
+    return next(i for i in onnx.load(path).graph.initializer if i.name == name)
