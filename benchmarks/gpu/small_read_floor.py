@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 import triton
-from triton.testing import do_bench_cudagraph
+from _timing import graph_us  # type: ignore[import-not-found]
 
 from modeloptim.torch.quantization import backends as B
 from modeloptim.torch.quantization.backends import w4a16
@@ -28,8 +28,7 @@ def main() -> None:
     )
 
     def bench(fn, nbytes: int, label: str) -> None:
-        fn(0)
-        t = do_bench_cudagraph(lambda: [fn(i) for i in range(copies)], rep=60) / copies * 1e3
+        t = graph_us(fn, copies, 60)
         print(f"| {label} | {t:.1f} | {nbytes / t / 1e3:.0f} |")
 
     print("| case | us | GB/s |")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from triton.testing import do_bench_cudagraph
+from _timing import graph_us  # type: ignore[import-not-found]
 
 from modeloptim.torch.quantization import backends as B
 from modeloptim.torch.quantization.backends import w4a16
@@ -44,8 +44,7 @@ def main() -> None:
     )
 
     def bench(fn, nbytes: int, label: str) -> None:
-        fn(0)
-        t = do_bench_cudagraph(lambda: [fn(i) for i in range(copies)], rep=40) / copies * 1e3
+        t = graph_us(fn, copies, 40)
         print(f"| {label} | {t:.1f} | {nbytes / t / 1e3:.0f} |", flush=True)
 
     print("| case | us | GB/s |")

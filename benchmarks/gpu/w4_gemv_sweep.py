@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import triton
-from triton.testing import do_bench_cudagraph
+from _timing import graph_us  # type: ignore[import-not-found]
 
 from modeloptim.torch.quantization import backends as B
 from modeloptim.torch.quantization.backends import w4a16
@@ -160,10 +160,7 @@ def main() -> None:
     defaults = {key: getattr(w4a16, key) for key in {*BASE, "GEMV_DOT_BLOCK_N", "GEMV_ILV_BLOCK_N"}}
 
     def bench(fn: Any) -> float:
-        """Per-call us replayed from a CUDA graph of all copies (no host launch cost)."""
-        fn(0)  # compile outside the capture
-        t = do_bench_cudagraph(lambda: [fn(i) for i in range(copies)], rep=a.rep_ms)
-        return float(t) / copies * 1e3
+        return graph_us(fn, copies, a.rep_ms)
 
     def rel(y: torch.Tensor) -> float:
         return ((y.double() - ref).norm() / ref.norm()).item()

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import triton
-from triton.testing import do_bench_cudagraph
+from _timing import graph_us  # type: ignore[import-not-found]
 
 from modeloptim.torch.quantization import backends as B
 from modeloptim.torch.quantization.backends import w4a16
@@ -55,9 +55,7 @@ def main() -> None:
     qws = [B.quantize_int4(w, 128) for w in ws]
 
     def bench(fn: Any) -> float:
-        fn(0)
-        t = do_bench_cudagraph(lambda: [fn(i) for i in range(copies)], rep=40)
-        return float(t) / copies * 1e3
+        return graph_us(fn, copies)
 
     print("| M | case | us | x bf16 | rel err |\n| --- | --- | --- | --- | --- |")
     for m in (int(v) for v in a.ms.split(",")):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,10 +15,20 @@ def qwen2_moe(num_experts: int = 8, top_k: int = 2, seed: int = 0, layers: int =
     import transformers
 
     cfg = transformers.Qwen2MoeConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
-        shared_expert_intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, num_experts=num_experts, num_experts_per_tok=top_k,
-        max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=num_experts,
+        num_experts_per_tok=top_k,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
     )
     torch.manual_seed(seed)
     return transformers.Qwen2MoeForCausalLM(cfg).eval()
@@ -27,21 +38,36 @@ def family_model(family: str, seed: int = 0) -> nn.Module:
     """One tiny model per MoE family (hidden 32, 4 experts, top-2)."""
     import transformers
 
-    common = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
-              "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}
+    common = {
+        "vocab_size": 64,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "pad_token_id": 1,
+    }
     cfgs: dict[str, Callable[[], object]] = {
         "qwen2_moe": lambda: transformers.Qwen2MoeConfig(
-            **common, moe_intermediate_size=16, shared_expert_intermediate_size=32,
-            num_experts=4, num_experts_per_tok=2),
+            **common,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=32,
+            num_experts=4,
+            num_experts_per_tok=2,
+        ),
         "qwen3_moe": lambda: transformers.Qwen3MoeConfig(
-            **common, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2),
+            **common, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2
+        ),
         "mixtral": lambda: transformers.MixtralConfig(
-            **common, num_local_experts=4, num_experts_per_tok=2),
+            **common, num_local_experts=4, num_experts_per_tok=2
+        ),
         "olmoe": lambda: transformers.OlmoeConfig(**common, num_experts=4, num_experts_per_tok=2),
         # transposed [E, in, out] weights, biases, interleaved gate/up, clamped SwiGLU
         "gpt_oss": lambda: transformers.GptOssConfig(
-            **common, num_local_experts=4, num_experts_per_tok=2, head_dim=8),
+            **common, num_local_experts=4, num_experts_per_tok=2, head_dim=8
+        ),
     }
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(cfgs[family]())
@@ -67,6 +93,22 @@ def lm_loop(batches: list[torch.Tensor]) -> Callable[[nn.Module], None]:
                 model(input_ids=ids)
 
     return loop
+
+
+def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The model's logits for token ids ``ids`` ``[batch, seq]`` (no grad)."""
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def safetensors_in(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the ``*.safetensors`` files in ``folder``, by name."""
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
 
 
 def experts_of(model: nn.Module) -> list[nn.Module]:

@@ -8,12 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 import modeloptim.torch.quantization as mtq
 
-from ._hf_moe import experts_of, family_model, lm_loop, one_thread, qwen2_moe, token_batches
+from ._hf_moe import (
+    experts_of,
+    family_model,
+    lm_loop,
+    logits,
+    one_thread,
+    qwen2_moe,
+    safetensors_in,
+    token_batches,
+)
 
 pytest.importorskip("transformers")
 
@@ -42,15 +50,7 @@ def _quantized(family: str, preset: str) -> nn.Module:
 
 
 def _logits(model: nn.Module) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=IDS[1]).logits
-
-
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
+    return logits(model, IDS[1])
 
 
 def _fp8_qdq(x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
@@ -60,10 +60,13 @@ def _fp8_qdq(x: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("family", "preset"),
-    [("qwen2_moe", p) for p in ALGOS] + [("gpt_oss", "FP8_DEFAULT_CFG"),
-                                         ("gpt_oss", "INT4_AWQ_CFG"),
-                                         ("mixtral", "NVFP4_DEFAULT_CFG"),
-                                         ("qwen3_moe", "W4A8_AWQ_BETA_CFG")],
+    [("qwen2_moe", p) for p in ALGOS]
+    + [
+        ("gpt_oss", "FP8_DEFAULT_CFG"),
+        ("gpt_oss", "INT4_AWQ_CFG"),
+        ("mixtral", "NVFP4_DEFAULT_CFG"),
+        ("qwen3_moe", "W4A8_AWQ_BETA_CFG"),
+    ],
 )
 def test_roundtrip_is_exact_with_unfused_expert_names(
     tmp_path: Path, family: str, preset: str
@@ -73,7 +76,7 @@ def test_roundtrip_is_exact_with_unfused_expert_names(
     assert report.quant_algo == ALGOS[preset]
     loaded = load_hf_checkpoint(tmp_path / "c")
     torch.testing.assert_close(_logits(loaded), _logits(model), rtol=0, atol=0)
-    t = _tensors(tmp_path / "c")
+    t = safetensors_in(tmp_path / "c")
     experts = [n for n, m in model.named_modules() if m in experts_of(model)]
     for name in experts:
         assert f"{name}.gate_up_proj" not in t  # no 3-D tensor: engines read per expert
@@ -84,12 +87,14 @@ def test_roundtrip_is_exact_with_unfused_expert_names(
                 assert f"{name}.{e}.{part}.weight_scale" in t
             if preset not in ("INT4_AWQ_CFG", "MXFP8_DEFAULT_CFG"):  # no static input scale
                 # one input scale for the fused gate/up (w13) of each expert
-                assert torch.equal(t[f"{name}.{e}.gate_proj.input_scale"],
-                                   t[f"{name}.{e}.up_proj.input_scale"])
+                assert torch.equal(
+                    t[f"{name}.{e}.gate_proj.input_scale"], t[f"{name}.{e}.up_proj.input_scale"]
+                )
         if f"{name}.0.down_proj.input_scale" in t:  # one w2 activation scale per MoE layer
             for e in range(1, 4):
-                assert torch.equal(t[f"{name}.{e}.down_proj.input_scale"],
-                                   t[f"{name}.0.down_proj.input_scale"])
+                assert torch.equal(
+                    t[f"{name}.{e}.down_proj.input_scale"], t[f"{name}.0.down_proj.input_scale"]
+                )
     hfq = json.loads((tmp_path / "c" / "hf_quant_config.json").read_text())["quantization"]
     assert not any("experts" in m for m in hfq["exclude_modules"])
 
@@ -102,12 +107,15 @@ def test_fp8_expert_tensors_decode_by_hand(tmp_path: Path, family: str) -> None:
     raw = {p: getattr(experts, p).detach().clone() for p in ("gate_up_proj", "down_proj")}
     bias = experts._parameters.get("gate_up_proj_bias")
     export_hf_checkpoint(model, tmp_path / "c")
-    t = _tensors(tmp_path / "c")
+    t = safetensors_in(tmp_path / "c")
     for e in range(4):
         # [out, in] of this expert, by hand from the stored layout
         w = raw["gate_up_proj"][e].T if family == "gpt_oss" else raw["gate_up_proj"][e]
-        rows = {"gate_proj": w[0::2], "up_proj": w[1::2]} if family == "gpt_oss" else \
-            {"gate_proj": w[: w.shape[0] // 2], "up_proj": w[w.shape[0] // 2 :]}
+        rows = (
+            {"gate_proj": w[0::2], "up_proj": w[1::2]}
+            if family == "gpt_oss"
+            else {"gate_proj": w[: w.shape[0] // 2], "up_proj": w[w.shape[0] // 2 :]}
+        )
         amax = w.abs().amax()  # one per-tensor amax for the fused gate/up of expert e
         for part, wp in rows.items():
             key = f"{name}.{e}.{part}"
@@ -117,11 +125,13 @@ def test_fp8_expert_tensors_decode_by_hand(tmp_path: Path, family: str) -> None:
             if bias is not None:
                 sl = slice(0, None, 2) if part == "gate_proj" else slice(1, None, 2)
                 assert torch.equal(t[f"{key}.bias"], bias[e, sl].detach())
-        assert torch.equal(t[f"{name}.{e}.gate_proj.weight_scale"],
-                           t[f"{name}.{e}.up_proj.weight_scale"])
+        assert torch.equal(
+            t[f"{name}.{e}.gate_proj.weight_scale"], t[f"{name}.{e}.up_proj.weight_scale"]
+        )
         iq = experts.expert(e).gate_up_proj.input_quantizer
-        torch.testing.assert_close(t[f"{name}.{e}.gate_proj.input_scale"].float(),
-                                   iq.amax.float() / 448, rtol=1e-6, atol=0)
+        torch.testing.assert_close(
+            t[f"{name}.{e}.gate_proj.input_scale"].float(), iq.amax.float() / 448, rtol=1e-6, atol=0
+        )
 
 
 def test_unquantized_experts_are_written_in_float_and_excluded(tmp_path: Path) -> None:
@@ -134,7 +144,7 @@ def test_unquantized_experts_are_written_in_float_and_excluded(tmp_path: Path) -
     for e in range(4):
         for part in ("gate_proj", "up_proj", "down_proj"):
             assert f"{p}.{e}.{part}" in report.excluded
-    t = _tensors(tmp_path / "c")
+    t = safetensors_in(tmp_path / "c")
     raw = experts_of(model)[1].gate_up_proj.detach()
     assert torch.equal(t[f"{p}.2.up_proj.weight"], raw[2, 32:])
     assert t["model.layers.0.mlp.experts.2.up_proj.weight"].dtype == torch.float8_e4m3fn
@@ -159,7 +169,7 @@ def test_expert_smoothing_factors_are_unified_for_the_fused_kernel(tmp_path: Pat
         experts.gate_up_proj[1].div_(s)
         iq.pre_quant_scale = iq.pre_quant_scale * s
     export_hf_checkpoint(model, tmp_path / "c")
-    t = _tensors(tmp_path / "c")
+    t = safetensors_in(tmp_path / "c")
     name = "model.layers.0.mlp.experts"
     first = t[f"{name}.0.gate_proj.pre_quant_scale"]
     for e in range(4):
