@@ -42,8 +42,14 @@ def _model(tiny: bool):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512,
-                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=512,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     return LlamaForCausalLM(cfg).eval(), None
 
 
@@ -107,10 +113,23 @@ def main() -> None:
     base_bytes = _size(tmp / "float")
     base_mem = weight_nbytes(base)
     table = Table(title=f"export round trip ({'tiny Llama' if args.tiny else 'SmolLM2-135M'})")
-    for col in ("format", "quant_algo", "bits/qweight", "file MB", "vs float",
-                "export s", "vs save_pretrained", "reload s", "max |dlogit|",
-                "old rule |dlogit|", "snapped", "snap |dlogit|", "quant |dlogit|", "mem MB",
-                "mem vs float"):
+    for col in (
+        "format",
+        "quant_algo",
+        "bits/qweight",
+        "file MB",
+        "vs float",
+        "export s",
+        "vs save_pretrained",
+        "reload s",
+        "max |dlogit|",
+        "old rule |dlogit|",
+        "snapped",
+        "snap |dlogit|",
+        "quant |dlogit|",
+        "mem MB",
+        "mem vs float",
+    ):
         table.add_column(col)
     for name in args.formats:
         model = copy.deepcopy(base)
@@ -134,16 +153,29 @@ def main() -> None:
         compress(model)
         mem = weight_nbytes(model)
         size = _size(tmp / name)
-        table.add_row(name, rep.quant_algo, f"{rep.quantized_weight_bits:.3f}",
-                      f"{size / 2**20:.1f}", f"{size / base_bytes:.3f}", f"{exp_s:.1f}",
-                      f"{exp_s / base_s:.2f}x", f"{load_s:.1f}", f"{float(err):.2e}",
-                      f"{float(old_err):.2e}", str(len(rep.snapped)), f"{float(snap_err):.2e}",
-                      f"{float(quant_err):.2e}",
-                      f"{mem / 2**20:.1f}", f"{mem / base_mem:.3f}")
+        table.add_row(
+            name,
+            rep.quant_algo,
+            f"{rep.quantized_weight_bits:.3f}",
+            f"{size / 2**20:.1f}",
+            f"{size / base_bytes:.3f}",
+            f"{exp_s:.1f}",
+            f"{exp_s / base_s:.2f}x",
+            f"{load_s:.1f}",
+            f"{float(err):.2e}",
+            f"{float(old_err):.2e}",
+            str(len(rep.snapped)),
+            f"{float(snap_err):.2e}",
+            f"{float(quant_err):.2e}",
+            f"{mem / 2**20:.1f}",
+            f"{mem / base_mem:.3f}",
+        )
         del model, loaded
     Console(width=200).print(table)
-    print(f"baseline: save_pretrained float {base_bytes / 2**20:.1f} MB in {base_s:.1f} s; "
-          f"float weights in memory {base_mem / 2**20:.1f} MB")
+    print(
+        f"baseline: save_pretrained float {base_bytes / 2**20:.1f} MB in {base_s:.1f} s; "
+        f"float weights in memory {base_mem / 2**20:.1f} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -60,8 +60,15 @@ class Net(nn.Module):
         return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
 
 
-def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float,
-          bs: int = 128, seed: int = 0) -> None:
+def train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    lr: float,
+    bs: int = 128,
+    seed: int = 0,
+) -> None:
     """SGD + momentum with a cosine schedule."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
@@ -71,7 +78,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: f
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=g)
         for i in range(len(x) // bs):
-            idx = perm[i * bs:(i + 1) * bs]
+            idx = perm[i * bs : (i + 1) * bs]
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
@@ -84,8 +91,10 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: f
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Top-1 accuracy in percent."""
     model.eval()
-    correct = sum(int((model(x[i:i + 1000]).argmax(1) == y[i:i + 1000]).sum())
-                  for i in range(0, len(x), 1000))
+    correct = sum(
+        int((model(x[i : i + 1000]).argmax(1) == y[i : i + 1000]).sum())
+        for i in range(0, len(x), 1000)
+    )
     return 100.0 * correct / len(x)
 
 
@@ -96,8 +105,13 @@ def prune_torch_pruning(model: nn.Module, example: torch.Tensor, target: float) 
     f0 = count_flops(model, example)
     for ratio in np.arange(0.05, 0.95, 0.01):
         m = copy.deepcopy(model)
-        pruner = tp.pruner.MagnitudePruner(m, example, importance=tp.importance.MagnitudeImportance(
-            p=1), pruning_ratio=float(ratio), ignored_layers=[m.fc2])
+        pruner = tp.pruner.MagnitudePruner(
+            m,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=float(ratio),
+            ignored_layers=[m.fc2],
+        )
         pruner.step()
         if count_flops(m, example) <= target * f0:
             return m
@@ -130,11 +144,18 @@ def main() -> None:
     target = float(args.target.rstrip("%")) / 100
 
     t = time.time()
-    calib = [xtr[i:i + 256] for i in range(0, 2048, 256)]
-    ours, state = mtp.prune(copy.deepcopy(model), [("fastnas", {"channel_divisor": 4})],
-                            {"flops": args.target}, example,
-                            {"score_func": lambda m: accuracy(m, xval[:2000], yval[:2000]),
-                             "data_loader": calib, "num_candidates": args.candidates})
+    calib = [xtr[i : i + 256] for i in range(0, 2048, 256)]
+    ours, state = mtp.prune(
+        copy.deepcopy(model),
+        [("fastnas", {"channel_divisor": 4})],
+        {"flops": args.target},
+        example,
+        {
+            "score_func": lambda m: accuracy(m, xval[:2000], yval[:2000]),
+            "data_loader": calib,
+            "num_candidates": args.candidates,
+        },
+    )
     t_search = time.time() - t
     ours_oneshot = accuracy(ours, xte, yte)
     t = time.time()
@@ -143,20 +164,40 @@ def main() -> None:
     tp_oneshot = accuracy(tp_model, xte, yte)
     train(ours, xtr, ytr, args.ft_epochs, 0.01, seed=1)
     train(tp_model, xtr, ytr, args.ft_epochs, 0.01, seed=1)
-    rows = [("unpruned", base_acc, None, f0, p0, 0.0),
-            ("modeloptim fastnas", accuracy(ours, xte, yte), ours_oneshot,
-             count_flops(ours, example), count_params(ours), t_search),
-            ("torch-pruning L1", accuracy(tp_model, xte, yte), tp_oneshot,
-             count_flops(tp_model, example), count_params(tp_model), t_tp)]
+    rows = [
+        ("unpruned", base_acc, None, f0, p0, 0.0),
+        (
+            "modeloptim fastnas",
+            accuracy(ours, xte, yte),
+            ours_oneshot,
+            count_flops(ours, example),
+            count_params(ours),
+            t_search,
+        ),
+        (
+            "torch-pruning L1",
+            accuracy(tp_model, xte, yte),
+            tp_oneshot,
+            count_flops(tp_model, example),
+            count_params(tp_model),
+            t_tp,
+        ),
+    ]
     print(f"\ntarget {args.target} FLOPs, fine-tune {args.ft_epochs} epoch(s) for both\n")
-    print(f"{'model':<20} {'test acc':>9} {'one-shot':>9} {'FLOPs':>12} {'FLOPs %':>8} "
-          f"{'params':>9} {'prune s':>8}")
+    print(
+        f"{'model':<20} {'test acc':>9} {'one-shot':>9} {'FLOPs':>12} {'FLOPs %':>8} "
+        f"{'params':>9} {'prune s':>8}"
+    )
     for name, acc, one, fl, pa, sec in rows:
         one_s = f"{one:.2f}" if one is not None else "-"
-        print(f"{name:<20} {acc:>9.2f} {one_s:>9} {fl:>12,} {100 * fl / f0:>7.1f}% "
-              f"{pa:>9,} {sec:>8.1f}")
-    print(f"\nmodeloptim - unpruned: {rows[1][1] - base_acc:+.2f} points; "
-          f"modeloptim - torch-pruning: {rows[1][1] - rows[2][1]:+.2f} points")
+        print(
+            f"{name:<20} {acc:>9.2f} {one_s:>9} {fl:>12,} {100 * fl / f0:>7.1f}% "
+            f"{pa:>9,} {sec:>8.1f}"
+        )
+    print(
+        f"\nmodeloptim - unpruned: {rows[1][1] - base_acc:+.2f} points; "
+        f"modeloptim - torch-pruning: {rows[1][1] - rows[2][1]:+.2f} points"
+    )
     print("subnet:", state["best"]["subnet"])
 
 

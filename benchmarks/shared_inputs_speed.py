@@ -35,8 +35,10 @@ def _timed(fn: Any) -> tuple[Any, float]:
 
 def main(names: list[str]) -> None:
     torch.set_num_threads(1)
-    print(f"{'model':<16}{'groups':>7}{'graph':>6}{'multi':>6}{'diff':>6}"
-          f"{'graph (s)':>10}{'runtime (s)':>12}{'ratio':>7}")
+    print(
+        f"{'model':<16}{'groups':>7}{'graph':>6}{'multi':>6}{'diff':>6}"
+        f"{'graph (s)':>10}{'runtime (s)':>12}{'ratio':>7}"
+    )
     for name in names:
         model, example = zoo.build(name)
         args, kwargs = normalize_example(example)
@@ -45,14 +47,17 @@ def main(names: list[str]) -> None:
             m(*a, **k)
 
         with torch.no_grad():
-            graph, t_graph = _timed(lambda m=model, a=args, k=kwargs: shared_input_groups(
-                m, (a, k)))
+            graph, t_graph = _timed(
+                lambda m=model, a=args, k=kwargs: shared_input_groups(m, (a, k))
+            )
             runtime, t_rt = _timed(lambda m=model, r=run: find_shared_input_groups(m, r))
         n_graph = sum(g.source.value == "graph" for g in graph)
         multi = sum(len(g.names) > 1 for g in graph)
         diff = len(_summary(graph) - _summary(runtime))
-        print(f"{name:<16}{len(graph):>7}{n_graph:>6}{multi:>6}{diff:>6}"
-              f"{t_graph:>10.3f}{t_rt:>12.3f}{t_graph / t_rt:>7.1f}")
+        print(
+            f"{name:<16}{len(graph):>7}{n_graph:>6}{multi:>6}{diff:>6}"
+            f"{t_graph:>10.3f}{t_rt:>12.3f}{t_graph / t_rt:>7.1f}"
+        )
 
 
 if __name__ == "__main__":

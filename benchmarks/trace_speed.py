@@ -27,8 +27,20 @@ def _build(name: str):
         return cls().eval(), make_x()
     return zoo.build(name)
 
-DEFAULT = ["resnet", "mobilenetv2", "convnext", "efficientnet", "regnet", "vit", "swin", "bert",
-           "gpt2", "llama-tiny", "smollm2-config"]
+
+DEFAULT = [
+    "resnet",
+    "mobilenetv2",
+    "convnext",
+    "efficientnet",
+    "regnet",
+    "vit",
+    "swin",
+    "bert",
+    "gpt2",
+    "llama-tiny",
+    "smollm2-config",
+]
 
 
 def _best(fn, repeats: int) -> float:
@@ -42,8 +54,10 @@ def _best(fn, repeats: int) -> float:
 
 def main(names: list[str]) -> None:
     torch.set_num_threads(1)
-    print(f"{'model':<18}{'groups':>7}{'frozen':>7}{'ours (s)':>10}{'fx (s)':>9}{'ratio':>7}"
-          f"{'eager fwd (s)':>14}  note")
+    print(
+        f"{'model':<18}{'groups':>7}{'frozen':>7}{'ours (s)':>10}{'fx (s)':>9}{'ratio':>7}"
+        f"{'eager fwd (s)':>14}  note"
+    )
     for name in names:
         model, example = _build(name)
         repeats = 1 if name == "smollm2-config" else 3
@@ -60,8 +74,10 @@ def main(names: list[str]) -> None:
         args = args if isinstance(args, tuple) else (args,)
         with torch.no_grad():
             fwd = _best(lambda m=model, a=args, k=kwargs: m(*a, **k), repeats)
-        print(f"{name:<18}{len(res.searchable_groups):>7}{len(res.frozen_groups):>7}"
-              f"{ours:10.3f}{base_s}{ratio}{fwd:14.3f}  {note}")
+        print(
+            f"{name:<18}{len(res.searchable_groups):>7}{len(res.frozen_groups):>7}"
+            f"{ours:10.3f}{base_s}{ratio}{fwd:14.3f}  {note}"
+        )
 
 
 if __name__ == "__main__":

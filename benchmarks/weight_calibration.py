@@ -64,8 +64,9 @@ def build(kind: str) -> tuple[nn.Module, Callable[[nn.Module], None]]:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def quantize_once(model: nn.Module, preset: str, loop: Callable[[nn.Module], None],
-                  clock: str = "wall") -> tuple[float, dict[str, torch.Tensor]]:
+def quantize_once(
+    model: nn.Module, preset: str, loop: Callable[[nn.Module], None], clock: str = "wall"
+) -> tuple[float, dict[str, torch.Tensor]]:
     """Seconds of one ``mtq.quantize`` on a copy, and the amax of every quantizer."""
     m = copy.deepcopy(model)
     tick = CLOCKS[clock]
@@ -82,8 +83,12 @@ def main() -> None:
     parser.add_argument("--model", choices=["linear", "smollm2"], default="linear")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="wall time, or process CPU time (steadier on a shared machine)")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall time, or process CPU time (steadier on a shared machine)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,8 +106,10 @@ def main() -> None:
             with full_tensor_check():
                 old.append(quantize_once(model, preset, loop, args.clock)[0])
         rows.append((preset, min(new), min(old), min(old) / min(new)))
-    print(f"\nmtq.quantize on {args.model}, {torch.get_num_threads()} threads, "
-          f"{args.clock} clock, min of {args.repeat}")
+    print(
+        f"\nmtq.quantize on {args.model}, {torch.get_num_threads()} threads, "
+        f"{args.clock} clock, min of {args.repeat}"
+    )
     print(f"{'preset':<34}{'reduced check s':>16}{'full check s':>14}{'speedup':>9}")
     for preset, new_s, old_s, ratio in rows:
         print(f"{preset:<34}{new_s:>16.3f}{old_s:>14.3f}{ratio:>8.2f}x")

@@ -43,7 +43,8 @@ def load(split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
     with gzip.open(DATA / f"{prefix}-labels-idx1-ubyte.gz") as f:
         y = np.frombuffer(f.read(), np.uint8, offset=8)[:limit]
     return (torch.from_numpy(x.copy()).float() / 255 - 0.286) / 0.353, torch.from_numpy(
-        y.astype(np.int64))
+        y.astype(np.int64)
+    )
 
 
 class Net(nn.Module):
@@ -73,7 +74,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: f
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x) - 127, 128):
-            idx = perm[i:i + 128]
+            idx = perm[i : i + 128]
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
@@ -108,16 +109,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     acc = {"float": accuracy(model, xte, yte)}
     flops0 = count_flops(model, example)
 
-    model, _ = mtp.prune(model, "fastnas", {"flops": args.flops}, example,
-                         {"score_func": lambda m: accuracy(m, xval, yval),
-                          "data_loader": [xtr[i:i + 256] for i in range(0, 1024, 256)],
-                          "num_candidates": args.candidates})
+    model, _ = mtp.prune(
+        model,
+        "fastnas",
+        {"flops": args.flops},
+        example,
+        {
+            "score_func": lambda m: accuracy(m, xval, yval),
+            "data_loader": [xtr[i : i + 256] for i in range(0, 1024, 256)],
+            "num_candidates": args.candidates,
+        },
+    )
     train(model, xtr, ytr, 1, 0.01)
     acc["pruned"] = accuracy(model, xte, yte)
 
     def forward_loop(m: nn.Module) -> None:
         for i in range(0, 1024, 256):
-            m(xtr[i:i + 256])
+            m(xtr[i : i + 256])
 
     with torch.no_grad():
         model = mtq.quantize(model, copy.deepcopy(mtq.INT8_DEFAULT_CFG), forward_loop)
@@ -128,22 +136,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         restored = mto.restore(Net().eval(), f"{tmp}/model.pth")
         with torch.no_grad():
             same = torch.equal(restored(xte[:256]), model(xte[:256]))
-        export_onnx(model, (xte[:1],), f"{tmp}/model.onnx",
-                    dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+        export_onnx(
+            model,
+            (xte[:1],),
+            f"{tmp}/model.onnx",
+            dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+        )
         import onnxruntime as ort
 
         sess = ort.InferenceSession(f"{tmp}/model.onnx", providers=["CPUExecutionProvider"])
         (onnx_logits,) = sess.run(None, {sess.get_inputs()[0].name: xte.numpy()})
     with torch.no_grad():
-        agree = float((torch.from_numpy(onnx_logits).argmax(1) == model(xte).argmax(1))
-                      .float().mean()) * 100
+        agree = (
+            float((torch.from_numpy(onnx_logits).argmax(1) == model(xte).argmax(1)).float().mean())
+            * 100
+        )
 
     print(f"\n{'model':<14}{'test acc %':>11}")
     for name, a in acc.items():
         print(f"{name:<14}{a:>11.2f}")
-    print(f"FLOPs: {count_flops(restored, example) / flops0:.0%} of the float model; "
-          f"mto.restore reproduces outputs exactly: {same}; "
-          f"onnxruntime top-1 agrees with PyTorch on {agree:.2f}% of test images")
+    print(
+        f"FLOPs: {count_flops(restored, example) / flops0:.0%} of the float model; "
+        f"mto.restore reproduces outputs exactly: {same}; "
+        f"onnxruntime top-1 agrees with PyTorch on {agree:.2f}% of test images"
+    )
     return {**acc, "onnx_agreement": agree, "restore_exact": float(same)}
 
 

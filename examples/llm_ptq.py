@@ -36,8 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (defaults: a run of a few minutes on two CPU cores)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default", help="'default' (SmolLM2-135M) or a HF folder")
-    ap.add_argument("--preset", default="FP8_DEFAULT_CFG", choices=sorted(mtq.PRESETS),
-                    help="quantization preset (ModelOpt name)")
+    ap.add_argument(
+        "--preset",
+        default="FP8_DEFAULT_CFG",
+        choices=sorted(mtq.PRESETS),
+        help="quantization preset (ModelOpt name)",
+    )
     ap.add_argument("--seq-len", type=int, default=256, help="tokens per window")
     ap.add_argument("--calib-windows", type=int, default=16, help="calibration windows")
     ap.add_argument("--eval-windows", type=int, default=16, help="evaluation windows")
@@ -50,16 +54,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     torch.manual_seed(0)
     model, tok = load_model(args.model)
-    calib = token_windows(tok, stdlib_docstring_corpus(CorpusSplit.CALIB), args.seq_len,
-                          args.calib_windows)
-    evals = token_windows(tok, stdlib_docstring_corpus(CorpusSplit.EVAL), args.seq_len,
-                          args.eval_windows)
+    calib = token_windows(
+        tok, stdlib_docstring_corpus(CorpusSplit.CALIB), args.seq_len, args.calib_windows
+    )
+    evals = token_windows(
+        tok, stdlib_docstring_corpus(CorpusSplit.EVAL), args.seq_len, args.eval_windows
+    )
     ppl_fp = perplexity(model, evals, batch_size=4)
 
     def forward_loop(m: torch.nn.Module) -> None:
         with torch.no_grad():
             for i in range(0, len(calib), 4):
-                m(input_ids=calib[i:i + 4])
+                m(input_ids=calib[i : i + 4])
 
     start = time.perf_counter()
     model = mtq.quantize(model, copy.deepcopy(mtq.PRESETS[args.preset]), forward_loop)

@@ -41,14 +41,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         # Default: uint8 activations x int8 weights, what onnxruntime's x86 kernels run
         # fastest; for TensorRT pass activation_type="int8" (symmetric, zero point 0).
-        int8 = quantize(src, "int8", calibration_data=calib,
-                        output_path=Path(tmp) / "int8.onnx")
+        int8 = quantize(src, "int8", calibration_data=calib, output_path=Path(tmp) / "int8.onnx")
         agreement["int8"] = float((top1(int8.output_path, test) == reference).mean())
-        fp16 = convert_to_mixed_precision(src, "fp16", reference_data=calib,
-                                          output_path=Path(tmp) / "fp16.onnx")
+        fp16 = convert_to_mixed_precision(
+            src, "fp16", reference_data=calib, output_path=Path(tmp) / "fp16.onnx"
+        )
         agreement["fp16"] = float((top1(fp16.output_path, test) == reference).mean())
-        sizes = {name: Path(p).stat().st_size / 1e6 for name, p in
-                 (("fp32", src), ("int8", int8.output_path), ("fp16", fp16.output_path))}
+        sizes = {
+            name: Path(p).stat().st_size / 1e6
+            for name, p in (("fp32", src), ("int8", int8.output_path), ("fp16", fp16.output_path))
+        }
     print(f"\n{'model':<6}{'top-1 agreement with fp32':>28}{'MB':>8}")
     print(f"{'fp32':<6}{1.0:>28.4f}{sizes['fp32']:>8.2f}")
     for name, a in agreement.items():

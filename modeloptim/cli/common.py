@@ -56,16 +56,18 @@ def add_command(
     )
 
 
-def register_delegated(subparsers: Any, name: str, module: str, *, help: str,
-                       description: str) -> None:
+def register_delegated(
+    subparsers: Any, name: str, module: str, *, help: str, description: str
+) -> None:
     """Add subcommand ``name`` run by ``module``'s ``EXAMPLE``, ``add_arguments`` and ``run``.
 
     For packages that also ship their own ``python -m`` entry point (the ONNX tools): both
     entry points then share one argument set and one ``run``.
     """
     target = importlib.import_module(module)
-    parser = add_command(subparsers, name, help=help, description=description,
-                         epilog=target.EXAMPLE)
+    parser = add_command(
+        subparsers, name, help=help, description=description, epilog=target.EXAMPLE
+    )
     target.add_arguments(parser)
     parser.set_defaults(func=target.run)
 

@@ -15,8 +15,7 @@ from typing import Any
 from modeloptim.cli.common import positive_int
 from modeloptim.cli.main import CliError
 
-__all__ = ["LoadedLM", "add_model_arguments", "load_lm", "load_texts", "weight_memory",
-           "windows"]
+__all__ = ["LoadedLM", "add_model_arguments", "load_lm", "load_texts", "weight_memory", "windows"]
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, evaluate: bool = True) -> None:

@@ -99,7 +99,6 @@ def run_eval(args: argparse.Namespace) -> int:
         print(
             f"{report['model']} ({report['format'] or 'float'}): perplexity {ppl:.3f} over "
             f"{report['eval_tokens']} tokens, weights {memory['megabytes']:.1f} MB "
-            f"({memory['effective_bits']:.2f} bits/weight), "
-            + format_seconds(seconds)
+            f"({memory['effective_bits']:.2f} bits/weight), " + format_seconds(seconds)
         )
     return 0

@@ -137,8 +137,10 @@ def _print(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(report)
         return
-    rows = [(key, str(report[key])) for key in
-            ("format", "layout", "quant_algo", "kv_cache_quant_algo", "quantized_layers")]
+    rows = [
+        (key, str(report[key]))
+        for key in ("format", "layout", "quant_algo", "kv_cache_quant_algo", "quantized_layers")
+    ]
     rows += [
         ("excluded", ", ".join(report["excluded"]) or "-"),
         ("checkpoint size (MB)", f"{report['weight_bytes'] / 2**20:.1f}"),
@@ -146,5 +148,6 @@ def _print(report: dict[str, Any], as_json: bool) -> None:
         ("files", ", ".join(report["files"])),
         ("time (s)", format_seconds(report["seconds"])),
     ]
-    print_table(f"modeloptim export: {report['model']} -> {report['export_dir']}",
-                ("field", "value"), rows)
+    print_table(
+        f"modeloptim export: {report['model']} -> {report['export_dir']}", ("field", "value"), rows
+    )

@@ -17,17 +17,22 @@ EXAMPLE = """examples:
 
 def register(sub: Any) -> None:
     """Add the ``prune`` subcommand."""
-    p = add_command(sub, "prune", help="structured pruning to a FLOPs/params budget",
-                    description="Remove channels/heads/FFN width/hidden size under a budget "
-                    "and print the sizes before and after. Without a score function the "
-                    "most important channels (by the mode's criterion) are kept.",
-                    epilog=EXAMPLE)
+    p = add_command(
+        sub,
+        "prune",
+        help="structured pruning to a FLOPs/params budget",
+        description="Remove channels/heads/FFN width/hidden size under a budget "
+        "and print the sizes before and after. Without a score function the "
+        "most important channels (by the mode's criterion) are kept.",
+        epilog=EXAMPLE,
+    )
     add_model_spec_arguments(p, "resnet, mobilenetv2, vit, llama-tiny")
     p.add_argument("--mode", default="fastnas", choices=["fastnas", "gradnas", "minitron"])
     p.add_argument("--flops", default=None, help="FLOPs budget, e.g. 50%% or 1e9")
     p.add_argument("--params", default=None, help="parameter budget, e.g. 75%% or 1e6")
-    p.add_argument("--channel-divisor", type=int, default=None,
-                   help="chosen widths are multiples of this")
+    p.add_argument(
+        "--channel-divisor", type=int, default=None, help="chosen widths are multiples of this"
+    )
     p.add_argument("-o", "--output", default=None, help="save the pruned model (mto.save)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
@@ -40,8 +45,9 @@ def _budget(text: str, flag: str) -> str | float:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"{flag}: expected a percentage like 50% or a number, got {text!r}"
-                         ) from None
+        raise ValueError(
+            f"{flag}: expected a percentage like 50% or a number, got {text!r}"
+        ) from None
 
 
 def _sizes(model: Any) -> dict[str, list[int]]:
@@ -77,20 +83,40 @@ def run(args: argparse.Namespace) -> int:
     changed = {n: [old[n], s] for n, s in _sizes(pruned).items() if n in old and old[n] != s}
     if args.output:
         mto.save(pruned, args.output)
-    report = {"model": args.model, "mode": args.mode, "constraints": constraints,
-              "before": before, "after": after, "subnet": state["best"]["subnet"],
-              "changed_tensors": len(changed), "saved_to": args.output}
+    report = {
+        "model": args.model,
+        "mode": args.mode,
+        "constraints": constraints,
+        "before": before,
+        "after": after,
+        "subnet": state["best"]["subnet"],
+        "changed_tensors": len(changed),
+        "saved_to": args.output,
+    }
     if args.json:
         print_json(report)
         return 0
-    ratio = ("ratio", f"{after['params'] / before['params']:.3f}",
-             f"{after['flops'] / max(before['flops'], 1):.3f}")
-    print_table(f"modeloptim prune: {args.model} ({args.mode})", ("", "params", "FLOPs"),
-                [(k, f"{v['params']:,}", f"{v['flops']:,}")
-                 for k, v in (("before", before), ("after", after))] + [ratio])
+    ratio = (
+        "ratio",
+        f"{after['params'] / before['params']:.3f}",
+        f"{after['flops'] / max(before['flops'], 1):.3f}",
+    )
+    print_table(
+        f"modeloptim prune: {args.model} ({args.mode})",
+        ("", "params", "FLOPs"),
+        [
+            (k, f"{v['params']:,}", f"{v['flops']:,}")
+            for k, v in (("before", before), ("after", after))
+        ]
+        + [ratio],
+    )
     notes = [f"saved to {args.output} (restore with mto.restore)"] if args.output else []
-    print_table("kept channels per group", ("group", "kept"),
-                [(name, str(size)) for name, size in state["best"]["subnet"].items()], notes)
+    print_table(
+        "kept channels per group",
+        ("group", "kept"),
+        [(name, str(size)) for name, size in state["best"]["subnet"].items()],
+        notes,
+    )
     return 0
 
 

@@ -177,5 +177,9 @@ def print_report(report: dict[str, Any], as_json: bool) -> None:
     ]
     if report.get("output"):
         notes.append(f"saved to {report['output']}")
-    print_table(f"modeloptim quantize: {report['model']} -> {report['format']}",
-                ("metric", "before", "after"), rows, notes)
+    print_table(
+        f"modeloptim quantize: {report['model']} -> {report['format']}",
+        ("metric", "before", "after"),
+        rows,
+        notes,
+    )

@@ -19,10 +19,14 @@ EXAMPLE = """examples:
 
 def register(sub: Any) -> None:
     """Add the ``trace`` subcommand."""
-    p = add_command(sub, "trace", help="report which channels/heads/hidden sizes are tied",
-                    description="Trace a model with torch.fx and report its dependency "
-                    "groups: what can be pruned together, and why the rest is frozen.",
-                    epilog=EXAMPLE)
+    p = add_command(
+        sub,
+        "trace",
+        help="report which channels/heads/hidden sizes are tied",
+        description="Trace a model with torch.fx and report its dependency "
+        "groups: what can be pruned together, and why the rest is frozen.",
+        epilog=EXAMPLE,
+    )
     add_model_spec_arguments(p, "resnet, llama-tiny, smollm2-config")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)

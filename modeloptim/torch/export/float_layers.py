@@ -70,9 +70,7 @@ def is_float_layer(name: str, module: nn.Module) -> bool:
     if not isinstance(module, QuantModule):
         return False
     wq = module._modules.get("weight_quantizer")
-    return isinstance(wq, TensorQuantizer | SequentialQuantizer) and not layer_export(
-        name, module
-    )
+    return isinstance(wq, TensorQuantizer | SequentialQuantizer) and not layer_export(name, module)
 
 
 def _float_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -130,7 +130,8 @@ def harmonize_groups(model: nn.Module, groups: list[list[str]]) -> list[list[str
         # Members whose input is not quantized (e.g. a float gate next to MoE experts) are
         # left as they are; the others still need one scale for their fused kernel.
         kept = [
-            (n, m, q) for (n, m), q in zip(members, inqs, strict=True)
+            (n, m, q)
+            for (n, m), q in zip(members, inqs, strict=True)
             if isinstance(q, TensorQuantizer) and q.is_enabled
         ]
         if len(kept) < 2:
@@ -140,8 +141,11 @@ def harmonize_groups(model: nn.Module, groups: list[list[str]]) -> list[list[str
         qs = [q for _, _, q in kept]
         # Layers exported in float keep their own smoothing (folded into their float weight
         # by the export): only the quantized members share the fused kernel's factors.
-        quant = [i for i, (n, m) in enumerate(zip(names, mods, strict=True))
-                 if layer_export(n, m) is not None]
+        quant = [
+            i
+            for i, (n, m) in enumerate(zip(names, mods, strict=True))
+            if layer_export(n, m) is not None
+        ]
         touched = _unify_pre_quant_scale(
             [names[i] for i in quant], [mods[i] for i in quant], [qs[i] for i in quant]
         )

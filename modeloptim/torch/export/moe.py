@@ -134,8 +134,14 @@ def _part_spec(name: str, spec: LayerExport, rows: torch.Tensor) -> LayerExport:
     leaves = leaf_quantizers(wq)
     stages = [q for q in leaves if q.is_enabled]
     return LayerExport(
-        name, carrier, spec.weight_kind, spec.input_kind, spec.quant_algo, spec.group_size,
-        stages, spec.input_quantizer,
+        name,
+        carrier,
+        spec.weight_kind,
+        spec.input_kind,
+        spec.quant_algo,
+        spec.group_size,
+        stages,
+        spec.input_quantizer,
         # a copy each: gate and up parts share the fused input's tensor (safetensors refuses)
         None if spec.pre_quant_scale is None else spec.pre_quant_scale.detach().clone(),
     )
@@ -189,13 +195,20 @@ def collect_export_layers(model: nn.Module) -> tuple[list[LayerExport], list[str
     moe = expert_modules(model)
     if not moe:
         return layers, excluded
-    children = {f"{n}.{e}.{p}" for n, m in moe for e in range(int(m.num_experts))
-                for p in (m.__dict__["_first_proj"], "down_proj")}
+    children = {
+        f"{n}.{e}.{p}"
+        for n, m in moe
+        for e in range(int(m.num_experts))
+        for p in (m.__dict__["_first_proj"], "down_proj")
+    }
     by_name = {s.name: s for s in layers}
     for name, experts in moe:  # every check before any part is built
         for proj in (experts.__dict__["_first_proj"], "down_proj"):
-            specs = {e: by_name[f"{name}.{e}.{proj}"] for e in range(int(experts.num_experts))
-                     if f"{name}.{e}.{proj}" in by_name}
+            specs = {
+                e: by_name[f"{name}.{e}.{proj}"]
+                for e in range(int(experts.num_experts))
+                if f"{name}.{e}.{proj}" in by_name
+            }
             _check_expert_inputs(name, proj, specs)
     out = [s for s in layers if s.name not in children]
     for name, experts in moe:
@@ -283,7 +296,10 @@ def _set_activation_amax(q: TensorQuantizer, scale: torch.Tensor) -> None:
 
 
 def _load_part(
-    layer: nn.Module, key: str, tensors: dict[str, torch.Tensor], layers: dict[str, Any],
+    layer: nn.Module,
+    key: str,
+    tensors: dict[str, torch.Tensor],
+    layers: dict[str, Any],
     used: set[str],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(weight rows, bias rows)`` of one part; quantized parts also restore input scales."""

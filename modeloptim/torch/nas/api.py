@@ -51,8 +51,9 @@ def convert(model: nn.Module, mode: Any, dummy_input: Any = None) -> nn.Module:
 def choices(model: nn.Module) -> dict[str, list[int]]:
     """Allowed sizes per group of a converted model (from its mode config's ratios)."""
     space = space_of(model)
-    rec = next((r for r in reversed(ModeloptStateManager(model).records)
-                if r["mode"] in SPACE_MODES), None)
+    rec = next(
+        (r for r in reversed(ModeloptStateManager(model).records) if r["mode"] in SPACE_MODES), None
+    )
     cfg = rec["config"] if rec else {}
     ratios = cfg.get("ratios", [0.25, 0.5, 0.75, 1.0])
     overrides = cfg.get("group_ratios", {})
@@ -64,8 +65,12 @@ def choices(model: nn.Module) -> dict[str, list[int]]:
     return out
 
 
-def search(model: nn.Module, constraints: dict[str, Any], dummy_input: Any,
-           config: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def search(
+    model: nn.Module,
+    constraints: dict[str, Any],
+    dummy_input: Any,
+    config: dict[str, Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
     """Random + evolutionary search over the choices of a converted model.
 
     Args:
@@ -86,13 +91,19 @@ def search(model: nn.Module, constraints: dict[str, Any], dummy_input: Any,
     base = export_elastic(copy.deepcopy(model))
     budget = budget_for(base, constraints, dummy_input)
     ref = budget.reference
-    ev = SubnetEvaluator(base, space, keep_order(space, channel_importance(base, space,
-                                                                           "magnitude")),
-                         dummy_input, need_flops=budget.needs_flops)
+    ev = SubnetEvaluator(
+        base,
+        space,
+        keep_order(space, channel_importance(base, space, "magnitude")),
+        dummy_input,
+        need_flops=budget.needs_flops,
+    )
     smallest = {k: v[0] for k, v in opts.items()}
     if not budget.ok(ev.cost(smallest)):
-        raise ValueError(f"constraints: {budget.limits} cannot be met; the smallest sub-net of "
-                         f"the search space costs {ev.cost(smallest)} (unpruned: {ref})")
+        raise ValueError(
+            f"constraints: {budget.limits} cannot be met; the smallest sub-net of "
+            f"the search space costs {ev.cost(smallest)} (unpruned: {ref})"
+        )
     rng = random.Random(int(config.get("seed", 0)))
     score_func: Callable[[nn.Module], float] | None = config.get("score_func")
     n = int(config.get("num_candidates", 16))
@@ -122,8 +133,7 @@ def search(model: nn.Module, constraints: dict[str, Any], dummy_input: Any,
             try:
                 score = float(score_func(m))
             except Exception as err:
-                raise ScoreFunctionError(f"score_func raised {type(err).__name__}: {err}") \
-                    from err
+                raise ScoreFunctionError(f"score_func raised {type(err).__name__}: {err}") from err
         cands.append({"subnet": subnet, "cost": cost, "score": score})
     cands.sort(key=lambda c: -c["score"])
     activate(model, ev.keep(cands[0]["subnet"]))

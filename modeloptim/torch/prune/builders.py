@@ -39,8 +39,9 @@ class SpaceBuilderRegistry:
     def __init__(self) -> None:
         self._builders: list[SpaceBuilder] = []
 
-    def register(self, name: str, applies: Callable[[nn.Module], bool], *, first: bool = True
-                 ) -> Callable[[Callable[..., SearchSpace]], Callable[..., SearchSpace]]:
+    def register(
+        self, name: str, applies: Callable[[nn.Module], bool], *, first: bool = True
+    ) -> Callable[[Callable[..., SearchSpace]], Callable[..., SearchSpace]]:
         """Decorator registering a ``build(model, dummy_input, config)`` function."""
 
         def wrap(fn: Callable[..., SearchSpace]) -> Callable[..., SearchSpace]:
@@ -56,8 +57,9 @@ class SpaceBuilderRegistry:
         for b in self._builders:
             if (name is None and b.applies(model)) or b.name == name:
                 return b
-        raise ValueError(f"space builder: none named {name!r}; known: "
-                         f"{[b.name for b in self._builders]}")
+        raise ValueError(
+            f"space builder: none named {name!r}; known: {[b.name for b in self._builders]}"
+        )
 
 
 SPACE_BUILDERS = SpaceBuilderRegistry()
@@ -68,8 +70,12 @@ def _load_plugins() -> None:
         importlib.import_module("modeloptim.torch.prune.plugins.llama")
 
 
-def build_space(model: nn.Module, dummy_input: Any, config: dict[str, Any] | None = None,
-                builder: str | None = None) -> SearchSpace:
+def build_space(
+    model: nn.Module,
+    dummy_input: Any,
+    config: dict[str, Any] | None = None,
+    builder: str | None = None,
+) -> SearchSpace:
     """Search space of ``model`` (the model is not modified).
 
     Args:
@@ -86,9 +92,11 @@ def build_space(model: nn.Module, dummy_input: Any, config: dict[str, Any] | Non
     b = SPACE_BUILDERS.find(model, builder)
     space = b.build(model, dummy_input, config or {})
     if not space.groups:
-        raise ValueError("model: no searchable channel groups were found (every layer's width "
-                         "is fixed by the model's inputs/outputs or by ops the analyzer cannot "
-                         "change); see `modeloptim trace` for the reasons")
+        raise ValueError(
+            "model: no searchable channel groups were found (every layer's width "
+            "is fixed by the model's inputs/outputs or by ops the analyzer cannot "
+            "change); see `modeloptim trace` for the reasons"
+        )
     return space
 
 
@@ -119,8 +127,10 @@ def space_from_analysis(model: nn.Module, result: Any) -> SearchSpace:
             t = lookup_tensor(model, name)
             canonical = seen_tensor.setdefault(id(t), name)  # tied tensors: one entry
             if ch.numel() != t.shape[dim]:
-                raise ValueError(f"model: {name} dim {dim} has {t.shape[dim]} channels but the "
-                                 f"analysis saw {ch.numel()}")
+                raise ValueError(
+                    f"model: {name} dim {dim} has {t.shape[dim]} channels but the "
+                    f"analysis saw {ch.numel()}"
+                )
             space.add_map(canonical, dim, torch.where(ch >= 0, ch + sg.offset, ch))
         for owner, attr, spec in g.size_attrs:
             attrs[(owner, attr)] = spec
@@ -128,7 +138,8 @@ def space_from_analysis(model: nn.Module, result: Any) -> SearchSpace:
                 ch = g.symbol_channel_index(s)
                 # a one-entry space per symbol reuses the row merging of tensor maps
                 sym_maps.setdefault(id(s), SearchSpace()).add_map(
-                    "", 0, torch.where(ch >= 0, ch + sg.offset, ch))
+                    "", 0, torch.where(ch >= 0, ch + sg.offset, ch)
+                )
     for key, spec in attrs.items():
         space.attrs[key] = _spec_tree(spec, sym_maps)
     return space

@@ -26,9 +26,13 @@ def _hidden(x: Any) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def block_influence(model: nn.Module, container: str, data: Iterable[Any],
-                    forward_func: Callable[[nn.Module, Any], Any] | None = None,
-                    max_batches: int | None = None) -> torch.Tensor:
+def block_influence(
+    model: nn.Module,
+    container: str,
+    data: Iterable[Any],
+    forward_func: Callable[[nn.Module, Any], Any] | None = None,
+    max_batches: int | None = None,
+) -> torch.Tensor:
     """Mean ``1 - cos(input, output)`` of every layer of ``container`` (float64, ``(layers,)``).
 
     Raises:
@@ -59,15 +63,25 @@ def block_influence(model: nn.Module, container: str, data: Iterable[Any],
         for batch in limited(data, max_batches):
             run_batch(model, batch, forward_func)
     if not bool((counts > 0).all()):
-        raise ValueError(f"container: layers of {container!r} did not map a hidden state to one "
-                         "of the same shape; cannot rank them")
+        raise ValueError(
+            f"container: layers of {container!r} did not map a hidden state to one "
+            "of the same shape; cannot rank them"
+        )
     return sums / counts
 
 
-def layer_importance_order(model: nn.Module, containers: list[str], data: Iterable[Any],
-                           forward_func: Callable[[nn.Module, Any], Any] | None = None,
-                           max_batches: int | None = None) -> dict[str, list[int]]:
+def layer_importance_order(
+    model: nn.Module,
+    containers: list[str],
+    data: Iterable[Any],
+    forward_func: Callable[[nn.Module, Any], Any] | None = None,
+    max_batches: int | None = None,
+) -> dict[str, list[int]]:
     """Per container, layer indices from least to most influential."""
     data = list(data) if not isinstance(data, list | tuple) else data
-    return {c: torch.sort(block_influence(model, c, data, forward_func, max_batches),
-                          stable=True).indices.tolist() for c in containers}
+    return {
+        c: torch.sort(
+            block_influence(model, c, data, forward_func, max_batches), stable=True
+        ).indices.tolist()
+        for c in containers
+    }

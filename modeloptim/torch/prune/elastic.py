@@ -69,13 +69,23 @@ def convert_elastic(model: nn.Module, space: SearchSpace) -> nn.Module:
             refs.setdefault(name, []).append((id(mod), key))
     for mod, names in local.values():
         if isinstance(mod, DynamicModule):
-            raise ValueError(f"model: {type(mod).__name__} is already converted; pruning must "
-                             "come before other modes that wrap layers")
+            raise ValueError(
+                f"model: {type(mod).__name__} is already converted; pruning must "
+                "come before other modes that wrap layers"
+            )
         ElasticSlice.convert(mod, tensors=names)
     orig = {k: get_path(model.get_submodule(k[0]), k[1]) for k in space.attrs}
-    object.__setattr__(model, _STATE, {"space": space, "orig": orig, "refs": refs,
-                                       "mods": {i: m for i, (m, _) in local.items()},
-                                       "keep": None})
+    object.__setattr__(
+        model,
+        _STATE,
+        {
+            "space": space,
+            "orig": orig,
+            "refs": refs,
+            "mods": {i: m for i, (m, _) in local.items()},
+            "keep": None,
+        },
+    )
     return model
 
 
@@ -87,8 +97,10 @@ def space_of(model: nn.Module) -> SearchSpace:
     """
     st = model.__dict__.get(_STATE)
     if st is None:
-        raise ValueError("model: not converted to a search space; call mtn.convert(model, "
-                         "mode, dummy_input=...) or mtp.prune first")
+        raise ValueError(
+            "model: not converted to a search space; call mtn.convert(model, "
+            "mode, dummy_input=...) or mtp.prune first"
+        )
     return st["space"]
 
 
@@ -99,8 +111,9 @@ def active_keep(model: nn.Module) -> torch.Tensor:
     return keep if keep is not None else torch.ones(st["space"].num_channels, dtype=torch.bool)
 
 
-def activate(model: nn.Module, keep: torch.Tensor,
-             drop_layers: dict[str, list[int]] | None = None) -> None:
+def activate(
+    model: nn.Module, keep: torch.Tensor, drop_layers: dict[str, list[int]] | None = None
+) -> None:
     """Make ``model`` compute the subnet of global keep vector ``keep`` (bool).
 
     ``drop_layers`` (``{ModuleList name: indices}``) is recorded for `export_plan` only: the

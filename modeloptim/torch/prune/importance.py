@@ -43,8 +43,9 @@ def _per_position(t: torch.Tensor, dim: int) -> torch.Tensor:
     return t.detach().abs().double().transpose(0, dim).reshape(t.shape[dim], -1).sum(1)
 
 
-def _from_tensors(model: nn.Module, space: SearchSpace,
-                  value: Callable[[torch.Tensor], torch.Tensor | None]) -> torch.Tensor:
+def _from_tensors(
+    model: nn.Module, space: SearchSpace, value: Callable[[torch.Tensor], torch.Tensor | None]
+) -> torch.Tensor:
     scores = torch.zeros(space.num_channels, dtype=torch.float64)
     for name, dims in space.tensors.items():
         v = value(lookup_tensor(model, name))
@@ -62,9 +63,15 @@ def magnitude_importance(model: nn.Module, space: SearchSpace, **_: Any) -> torc
 
 
 @IMPORTANCE.register("gradient")
-def gradient_importance(model: nn.Module, space: SearchSpace, *, data_loader: Iterable[Any],
-                        loss_func: Callable[[nn.Module, Any], torch.Tensor],
-                        max_batches: int | None = None, **_: Any) -> torch.Tensor:
+def gradient_importance(
+    model: nn.Module,
+    space: SearchSpace,
+    *,
+    data_loader: Iterable[Any],
+    loss_func: Callable[[nn.Module, Any], torch.Tensor],
+    max_batches: int | None = None,
+    **_: Any,
+) -> torch.Tensor:
     """Taylor score ``sum_batches |w * grad|`` per channel.
 
     Args:
@@ -88,13 +95,26 @@ def gradient_importance(model: nn.Module, space: SearchSpace, *, data_loader: It
         model.zero_grad(set_to_none=True)
     if not acc:
         raise ValueError("data_loader: no batch produced gradients for the searchable layers")
-    return _from_tensors(model, space, lambda t: next(
-        (v for n, v in acc.items() if lookup_tensor(model, n) is t), None))
+    return _from_tensors(
+        model,
+        space,
+        lambda t: next((v for n, v in acc.items() if lookup_tensor(model, n) is t), None),
+    )
 
 
-_CHANNEL_FIRST = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-                  nn.ConvTranspose3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
-                  nn.GroupNorm, nn.InstanceNorm2d)
+_CHANNEL_FIRST = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.GroupNorm,
+    nn.InstanceNorm2d,
+)
 
 
 def _probes(model: nn.Module, space: SearchSpace) -> list[tuple[nn.Module, str, torch.Tensor]]:
@@ -116,9 +136,15 @@ def _probes(model: nn.Module, space: SearchSpace) -> list[tuple[nn.Module, str, 
 
 @IMPORTANCE.register("activation")
 @torch.no_grad()
-def activation_importance(model: nn.Module, space: SearchSpace, *, data_loader: Iterable[Any],
-                          forward_func: Callable[[nn.Module, Any], Any] | None = None,
-                          max_batches: int | None = None, **_: Any) -> torch.Tensor:
+def activation_importance(
+    model: nn.Module,
+    space: SearchSpace,
+    *,
+    data_loader: Iterable[Any],
+    forward_func: Callable[[nn.Module, Any], Any] | None = None,
+    max_batches: int | None = None,
+    **_: Any,
+) -> torch.Tensor:
     """Mean ``|activation|`` per channel at the layers holding it (Minitron's criterion).
 
     Args:
@@ -159,8 +185,9 @@ def activation_importance(model: nn.Module, space: SearchSpace, *, data_loader: 
     return scores
 
 
-def channel_importance(model: nn.Module, space: SearchSpace, method: str, **kwargs: Any
-                       ) -> torch.Tensor:
+def channel_importance(
+    model: nn.Module, space: SearchSpace, method: str, **kwargs: Any
+) -> torch.Tensor:
     """Scores per global channel id by ``method`` (see module docstring)."""
     return IMPORTANCE[method](model, space, **kwargs)
 
@@ -169,7 +196,7 @@ def keep_order(space: SearchSpace, scores: torch.Tensor) -> dict[str, torch.Tens
     """Per group, its channel indices from most to least important (ties: lower index first)."""
     out = {}
     for g in space.groups:
-        s = scores[g.offset:g.offset + g.size]
+        s = scores[g.offset : g.offset + g.size]
         # stable sort on -score keeps index order among equal scores
         out[g.name] = torch.sort(-s, stable=True).indices
     return out

@@ -32,11 +32,20 @@ from modeloptim.torch.prune.elastic import (
 from modeloptim.torch.prune.plan import PrunePlan
 from modeloptim.torch.prune.space import SearchSpace
 
-__all__ = ["SPACE_MODES", "AutoNASConfig", "ExportConfig", "FastNASConfig", "GradNASConfig",
-           "MinitronConfig", "SpaceModeConfig", "pending_space"]
+__all__ = [
+    "SPACE_MODES",
+    "AutoNASConfig",
+    "ExportConfig",
+    "FastNASConfig",
+    "GradNASConfig",
+    "MinitronConfig",
+    "SpaceModeConfig",
+    "pending_space",
+]
 
 _PENDING: contextvars.ContextVar[SearchSpace | None] = contextvars.ContextVar(
-    "modeloptim_pending_space", default=None)
+    "modeloptim_pending_space", default=None
+)
 
 
 class SpaceModeConfig(BaseModel):
@@ -105,8 +114,10 @@ def _convert_space(model: nn.Module, config: BaseModel) -> tuple[nn.Module, dict
     del config
     space = _PENDING.get()
     if space is None:
-        raise ValueError("dummy_input: building a search space traces the model; use "
-                         "mtn.convert(model, mode, dummy_input=...) or mtp.prune(...)")
+        raise ValueError(
+            "dummy_input: building a search space traces the model; use "
+            "mtn.convert(model, mode, dummy_input=...) or mtp.prune(...)"
+        )
     convert_elastic(model, space)
     return model, {"space": space.to_data(), "keep": None}
 
@@ -126,11 +137,20 @@ def _update_space(model: nn.Module, config: BaseModel, metadata: dict[str, Any])
         metadata["drops"] = model.__dict__["_modeloptim_elastic"].get("drops") or {}
 
 
-SPACE_MODES = {"fastnas": FastNASConfig, "gradnas": GradNASConfig, "minitron": MinitronConfig,
-               "autonas": AutoNASConfig}
+SPACE_MODES = {
+    "fastnas": FastNASConfig,
+    "gradnas": GradNASConfig,
+    "minitron": MinitronConfig,
+    "autonas": AutoNASConfig,
+}
 for _name, _cls in SPACE_MODES.items():
-    MODES.register(_name, _cls, restore=_restore_space, update_for_save=_update_space,
-                   next_modes={"export_nas"})(_convert_space)
+    MODES.register(
+        _name,
+        _cls,
+        restore=_restore_space,
+        update_for_save=_update_space,
+        next_modes={"export_nas"},
+    )(_convert_space)
 
 
 def _restore_export(model: nn.Module, config: BaseModel, metadata: dict[str, Any]) -> nn.Module:

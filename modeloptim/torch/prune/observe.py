@@ -23,8 +23,7 @@ __all__ = ["ForwardFunc", "limited", "observing", "run_batch"]
 ForwardFunc = Callable[[nn.Module, Any], Any]
 
 
-def limited(data: Iterable[Any], max_batches: int | None, desc: str | None = None
-            ) -> Iterator[Any]:
+def limited(data: Iterable[Any], max_batches: int | None, desc: str | None = None) -> Iterator[Any]:
     """The first ``max_batches`` batches of ``data`` (all when ``None``).
 
     A tqdm bar named ``desc`` shows progress when ``desc`` is given.

@@ -36,10 +36,18 @@ class PrunePlan:
     def to_data(self) -> dict[str, Any]:
         """Plain-data form."""
         return {
-            "tensors": {n: {str(d): i for d, i in dims.items()} for n, dims in
-                        self.tensors.items()},
-            "attrs": [{"module": m, "attr": a, "value": list(v) if isinstance(v, tuple) else v,
-                       "tuple": isinstance(v, tuple)} for m, a, v in self.attrs],
+            "tensors": {
+                n: {str(d): i for d, i in dims.items()} for n, dims in self.tensors.items()
+            },
+            "attrs": [
+                {
+                    "module": m,
+                    "attr": a,
+                    "value": list(v) if isinstance(v, tuple) else v,
+                    "tuple": isinstance(v, tuple),
+                }
+                for m, a, v in self.attrs
+            ],
             "drop_layers": {k: list(v) for k, v in self.drop_layers.items()},
             "layer_count_attrs": dict(self.layer_count_attrs),
         }
@@ -48,10 +56,14 @@ class PrunePlan:
     def from_data(cls, d: dict[str, Any]) -> PrunePlan:
         """Inverse of `to_data`."""
         return cls(
-            {n: {int(k): torch.as_tensor(i, dtype=torch.long) for k, i in dims.items()}
-             for n, dims in d["tensors"].items()},
-            [(a["module"], a["attr"], tuple(a["value"]) if a["tuple"] else a["value"])
-             for a in d["attrs"]],
+            {
+                n: {int(k): torch.as_tensor(i, dtype=torch.long) for k, i in dims.items()}
+                for n, dims in d["tensors"].items()
+            },
+            [
+                (a["module"], a["attr"], tuple(a["value"]) if a["tuple"] else a["value"])
+                for a in d["attrs"]
+            ],
             {k: list(v) for k, v in d.get("drop_layers", {}).items()},
             dict(d.get("layer_count_attrs", {})),
         )
@@ -63,8 +75,10 @@ class PrunePlan:
             t = lookup_tensor(model, name)
             for dim, idx in dims.items():
                 if dim >= t.dim() or (idx.numel() and int(idx.max()) >= t.shape[dim]):
-                    raise ValueError(f"plan: {name} has shape {tuple(t.shape)}, which does not "
-                                     f"fit dim {dim} positions up to {int(idx.max())}")
+                    raise ValueError(
+                        f"plan: {name} has shape {tuple(t.shape)}, which does not "
+                        f"fit dim {dim} positions up to {int(idx.max())}"
+                    )
         for owner, attr, _ in self.attrs:
             mod = model.get_submodule(owner)
             *parents, last = attr.split(".")
@@ -100,8 +114,9 @@ def lookup_tensor(model: nn.Module, name: str) -> torch.Tensor:
     try:
         mod = model.get_submodule(mod_name)
     except AttributeError:
-        raise ValueError(f"plan: the model has no module {mod_name!r} (for tensor {name!r})"
-                         ) from None
+        raise ValueError(
+            f"plan: the model has no module {mod_name!r} (for tensor {name!r})"
+        ) from None
     t = mod._parameters.get(attr, mod._buffers.get(attr))
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"plan: {name!r} is not a parameter or buffer of the model")
@@ -119,11 +134,15 @@ def tensor_owners(model: nn.Module) -> dict[int, list[tuple[nn.Module, str, str]
     return out
 
 
-def _replace_everywhere(owners: list[tuple[nn.Module, str, str]], old: torch.Tensor,
-                        new: torch.Tensor) -> None:
+def _replace_everywhere(
+    owners: list[tuple[nn.Module, str, str]], old: torch.Tensor, new: torch.Tensor
+) -> None:
     """Put ``new`` wherever ``old`` was referenced (tied tensors stay tied)."""
-    repl: torch.Tensor = nn.Parameter(new.contiguous().clone(), old.requires_grad) \
-        if isinstance(old, nn.Parameter) else new.contiguous().clone()
+    repl: torch.Tensor = (
+        nn.Parameter(new.contiguous().clone(), old.requires_grad)
+        if isinstance(old, nn.Parameter)
+        else new.contiguous().clone()
+    )
     for mod, store, key in owners:
         getattr(mod, store)[key] = repl
 
@@ -143,8 +162,9 @@ def get_path(mod: Any, path: str) -> Any:
     return mod
 
 
-def _drop_layers(model: nn.Module, container: str, drops: list[int], count_attr: str | None
-                 ) -> None:
+def _drop_layers(
+    model: nn.Module, container: str, drops: list[int], count_attr: str | None
+) -> None:
     layers = model.get_submodule(container)
     assert isinstance(layers, nn.ModuleList)
     kept = [m for i, m in enumerate(layers) if i not in set(drops)]

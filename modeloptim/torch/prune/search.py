@@ -29,8 +29,14 @@ from modeloptim.torch.prune.space import SearchSpace
 from modeloptim.torch.utils.profile import count_flops, count_params
 from modeloptim.utils.io import atomic_file
 
-__all__ = ["Budget", "ScoreFunctionError", "SubnetEvaluator", "budget_for", "parse_constraints",
-           "recalibrate_batchnorm"]
+__all__ = [
+    "Budget",
+    "ScoreFunctionError",
+    "SubnetEvaluator",
+    "budget_for",
+    "parse_constraints",
+    "recalibrate_batchnorm",
+]
 
 Subnet = dict[str, int]
 
@@ -67,8 +73,10 @@ def budget_for(model: nn.Module, constraints: Any, dummy_input: Any) -> Budget:
     otherwise the reference FLOPs are 0 (see `Budget.needs_flops`).
     """
     needs_flops = isinstance(constraints, dict) and "flops" in constraints
-    reference = {"params": count_params(model),
-                 "flops": count_flops(model, dummy_input) if needs_flops else 0}
+    reference = {
+        "params": count_params(model),
+        "flops": count_flops(model, dummy_input) if needs_flops else 0,
+    }
     return parse_constraints(constraints, reference)
 
 
@@ -79,8 +87,10 @@ def parse_constraints(constraints: Any, reference: dict[str, int]) -> Budget:
         ValueError: unknown key, empty dict, or a value that is not a positive number/percent.
     """
     if not isinstance(constraints, dict) or not constraints:
-        raise ValueError('constraints: expected a dict like {"flops": "60%"} or {"params": 1e6}, '
-                         f"got {constraints!r}")
+        raise ValueError(
+            'constraints: expected a dict like {"flops": "60%"} or {"params": 1e6}, '
+            f"got {constraints!r}"
+        )
     limits = {}
     for key, val in constraints.items():
         if key not in ("flops", "params"):
@@ -89,14 +99,17 @@ def parse_constraints(constraints: Any, reference: dict[str, int]) -> Budget:
             try:
                 frac = float(val.strip()[:-1]) / 100
             except ValueError:
-                raise ValueError(f"constraints[{key!r}]: cannot read {val!r} as a percentage"
-                                 ) from None
+                raise ValueError(
+                    f"constraints[{key!r}]: cannot read {val!r} as a percentage"
+                ) from None
             limit = frac * reference[key]
         elif isinstance(val, int | float) and not isinstance(val, bool):
             limit = float(val)
         else:
-            raise ValueError(f"constraints[{key!r}]: expected a percentage string like '60%' or "
-                             f"an absolute number, got {val!r}")
+            raise ValueError(
+                f"constraints[{key!r}]: expected a percentage string like '60%' or "
+                f"an absolute number, got {val!r}"
+            )
         if not limit > 0:
             raise ValueError(f"constraints[{key!r}]: must be positive, got {val!r}")
         limits[key] = limit
@@ -104,9 +117,12 @@ def parse_constraints(constraints: Any, reference: dict[str, int]) -> Budget:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, data: Iterable[Any] | None,
-                          forward_func: Callable[[nn.Module, Any], Any] | None = None,
-                          max_batches: int = 8) -> None:
+def recalibrate_batchnorm(
+    model: nn.Module,
+    data: Iterable[Any] | None,
+    forward_func: Callable[[nn.Module, Any], Any] | None = None,
+    max_batches: int = 8,
+) -> None:
     """Recompute BatchNorm running statistics of ``model`` from ``data`` (cumulative average).
 
     Pruning changes the statistics of every channel that survives, so the stored ones are stale.
@@ -168,8 +184,9 @@ class SubnetEvaluator:
 
     def keep(self, subnet: Subnet) -> torch.Tensor:
         """Global keep vector of the top ``subnet[g]`` channels of each group."""
-        return self.space.keep_vector({g.name: self.order[g.name][: subnet.get(g.name, g.size)]
-                                       for g in self.space.groups})
+        return self.space.keep_vector(
+            {g.name: self.order[g.name][: subnet.get(g.name, g.size)] for g in self.space.groups}
+        )
 
     def plan(self, subnet: Subnet, depth: dict[str, int] | None = None) -> PrunePlan:
         """Plan keeping the top ``subnet[g]`` channels of each group (full when missing)."""
@@ -177,8 +194,10 @@ class SubnetEvaluator:
 
     def drops(self, depth: dict[str, int] | None) -> dict[str, list[int]]:
         """Least important layers to drop so that ``depth[container]`` layers remain."""
-        return {c: sorted(self.layer_order[c][: self._n_layers(c) - k])
-                for c, k in (depth or {}).items()}
+        return {
+            c: sorted(self.layer_order[c][: self._n_layers(c) - k])
+            for c, k in (depth or {}).items()
+        }
 
     def _n_layers(self, container: str) -> int:
         return next(d.size for d in self.space.depth if d.container == container)
@@ -194,8 +213,9 @@ class SubnetEvaluator:
             plan = self.plan(subnet, depth)
             self._cache[key] = {"params": _plan_params(self.model, plan)}
             if self.need_flops and plan.drop_layers:  # the elastic forward keeps all layers
-                self._cache[key]["flops"] = count_flops(plan.apply(copy.deepcopy(self.model)),
-                                                        self.dummy_input)
+                self._cache[key]["flops"] = count_flops(
+                    plan.apply(copy.deepcopy(self.model)), self.dummy_input
+                )
             elif self.need_flops:
                 self._cache[key]["flops"] = self._flops(self.keep(subnet))
         return self._cache[key]
@@ -226,8 +246,9 @@ def _plan_params(model: nn.Module, plan: PrunePlan) -> int:
     return total
 
 
-def scaled_subnet(space: SearchSpace, mult: dict[str, float], scale: float,
-                  fixed: Subnet | None = None) -> Subnet:
+def scaled_subnet(
+    space: SearchSpace, mult: dict[str, float], scale: float, fixed: Subnet | None = None
+) -> Subnet:
     """Sizes ``size * clamp(scale * mult, 0, 1)`` rounded down to each group's granule."""
     out = {}
     for g in space.groups:
@@ -240,9 +261,14 @@ def scaled_subnet(space: SearchSpace, mult: dict[str, float], scale: float,
     return out
 
 
-def fit_scale(ev: SubnetEvaluator, budget: Budget, mult: dict[str, float],
-              depth: dict[str, int] | None = None, fixed: Subnet | None = None,
-              iters: int = 14) -> Subnet:
+def fit_scale(
+    ev: SubnetEvaluator,
+    budget: Budget,
+    mult: dict[str, float],
+    depth: dict[str, int] | None = None,
+    fixed: Subnet | None = None,
+    iters: int = 14,
+) -> Subnet:
     """Largest uniform scale (bisection) whose subnet fits ``budget``.
 
     Raises:
@@ -252,9 +278,11 @@ def fit_scale(ev: SubnetEvaluator, budget: Budget, mult: dict[str, float],
     low_cost = ev.cost(smallest, depth)
     if not budget.ok(low_cost):
         need = {k: f"{v:.4g}" for k, v in budget.limits.items()}
-        raise ValueError(f"constraints: {need} cannot be met; the smallest sub-net the search "
-                         f"space allows costs {low_cost} (the unpruned model: "
-                         f"{budget.reference})")
+        raise ValueError(
+            f"constraints: {need} cannot be met; the smallest sub-net the search "
+            f"space allows costs {low_cost} (the unpruned model: "
+            f"{budget.reference})"
+        )
     hi = 1.0 / max(min(mult.values(), default=1.0), 1e-6)
     if budget.ok(ev.cost(scaled_subnet(ev.space, mult, hi, fixed), depth)):
         return scaled_subnet(ev.space, mult, hi, fixed)
@@ -268,9 +296,14 @@ def fit_scale(ev: SubnetEvaluator, budget: Budget, mult: dict[str, float],
     return fill_budget(ev, budget, scaled_subnet(ev.space, mult, lo, fixed), depth, fixed)
 
 
-def fill_budget(ev: SubnetEvaluator, budget: Budget, subnet: Subnet,
-                depth: dict[str, int] | None = None, fixed: Subnet | None = None,
-                rounds: int = 2) -> Subnet:
+def fill_budget(
+    ev: SubnetEvaluator,
+    budget: Budget,
+    subnet: Subnet,
+    depth: dict[str, int] | None = None,
+    fixed: Subnet | None = None,
+    rounds: int = 2,
+) -> Subnet:
     """Greedily widen groups by one step while the budget holds.
 
     Rounding every group down to its granule (and coarse steps such as whole attention heads)
@@ -303,11 +336,16 @@ class SearchConfig:
     bn_calib_batches: int = 8
 
 
-def run_search(ev: SubnetEvaluator, budget: Budget, score_func: Callable[[nn.Module], float],
-               cfg: SearchConfig, calib_data: Iterable[Any] | None = None,
-               forward_func: Callable[[nn.Module, Any], Any] | None = None,
-               depth: dict[str, int] | None = None, fixed: Subnet | None = None
-               ) -> dict[str, Any]:
+def run_search(
+    ev: SubnetEvaluator,
+    budget: Budget,
+    score_func: Callable[[nn.Module], float],
+    cfg: SearchConfig,
+    calib_data: Iterable[Any] | None = None,
+    forward_func: Callable[[nn.Module, Any], Any] | None = None,
+    depth: dict[str, int] | None = None,
+    fixed: Subnet | None = None,
+) -> dict[str, Any]:
     """Random + evolutionary search; returns the search state (best subnet first).
 
     Groups in ``fixed`` keep the given sizes in every candidate.
@@ -329,10 +367,10 @@ def run_search(ev: SubnetEvaluator, budget: Budget, score_func: Callable[[nn.Mod
         try:
             score = float(score_func(m))
         except Exception as err:
-            raise ScoreFunctionError(f"score_func raised {type(err).__name__}: {err} (the model "
-                                     "was not changed)") from err
-        rec = {"mult": list(key), "subnet": subnet, "score": score,
-               "cost": ev.cost(subnet, depth)}
+            raise ScoreFunctionError(
+                f"score_func raised {type(err).__name__}: {err} (the model was not changed)"
+            ) from err
+        rec = {"mult": list(key), "subnet": subnet, "score": score, "cost": ev.cost(subnet, depth)}
         state["candidates"].append(rec)
         done.add(key)
         if state["best"] is None or score > state["best"]["score"]:
@@ -342,8 +380,10 @@ def run_search(ev: SubnetEvaluator, budget: Budget, score_func: Callable[[nn.Mod
                 torch.save(state, tmp)
 
     plan = [[1.0] * len(names)]
-    plan += [[math.exp(rng.gauss(0.0, cfg.mutation)) for _ in names]
-             for _ in range(cfg.num_candidates * 4)]
+    plan += [
+        [math.exp(rng.gauss(0.0, cfg.mutation)) for _ in names]
+        for _ in range(cfg.num_candidates * 4)
+    ]
     n_random = max(1, cfg.num_candidates // 2)
     bar = tqdm(total=cfg.num_candidates, desc="search", leave=False)
     for mult in plan[:n_random]:
@@ -352,8 +392,10 @@ def run_search(ev: SubnetEvaluator, budget: Budget, score_func: Callable[[nn.Mod
     while len(state["candidates"]) < cfg.num_candidates:
         ranked = sorted(state["candidates"], key=lambda c: -c["score"])[: cfg.population]
         a, b = rng.choice(ranked)["mult"], rng.choice(ranked)["mult"]
-        child = [(x if rng.random() < 0.5 else y) * math.exp(rng.gauss(0.0, cfg.mutation / 2))
-                 for x, y in zip(a, b, strict=True)]
+        child = [
+            (x if rng.random() < 0.5 else y) * math.exp(rng.gauss(0.0, cfg.mutation / 2))
+            for x, y in zip(a, b, strict=True)
+        ]
         before = len(state["candidates"])
         evaluate(child)
         bar.update(len(state["candidates"]) - before)

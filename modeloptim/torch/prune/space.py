@@ -86,8 +86,12 @@ class AttrSpec:
 
     def to_data(self) -> dict[str, Any]:
         """Plain-data form."""
-        return {"kind": self.kind, "map": self.map, "value": self.value,
-                "parts": [p.to_data() for p in self.parts]}
+        return {
+            "kind": self.kind,
+            "map": self.map,
+            "value": self.value,
+            "parts": [p.to_data() for p in self.parts],
+        }
 
     @classmethod
     def from_data(cls, d: dict[str, Any]) -> AttrSpec:
@@ -128,8 +132,9 @@ class SearchSpace:
         """Total number of global channel ids."""
         return sum(g.size for g in self.groups)
 
-    def add_group(self, name: str, size: int, *, granule: int = 1, kind: str = "channels"
-                  ) -> SpaceGroup:
+    def add_group(
+        self, name: str, size: int, *, granule: int = 1, kind: str = "channels"
+    ) -> SpaceGroup:
         """Append a group and return it (``offset`` assigned here; names made unique)."""
         taken = {g.name for g in self.groups}
         unique, k = name, 1
@@ -152,8 +157,9 @@ class SearchSpace:
             dims[dim] = pos_map.reshape(1, -1).clone()
             return
         if old.shape[1] != pos_map.numel():
-            raise ValueError(f"{tensor} dim {dim}: maps of sizes {old.shape[1]} and "
-                             f"{pos_map.numel()} disagree")
+            raise ValueError(
+                f"{tensor} dim {dim}: maps of sizes {old.shape[1]} and {pos_map.numel()} disagree"
+            )
         new = pos_map >= 0
         for row in old:
             if not bool((row[new] >= 0).any()):
@@ -195,15 +201,18 @@ class SearchSpace:
                 if idx.numel() == 0:
                     raise ValueError(f"keep: group {g.name!r} must keep at least one channel")
                 if int(idx.min()) < 0 or int(idx.max()) >= g.size:
-                    raise ValueError(f"keep: indices of group {g.name!r} must lie in "
-                                     f"[0, {g.size}), got {idx.tolist()}")
+                    raise ValueError(
+                        f"keep: indices of group {g.name!r} must lie in "
+                        f"[0, {g.size}), got {idx.tolist()}"
+                    )
                 part = torch.zeros(g.size, dtype=torch.bool)
                 part[idx] = True
-                vec[g.offset:g.offset + g.size] = part
+                vec[g.offset : g.offset + g.size] = part
         return vec
 
-    def plan(self, keep: torch.Tensor, drop_layers: dict[str, list[int]] | None = None
-             ) -> PrunePlan:
+    def plan(
+        self, keep: torch.Tensor, drop_layers: dict[str, list[int]] | None = None
+    ) -> PrunePlan:
         """The physical pruning plan of global keep vector ``keep`` (bool, ``(num_channels,)``).
 
         Args:
@@ -211,8 +220,9 @@ class SearchSpace:
             drop_layers: ``{container: [layer indices to drop]}`` for depth groups.
         """
         if keep.shape != (self.num_channels,):
-            raise ValueError(f"keep: expected shape ({self.num_channels},), got "
-                             f"{tuple(keep.shape)}")
+            raise ValueError(
+                f"keep: expected shape ({self.num_channels},), got {tuple(keep.shape)}"
+            )
         tensors: dict[str, dict[int, torch.Tensor]] = {}
         for name, dims in self.tensors.items():
             for dim, pos_map in dims.items():
@@ -231,10 +241,12 @@ class SearchSpace:
         """Plain-data form (tensors, numbers, strings, lists, dicts)."""
         return {
             "groups": [g.__dict__.copy() for g in self.groups],
-            "tensors": {n: {str(d): m for d, m in dims.items()} for n, dims in
-                        self.tensors.items()},
-            "attrs": [{"module": m, "attr": a, "spec": s.to_data()} for (m, a), s in
-                      self.attrs.items()],
+            "tensors": {
+                n: {str(d): m for d, m in dims.items()} for n, dims in self.tensors.items()
+            },
+            "attrs": [
+                {"module": m, "attr": a, "spec": s.to_data()} for (m, a), s in self.attrs.items()
+            ],
             "depth": [d.__dict__.copy() for d in self.depth],
         }
 

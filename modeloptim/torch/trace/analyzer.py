@@ -32,7 +32,8 @@ class _Recorder(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
         self.values[n] = tree_map(
-            lambda x: x.detach().to("meta") if isinstance(x, torch.Tensor) else x, result)
+            lambda x: x.detach().to("meta") if isinstance(x, torch.Tensor) else x, result
+        )
         return result
 
 
@@ -50,8 +51,9 @@ def propagate(gm: fx.GraphModule, bound: inspect.BoundArguments | None) -> dict[
     return rec.values
 
 
-def analyze_symbols(model: nn.Module, gc: GraphCollection, sym_map: SymMap, *,
-                    progress: bool = False) -> AnalysisResult:
+def analyze_symbols(
+    model: nn.Module, gc: GraphCollection, sym_map: SymMap, *, progress: bool = False
+) -> AnalysisResult:
     """Tie the shape symbols of ``model`` across layers.
 
     Every graph of ``gc`` is run once on the example inputs given to `recursive_trace` (to
@@ -70,8 +72,10 @@ def analyze_symbols(model: nn.Module, gc: GraphCollection, sym_map: SymMap, *,
     if gc.model is not model:
         raise ValueError("gc: this GraphCollection was traced from a different model")
     if id(model) not in gc.calls:
-        raise ValueError("gc: trace with recursive_trace(model, example_inputs=(args, kwargs)) "
-                         "so that shapes can be propagated")
+        raise ValueError(
+            "gc: trace with recursive_trace(model, example_inputs=(args, kwargs)) "
+            "so that shapes can be propagated"
+        )
     ctx = AnalysisContext(model, sym_map)
     total = sum(len(gc.graph_module(m).graph.nodes) for _, m in gc)
     bar = tqdm(total=total, desc="analyzing", unit="node", disable=not progress, leave=False)
@@ -80,8 +84,10 @@ def analyze_symbols(model: nn.Module, gc: GraphCollection, sym_map: SymMap, *,
         try:
             values = propagate(gm, gc.calls.get(id(m)))
         except Exception as err:
-            raise RuntimeError(f"running the traced graph of {name or '<root>'} failed: "
-                               f"{type(err).__name__}: {err}") from err
+            raise RuntimeError(
+                f"running the traced graph of {name or '<root>'} failed: "
+                f"{type(err).__name__}: {err}"
+            ) from err
         ctx.begin_graph(gm, name, values, leaf_root=gc.is_leaf_root(m))
         where = "the model" if m is model else f"{name} (traced on its own)"
         for node in gm.graph.nodes:
@@ -90,8 +96,10 @@ def analyze_symbols(model: nn.Module, gc: GraphCollection, sym_map: SymMap, *,
     bar.close()
     for name, m, msg in gc.named_failed():
         for pname, p in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
-            ctx.freeze(ctx.tensor_layout(p, f"{name}.{pname}"),
-                       f"used by {name}, which failed to trace: {msg}")
+            ctx.freeze(
+                ctx.tensor_layout(p, f"{name}.{pname}"),
+                f"used by {name}, which failed to trace: {msg}",
+            )
     return AnalysisResult(ctx, gc)
 
 
@@ -107,8 +115,11 @@ def _process(ctx: AnalysisContext, gc: GraphCollection, node: fx.Node, where: st
     if node.op == "get_attr":
         assert ctx.gm is not None
         attr = _get_attr(ctx.gm, str(node.target))
-        ctx.desc[node] = ctx.tensor_layout(attr, ctx.qualname(str(node.target))) \
-            if isinstance(attr, torch.Tensor) else None
+        ctx.desc[node] = (
+            ctx.tensor_layout(attr, ctx.qualname(str(node.target)))
+            if isinstance(attr, torch.Tensor)
+            else None
+        )
         return
     module = ctx.module(str(node.target)) if node.op == "call_module" else None
     try:

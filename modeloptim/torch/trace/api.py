@@ -37,12 +37,17 @@ def normalize_example(example_input: Any) -> tuple[tuple[Any, ...], dict[str, An
     if isinstance(example_input, dict):
         return (), dict(example_input)
     if isinstance(example_input, tuple | list):
-        if len(example_input) == 2 and isinstance(example_input[0], tuple) and isinstance(
-                example_input[1], dict):
+        if (
+            len(example_input) == 2
+            and isinstance(example_input[0], tuple)
+            and isinstance(example_input[1], dict)
+        ):
             return tuple(example_input[0]), dict(example_input[1])
         return tuple(example_input), {}
-    raise TypeError("example_input: expected a tensor, a tuple of positional inputs, a dict of "
-                    f"keyword inputs or (args, kwargs), got {type(example_input).__name__}")
+    raise TypeError(
+        "example_input: expected a tensor, a tuple of positional inputs, a dict of "
+        f"keyword inputs or (args, kwargs), got {type(example_input).__name__}"
+    )
 
 
 @contextlib.contextmanager
@@ -53,9 +58,13 @@ def _contexts(model: nn.Module) -> Iterator[None]:
         yield
 
 
-def analyze(model: nn.Module, example_input: Any,
-            concrete_args: dict[str, Any] | None = None, *,
-            progress: bool = False) -> AnalysisResult:
+def analyze(
+    model: nn.Module,
+    example_input: Any,
+    concrete_args: dict[str, Any] | None = None,
+    *,
+    progress: bool = False,
+) -> AnalysisResult:
     """Trace ``model`` and analyze its symbols (see `analyze_symbols`).
 
     Args:
@@ -95,12 +104,15 @@ def _check_forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
     try:
         model(*args, **kwargs)
     except Exception as err:
-        raise ValueError(f"example_input: the model's forward failed on it ({type(err).__name__}:"
-                         f" {str(err).splitlines()[0][:200]})") from err
+        raise ValueError(
+            f"example_input: the model's forward failed on it ({type(err).__name__}:"
+            f" {str(err).splitlines()[0][:200]})"
+        ) from err
 
 
-def dependency_groups(model: nn.Module, example_input: Any, *,
-                      frozen: bool = False) -> list[ChannelGroup]:
+def dependency_groups(
+    model: nn.Module, example_input: Any, *, frozen: bool = False
+) -> list[ChannelGroup]:
     """Groups of channels tied across layers.
 
     Args:

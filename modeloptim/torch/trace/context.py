@@ -54,8 +54,9 @@ class AnalysisContext:
         self.derived: dict[fx.Node, Any] = {}
 
     # -- graph switching ---------------------------------------------------------------------
-    def begin_graph(self, gm: fx.GraphModule, prefix: str, values: dict[fx.Node, Any],
-                    leaf_root: bool = False) -> None:
+    def begin_graph(
+        self, gm: fx.GraphModule, prefix: str, values: dict[fx.Node, Any], leaf_root: bool = False
+    ) -> None:
         """Start a new graph (its node values come from shape propagation)."""
         self.gm, self.prefix, self.val = gm, prefix, values
         self.leaf_root = leaf_root

@@ -121,8 +121,9 @@ class GraphMembership:
 class GraphReaders:
     """Resolves candidate inputs, producers and exclusivity on a `GraphCollection`."""
 
-    def __init__(self, model: nn.Module, gc: GraphCollection, rec: ForwardRecord,
-                 candidates: dict[int, str]) -> None:
+    def __init__(
+        self, model: nn.Module, gc: GraphCollection, rec: ForwardRecord, candidates: dict[int, str]
+    ) -> None:
         self.model = model
         self.gc = gc
         self.rec = rec
@@ -174,8 +175,11 @@ class GraphReaders:
                 continue
             for node in nodes:
                 arg = _first_node_arg(node)
-                read = self.resolve(arg, direct=True) if arg is not None else _Read(
-                    None, False, "its input is not a traced value")
+                read = (
+                    self.resolve(arg, direct=True)
+                    if arg is not None
+                    else _Read(None, False, "its input is not a traced value")
+                )
                 if read.value is None:
                     out.unresolved.setdefault(name, read.reason)
                 else:
@@ -238,9 +242,11 @@ class GraphReaders:
         if value is None:
             return f"no recorded call of {self.names[id(root)]}"
         pargs, pkwargs = self.rec.calls.get(id(parent), ((), {}))
-        why = (f"the input of {self.names[id(root)]} is computed inside "
-               f"{self.names[id(parent)] or type(parent).__name__}, which failed to trace "
-               f"({self.gc.failure_msg(parent)})")
+        why = (
+            f"the input of {self.names[id(root)]} is computed inside "
+            f"{self.names[id(parent)] or type(parent).__name__}, which failed to trace "
+            f"({self.gc.failure_msg(parent)})"
+        )
         if parent is self.model:
             hit = [k for k, v in call_values(_bind(parent, pargs, pkwargs)).items() if v is value]
             return self._model_input(hit[0]) if hit else why
@@ -273,7 +279,8 @@ class GraphReaders:
             return None
         m = self.module_of(node)
         identity = isinstance(m, nn.Identity) or (
-            isinstance(m, nn.modules.dropout._DropoutNd) and not m.training)
+            isinstance(m, nn.modules.dropout._DropoutNd) and not m.training
+        )
         return node.args[0] if identity else None
 
     def _readers(self, value: fx.Node) -> list[fx.Node]:
@@ -293,7 +300,8 @@ class GraphReaders:
         """The source of ``node`` when ``node`` only selects/regroups rows of it."""
         is_getitem = node.op == "call_function" and node.target is operator.getitem
         is_view = (node.op == "call_method" and node.target in _VIEW_METHODS) or (
-            node.op == "call_function" and node.target in _VIEW_FUNCTIONS)
+            node.op == "call_function" and node.target in _VIEW_FUNCTIONS
+        )
         if not (is_getitem or is_view) or not node.args or not isinstance(node.args[0], fx.Node):
             return None
         base = node.args[0]
@@ -338,8 +346,9 @@ class GraphReaders:
                 return self.prefix(value) + path
         return None
 
-    def exclusive(self, value: fx.Node | _ModelInput, members: list[str],
-                  reads: list[_Read]) -> bool | None:
+    def exclusive(
+        self, value: fx.Node | _ModelInput, members: list[str], reads: list[_Read]
+    ) -> bool | None:
         """Only the members read ``value`` (each directly) and its producer ran once.
 
         Returns:
@@ -411,7 +420,7 @@ def _last_dim_untouched(idx: Any, ndim: int) -> bool:
     if any(i is None for i in items):
         return False  # new axes shift dims: not worth following
     if any(i is Ellipsis for i in items):
-        after = items[items.index(Ellipsis) + 1:]
+        after = items[items.index(Ellipsis) + 1 :]
         return not after or isinstance(after[-1], slice)
     if len(items) < ndim:
         return True

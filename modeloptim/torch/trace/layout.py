@@ -93,8 +93,9 @@ class AtomTable:
                 if r not in out:
                     out.append(r)
             else:
-                stack.extend(a for part in reversed(exp.parts) for s in reversed(part)
-                             for a in reversed(s))
+                stack.extend(
+                    a for part in reversed(exp.parts) for s in reversed(part) for a in reversed(s)
+                )
         return out
 
     # -- expansion ---------------------------------------------------------------------------

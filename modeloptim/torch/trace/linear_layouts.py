@@ -14,8 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["LINEAR_LAYOUTS", "LinearLayoutRegistry", "get_weight_2d", "in_features",
-           "register_hf_conv1d", "set_weight_2d"]
+__all__ = [
+    "LINEAR_LAYOUTS",
+    "LinearLayoutRegistry",
+    "get_weight_2d",
+    "in_features",
+    "register_hf_conv1d",
+    "set_weight_2d",
+]
 
 
 class LinearLayoutRegistry:

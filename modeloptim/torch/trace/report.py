@@ -42,30 +42,53 @@ class TraceReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
         return {
-            "model": self.model, "seconds": round(self.seconds, 3), "graphs": self.graphs,
+            "model": self.model,
+            "seconds": round(self.seconds, 3),
+            "graphs": self.graphs,
             "searchable_groups": [_group_dict(g) for g in self.searchable],
             "frozen_groups": [_group_dict(g) for g in self.frozen],
             "failed_modules": [{"module": m, "message": msg} for m, msg in self.failed],
-            "symbols": self.symbols, "hparams": self.hparams,
+            "symbols": self.symbols,
+            "hparams": self.hparams,
         }
 
     def to_text(self) -> str:
         """Plain-text tables."""
-        lines = [f"modeloptim trace: {self.model}: {len(self.searchable)} searchable groups, "
-                 f"{len(self.frozen)} frozen, {len(self.failed)} modules failed to trace "
-                 f"({self.graphs} graph(s), {self.seconds:.2f}s)", ""]
-        lines += _table("Searchable groups", ["#", "group", "size", "layers"], [
-            [str(i), g.name, str(g.size), _layers(g)] for i, g in enumerate(self.searchable)])
-        lines += _table("Frozen groups", ["group", "size", "why"], [
-            [g.name, str(g.size), "; ".join(_dedup(g.reasons)[:2])] for g in self.frozen])
+        lines = [
+            f"modeloptim trace: {self.model}: {len(self.searchable)} searchable groups, "
+            f"{len(self.frozen)} frozen, {len(self.failed)} modules failed to trace "
+            f"({self.graphs} graph(s), {self.seconds:.2f}s)",
+            "",
+        ]
+        lines += _table(
+            "Searchable groups",
+            ["#", "group", "size", "layers"],
+            [[str(i), g.name, str(g.size), _layers(g)] for i, g in enumerate(self.searchable)],
+        )
+        lines += _table(
+            "Frozen groups",
+            ["group", "size", "why"],
+            [[g.name, str(g.size), "; ".join(_dedup(g.reasons)[:2])] for g in self.frozen],
+        )
         if self.failed:
-            lines += _table("Modules that failed to trace (leaves; children traced alone)",
-                            ["module", "message"], [[m or "<root>", msg] for m, msg in self.failed])
+            lines += _table(
+                "Modules that failed to trace (leaves; children traced alone)",
+                ["module", "message"],
+                [[m or "<root>", msg] for m, msg in self.failed],
+            )
         if self.hparams:
-            lines += _table("Architecture hyperparameters (transformers config names)",
-                            ["name", "size", "searchable"], [
-                                [k, str(v["size"]), "yes" if v["searchable"] else "no: " + "; "
-                                 .join(v["reasons"][:1])] for k, v in self.hparams.items()])
+            lines += _table(
+                "Architecture hyperparameters (transformers config names)",
+                ["name", "size", "searchable"],
+                [
+                    [
+                        k,
+                        str(v["size"]),
+                        "yes" if v["searchable"] else "no: " + "; ".join(v["reasons"][:1]),
+                    ]
+                    for k, v in self.hparams.items()
+                ],
+            )
         if self.symbols:
             lines.append("Symbols: " + ", ".join(f"{k} {v}" for k, v in self.symbols.items()))
         return "\n".join(lines)
@@ -99,13 +122,19 @@ def _table(title: str, header: list[str], rows: list[list[str]], width: int = 10
     widths = [min(max(len(r[c]) for r in [header, *rows]), width) for c in range(cols)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [f"{title}:", fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-    out.extend(fmt.format(*(c if len(c) <= width else c[:width - 3] + "..." for c in r))
-               for r in rows)
+    out.extend(
+        fmt.format(*(c if len(c) <= width else c[: width - 3] + "..." for c in r)) for r in rows
+    )
     return [*out, ""]
 
 
-def trace_report(model: nn.Module, example_input: Any = None, *,
-                 result: AnalysisResult | None = None, progress: bool = False) -> TraceReport:
+def trace_report(
+    model: nn.Module,
+    example_input: Any = None,
+    *,
+    result: AnalysisResult | None = None,
+    progress: bool = False,
+) -> TraceReport:
     """Analyze ``model`` (or use ``result``) and summarize groups, reasons and failures.
 
     Args:
@@ -128,10 +157,16 @@ def trace_report(model: nn.Module, example_input: Any = None, *,
         states[s.state.value] = states.get(s.state.value, 0) + 1
     for st in SymState:
         states.setdefault(st.value, 0)
-    return TraceReport(type(model).__name__, seconds, len(result.gc),
-                       result.searchable_groups, result.frozen_groups,
-                       [(n, msg) for n, _, msg in result.gc.named_failed()], states,
-                       _hf_hparams(model, result))
+    return TraceReport(
+        type(model).__name__,
+        seconds,
+        len(result.gc),
+        result.searchable_groups,
+        result.frozen_groups,
+        [(n, msg) for n, _, msg in result.gc.named_failed()],
+        states,
+        _hf_hparams(model, result),
+    )
 
 
 def _hf_hparams(model: nn.Module, result: AnalysisResult) -> dict[str, dict[str, Any]]:
@@ -139,9 +174,15 @@ def _hf_hparams(model: nn.Module, result: AnalysisResult) -> dict[str, dict[str,
         return {}
     from modeloptim.torch.trace.plugins.huggingface import hf_search_space
 
-    return {k: {"size": v.size, "searchable": v.searchable, "group": v.group.name if v.group
-                else None, "reasons": _dedup(v.reasons)}
-            for k, v in hf_search_space(model, result).items()}
+    return {
+        k: {
+            "size": v.size,
+            "searchable": v.searchable,
+            "group": v.group.name if v.group else None,
+            "reasons": _dedup(v.reasons),
+        }
+        for k, v in hf_search_space(model, result).items()
+    }
 
 
 def print_trace_report(model: nn.Module, example_input: Any = None, **kwargs: Any) -> TraceReport:

@@ -90,8 +90,10 @@ class ChannelGroup:
             ValueError: the group was not produced by the analysis.
         """
         ctx = self._context()
-        return [(name, dim, _channel_index(ctx.atoms, desc, self.root, self.size))
-                for name, dim, desc in self._dims]
+        return [
+            (name, dim, _channel_index(ctx.atoms, desc, self.root, self.size))
+            for name, dim, desc in self._dims
+        ]
 
     def symbol_channel_index(self, symbol: Symbol) -> torch.Tensor:
         """Like `member_channel_index` for the dim a size `Symbol` counts.
@@ -114,14 +116,20 @@ class ChannelGroup:
 
     def _context(self) -> AnalysisContext:
         if self._ctx is None:
-            raise ValueError(f"group: {self.name!r} was not produced by analyze_symbols/"
-                             "dependency_groups")
+            raise ValueError(
+                f"group: {self.name!r} was not produced by analyze_symbols/dependency_groups"
+            )
         return self._ctx
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
-        return {"name": self.name, "size": self.size, "searchable": self.searchable,
-                "reasons": self.reasons, "members": [m.__dict__ for m in self.members]}
+        return {
+            "name": self.name,
+            "size": self.size,
+            "searchable": self.searchable,
+            "reasons": self.reasons,
+            "members": [m.__dict__ for m in self.members],
+        }
 
 
 class AnalysisResult:
@@ -150,11 +158,24 @@ class AnalysisResult:
                     if g is None:
                         reasons = atoms.reasons(leaf)
                         g = by_root[leaf] = ChannelGroup(
-                            "", atoms.size[leaf], [], not reasons, list(reasons), leaf,
-                            _ctx=self.ctx)
+                            "",
+                            atoms.size[leaf],
+                            [],
+                            not reasons,
+                            list(reasons),
+                            leaf,
+                            _ctx=self.ctx,
+                        )
                     sym = rec.symbols.get(dim)
-                    g.members.append(GroupMember(rec.name, dim, module, sym[0] if sym else None,
-                                                 _describe(atoms, desc, leaf)))
+                    g.members.append(
+                        GroupMember(
+                            rec.name,
+                            dim,
+                            module,
+                            sym[0] if sym else None,
+                            _describe(atoms, desc, leaf),
+                        )
+                    )
                     if sym and sym[1] != CLType.INCOMING:
                         producers.add(leaf)
                     g._dims.append((rec.name, dim, desc))
@@ -170,8 +191,9 @@ class AnalysisResult:
         for g in groups:
             if g.searchable and g.root not in producers:
                 g.searchable = False
-                g.reasons.append("no layer produces these channels (only consumers or "
-                                 "plain tensors)")
+                g.reasons.append(
+                    "no layer produces these channels (only consumers or plain tensors)"
+                )
             g.name = _label(g)
         return groups
 
@@ -190,8 +212,9 @@ class AnalysisResult:
         atoms = self.ctx.atoms
         rep: dict[int, Symbol] = {}
         items = list(self.ctx.sym_owner.items())
-        order = sorted(range(len(items)), key=lambda k: (
-            items[k][1][1].cl_type != CLType.OUTGOING, k))
+        order = sorted(
+            range(len(items)), key=lambda k: (items[k][1][1].cl_type != CLType.OUTGOING, k)
+        )
         for k in order:
             sid, (_owner, sym) = items[k]
             leaves = [a for a in atoms.leaves(self.ctx.sym_desc[sid]) if atoms.size[a] > 1]
@@ -234,8 +257,9 @@ class AnalysisResult:
 
     def group_of(self, tensor: str, dim: int) -> list[ChannelGroup]:
         """Groups spanning ``tensor``'s ``dim``."""
-        return [g for g in self.groups if any(m.tensor == tensor and m.dim == dim
-                                              for m in g.members)]
+        return [
+            g for g in self.groups if any(m.tensor == tensor and m.dim == dim for m in g.members)
+        ]
 
 
 def _channel_index(atoms: Any, desc: Desc, root: int, n: int) -> torch.Tensor:
@@ -271,8 +295,13 @@ def _describe(atoms: Any, desc: Desc, leaf: int) -> str:
 def _label(g: ChannelGroup) -> str:
     named = [(m, m.symbol) for m in g.members if m.symbol]
     m = next((m for m, s in named if s.endswith(":embedding_dim")), None) or next(
-        (m for m, s in named if s.split(":")[-1].split(",")[-1].startswith(
-            ("out", "nf", "hidden_size"))), g.members[0])
+        (
+            m
+            for m, s in named
+            if s.split(":")[-1].split(",")[-1].startswith(("out", "nf", "hidden_size"))
+        ),
+        g.members[0],
+    )
     name = m.symbol.replace(":", ".") if m.symbol else f"{m.tensor}[dim {m.dim}]"
     if " in blocks of " in m.layout:  # e.g. whole heads of a projection
         name += f" ({g.size} blocks of {m.layout.rsplit(' ', 1)[1]})"

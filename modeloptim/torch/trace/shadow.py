@@ -20,8 +20,17 @@ from torch import fx
 from torch.fx.node import map_arg
 
 _MISSING = object()
-_PLAIN_MODULES = {"_operator", "operator", "builtins", "torch", "torch.functional",
-                  "torch.nn.functional", "torch._C._nn", "torch._C._VariableFunctions", None}
+_PLAIN_MODULES = {
+    "_operator",
+    "operator",
+    "builtins",
+    "torch",
+    "torch.functional",
+    "torch.nn.functional",
+    "torch._C._nn",
+    "torch._C._VariableFunctions",
+    None,
+}
 _SIZE_METHODS = {"size", "dim", "numel", "ndimension", "nelement"}
 
 
@@ -67,12 +76,20 @@ class ShadowMixin:
         """Example value of ``node`` (``_MISSING`` when unknown)."""
         return self.values.get(node, _MISSING)
 
-    def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any,
-                     name: str | None = None, type_expr: Any = None,
-                     proxy_factory_fn: Any = None) -> fx.Proxy:
+    def create_proxy(
+        self,
+        kind: str,
+        target: Any,
+        args: Any,
+        kwargs: Any,
+        name: str | None = None,
+        type_expr: Any = None,
+        proxy_factory_fn: Any = None,
+    ) -> fx.Proxy:
         """Create the proxy, then run its op on the example values."""
-        p = super().create_proxy(kind, target, args, kwargs, name, type_expr,  # type: ignore[misc]
-                                 proxy_factory_fn)
+        p = super().create_proxy(  # type: ignore[misc]
+            kind, target, args, kwargs, name, type_expr, proxy_factory_fn
+        )
         node = p.node
         value = self._run(node)
         if value is not _MISSING:
@@ -105,8 +122,10 @@ class ShadowMixin:
             if type(mod) is torch.nn.Linear and not _has_hooks(mod):
                 return self._run_linear(mod, args[0])
         # reverting fx's patches is costly: only needed where user code runs (modules...)
-        plain = node.op in ("call_method", "get_attr") or (node.op == "call_function" and getattr(
-            node.target, "__module__", None) in _PLAIN_MODULES)
+        plain = node.op in ("call_method", "get_attr") or (
+            node.op == "call_function"
+            and getattr(node.target, "__module__", None) in _PLAIN_MODULES
+        )
         try:
             with torch.no_grad(), contextlib.nullcontext() if plain else _unpatched():
                 if node.op == "get_attr":
@@ -157,8 +176,11 @@ class ShadowMixin:
             return False
         if node.op == "call_method" and node.target in _SIZE_METHODS:
             return True
-        if node.op == "call_function" and node.target is builtins.getattr and \
-                node.args[1] in ("shape", "ndim", "dtype", "device", "is_cuda", "layout"):
+        if (
+            node.op == "call_function"
+            and node.target is builtins.getattr
+            and node.args[1] in ("shape", "ndim", "dtype", "device", "is_cuda", "layout")
+        ):
             return True
         if node.op == "call_function" and node.target is builtins.len:
             return True
@@ -192,8 +214,10 @@ class ShadowMixin:
 def _has_hooks(mod: torch.nn.Module) -> bool:
     g = torch.nn.modules.module
     return bool(
-        mod._forward_hooks or mod._forward_pre_hooks
-        or g._global_forward_hooks or g._global_forward_pre_hooks
+        mod._forward_hooks
+        or mod._forward_pre_hooks
+        or g._global_forward_hooks
+        or g._global_forward_pre_hooks
     )
 
 

@@ -101,12 +101,12 @@ def shared_input_groups(
         readers = None
         ran = [n for mid, n in candidates.items() if mid in rec.calls]
         found = GraphMembership(unresolved=dict.fromkeys(ran, f"tracing failed ({_short(err)})"))
-    groups, unknown = _graph_groups(model, readers, rec, found) if readers is not None else (
-        [], [])
+    groups, unknown = _graph_groups(model, readers, rec, found) if readers is not None else ([], [])
     if found.unresolved or unknown:
         names = set(candidates.values())
         runtime = find_shared_input_groups(
-            model, lambda m: m(*args, **kwargs), lambda n, _m: n in names)
+            model, lambda m: m(*args, **kwargs), lambda n, _m: n in names
+        )
         _exclusive_from_runtime(unknown, runtime)
         groups = _with_runtime(groups, found.unresolved, runtime)
     order = {n: rec.order.get(mid, len(rec.order)) for mid, n in candidates.items()}
@@ -164,8 +164,9 @@ def _graph_groups(
     return out, unknown
 
 
-def _exclusive_from_runtime(unknown: list[tuple[SharedInputGroup, str]],
-                            runtime: list[SharedInputGroup]) -> None:
+def _exclusive_from_runtime(
+    unknown: list[tuple[SharedInputGroup, str]], runtime: list[SharedInputGroup]
+) -> None:
     """Decide exclusivity hidden by untraceable modules with the runtime finder's readers.
 
     The producer's output also flows into a module that failed to trace; the runtime finder
@@ -178,8 +179,9 @@ def _exclusive_from_runtime(unknown: list[tuple[SharedInputGroup, str]],
         g.reason = f"exclusivity checked at run time: {opaque} reads the value but failed to trace"
 
 
-def _with_runtime(groups: list[SharedInputGroup], unresolved: dict[str, str],
-                  runtime: list[SharedInputGroup]) -> list[SharedInputGroup]:
+def _with_runtime(
+    groups: list[SharedInputGroup], unresolved: dict[str, str], runtime: list[SharedInputGroup]
+) -> list[SharedInputGroup]:
     """Replace the graph's view of ``unresolved`` layers by the runtime finder's groups."""
     taken: list[SharedInputGroup] = []
     for g in runtime:
@@ -205,9 +207,14 @@ def format_shared_input_groups(groups: list[SharedInputGroup]) -> str:
     """A plain-text table of ``groups``: members, width, producer, fold, source (and why)."""
     head = ("#", "layers", "in", "producer", "fold", "source")
     rows = [
-        (str(i), ", ".join(g.names), str(g.in_features), g.producer or "-",
-         "yes" if g.foldable else "no",
-         g.source.value + (f" ({g.reason})" if g.reason else ""))
+        (
+            str(i),
+            ", ".join(g.names),
+            str(g.in_features),
+            g.producer or "-",
+            "yes" if g.foldable else "no",
+            g.source.value + (f" ({g.reason})" if g.reason else ""),
+        )
         for i, g in enumerate(groups)
     ]
     widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head) - 1)]

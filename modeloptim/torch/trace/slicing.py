@@ -18,8 +18,10 @@ def _keep_tensor(group: ChannelGroup, keep_idx: Sequence[int] | torch.Tensor) ->
     if idx.numel() == 0:
         raise ValueError("keep_idx: expected at least one channel index to keep, got none")
     if int(idx.min()) < 0 or int(idx.max()) >= group.size:
-        raise ValueError(f"keep_idx: indices must lie in [0, {group.size}) for group "
-                         f"{group.name!r}, got min {int(idx.min())} max {int(idx.max())}")
+        raise ValueError(
+            f"keep_idx: indices must lie in [0, {group.size}) for group "
+            f"{group.name!r}, got min {int(idx.min())} max {int(idx.max())}"
+        )
     if torch.unique(idx).numel() != idx.numel():
         raise ValueError("keep_idx: indices must be unique")
     keep = torch.zeros(group.size, dtype=torch.bool)
@@ -28,9 +30,13 @@ def _keep_tensor(group: ChannelGroup, keep_idx: Sequence[int] | torch.Tensor) ->
 
 
 @torch.no_grad()
-def prune_group(model: nn.Module, group: ChannelGroup,
-                keep_idx: Sequence[int] | torch.Tensor, *, update_analysis: bool = True
-                ) -> nn.Module:
+def prune_group(
+    model: nn.Module,
+    group: ChannelGroup,
+    keep_idx: Sequence[int] | torch.Tensor,
+    *,
+    update_analysis: bool = True,
+) -> nn.Module:
     """Keep only channels ``keep_idx`` of ``group`` in every tensor and layer it spans.
 
     Slices each member parameter/buffer along its dim (concat offsets, flatten blocks and
@@ -53,8 +59,9 @@ def prune_group(model: nn.Module, group: ChannelGroup,
         ValueError: the group is frozen or ``keep_idx`` is invalid (checked before any change).
     """
     if not group.searchable:
-        raise ValueError(f"group: {group.name!r} is frozen and cannot be pruned: "
-                         f"{'; '.join(group.reasons[:3])}")
+        raise ValueError(
+            f"group: {group.name!r} is frozen and cannot be pruned: {'; '.join(group.reasons[:3])}"
+        )
     if group._ctx is None:
         raise ValueError("group: not produced by analyze_symbols/dependency_groups")
     keep = _keep_tensor(group, keep_idx)
@@ -64,8 +71,10 @@ def prune_group(model: nn.Module, group: ChannelGroup,
         t = _lookup(model, name)
         mask = atoms.keep_mask(desc, group.root, keep)
         if t.shape[dim] != mask.numel():
-            raise ValueError(f"group: {name} dim {dim} has {t.shape[dim]} channels but the "
-                             f"analysis saw {mask.numel()} (was the model changed since?)")
+            raise ValueError(
+                f"group: {name} dim {dim} has {t.shape[dim]} channels but the "
+                f"analysis saw {mask.numel()} (was the model changed since?)"
+            )
         plan.append((name, dim, mask))
     new_sizes: dict[int, int] = {}
     for sym_owner, attr, spec in group._attrs:
@@ -129,8 +138,11 @@ def _replace(model: nn.Module, name: str, new: torch.Tensor) -> None:
             for k, v in store.items():
                 if v is old:
                     if repl is None:
-                        repl = nn.Parameter(new.clone(), old.requires_grad) \
-                            if isinstance(old, nn.Parameter) else new.clone()
+                        repl = (
+                            nn.Parameter(new.clone(), old.requires_grad)
+                            if isinstance(old, nn.Parameter)
+                            else new.clone()
+                        )
                     store[k] = repl
 
 

@@ -48,8 +48,11 @@ def _short(err: BaseException) -> str:
     first = msg[0] if msg else type(err).__name__
     frames = traceback.extract_tb(err.__traceback__)
     where = next((f for f in reversed(frames) if "torch/fx" not in f.filename), None)
-    return f"{first[:300]} (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where \
+    return (
+        f"{first[:300]} (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
+        if where
         else first[:300]
+    )
 
 
 class RobustTracer(ShadowMixin, fx.Tracer):
@@ -65,9 +68,12 @@ class RobustTracer(ShadowMixin, fx.Tracer):
             of shape-only Python logic, see `shadow`).
     """
 
-    def __init__(self, registry: SymMapRegistry | None = None,
-                 failed: dict[nn.Module, str] | None = None,
-                 example: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        registry: SymMapRegistry | None = None,
+        failed: dict[nn.Module, str] | None = None,
+        example: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(param_shapes_constant=False)
         self.proxy_buffer_attributes = True  # buffers as graph nodes, not baked constants
         self.init_shadow(example)
@@ -84,8 +90,13 @@ class RobustTracer(ShadowMixin, fx.Tracer):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
-    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> Any:
+    def call_module(
+        self,
+        m: nn.Module,
+        forward: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         """Trace into ``m``; on failure remember it and ask for a re-trace."""
         self.visited.add(id(m))
         qualname = self.path_of_module(m)
@@ -94,8 +105,10 @@ class RobustTracer(ShadowMixin, fx.Tracer):
             return super().call_module(m, forward, args, kwargs)
         override = _TRACE_FORWARDS.get(type(m))
         if override is not None:
+
             def forward(*a: Any, **k: Any) -> Any:
                 return override(m, *a, **k)
+
         try:
             return super().call_module(m, forward, args, kwargs)
         except _RetraceError:
@@ -246,9 +259,15 @@ class _Bound(nn.Module):
             return getattr(self.__dict__["_mo_wrapped"], name)
 
 
-def _trace_one(m: nn.Module, names: list[str], concrete: dict[str, Any],
-               tracer_kwargs: dict[str, Any], gc: GraphCollection,
-               failed: dict[nn.Module, str], example: dict[str, Any]) -> fx.GraphModule | None:
+def _trace_one(
+    m: nn.Module,
+    names: list[str],
+    concrete: dict[str, Any],
+    tracer_kwargs: dict[str, Any],
+    gc: GraphCollection,
+    failed: dict[nn.Module, str],
+    example: dict[str, Any],
+) -> fx.GraphModule | None:
     override = _TRACE_FORWARDS.get(type(m))
 
     def fn(**kw: Any) -> Any:
@@ -291,9 +310,12 @@ def _leaf_graph(m: nn.Module, names: list[str], values: dict[str, Any]) -> fx.Gr
     return fx.GraphModule(holder, graph, type(m).__name__)
 
 
-def recursive_trace(model: nn.Module, concrete_args: dict[str, Any] | None = None,
-                    example_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
-                    registry: SymMapRegistry | None = None) -> GraphCollection:
+def recursive_trace(
+    model: nn.Module,
+    concrete_args: dict[str, Any] | None = None,
+    example_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
+    registry: SymMapRegistry | None = None,
+) -> GraphCollection:
     """Trace ``model`` with torch.fx, falling back to leaves for failing submodules.
 
     A submodule whose forward cannot be traced becomes a leaf of its parent's graph (its
@@ -359,15 +381,17 @@ def _concrete_from_call(bound: inspect.BoundArguments | None) -> dict[str, Any]:
     """Non-tensor arguments of a recorded call (incl. ``**kwargs``), as fx concrete args."""
     if bound is None:
         return {}
-    return {k: v for k, v in call_values(bound).items()
-            if not _has_tensor(v)}
+    return {k: v for k, v in call_values(bound).items() if not _has_tensor(v)}
 
 
 def _defaults(m: nn.Module) -> dict[str, Any]:
     """Without a recorded call, arguments with defaults are traced as those defaults."""
-    return {n: p.default for n, p in inspect.signature(m.forward).parameters.items()
-            if p.default is not inspect.Parameter.empty
-            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return {
+        n: p.default
+        for n, p in inspect.signature(m.forward).parameters.items()
+        if p.default is not inspect.Parameter.empty
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
 
 
 def _is_leaf(m: nn.Module, registry: SymMapRegistry | None) -> bool:
@@ -385,8 +409,11 @@ def _has_tensor(x: Any) -> bool:
 
 
 @torch.no_grad()
-def capture_calls(model: nn.Module, example_inputs: tuple[tuple[Any, ...], dict[str, Any]],
-                  modules: list[nn.Module]) -> dict[int, inspect.BoundArguments]:
+def capture_calls(
+    model: nn.Module,
+    example_inputs: tuple[tuple[Any, ...], dict[str, Any]],
+    modules: list[nn.Module],
+) -> dict[int, inspect.BoundArguments]:
     """Run ``model`` once and record the first call of each of ``modules``."""
     calls: dict[int, inspect.BoundArguments] = {}
     handles: list[Any] = []
@@ -395,6 +422,7 @@ def capture_calls(model: nn.Module, example_inputs: tuple[tuple[Any, ...], dict[
         def hook(mod: nn.Module, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
             if id(mod) not in calls:
                 calls[id(mod)] = _bind(mod, args, kw)
+
         return hook
 
     handles.extend(m.register_forward_pre_hook(make_hook(m), with_kwargs=True) for m in modules)

@@ -41,8 +41,13 @@ def _ids(vocab: int, n: int = 8) -> dict[str, torch.Tensor]:
 @register_zoo("resnet")
 def _resnet() -> tuple[nn.Module, Any]:
     t = _t()
-    cfg = t.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 32], depths=[1, 1, 1],
-                         layer_type="bottleneck", num_labels=4)
+    cfg = t.ResNetConfig(
+        embedding_size=8,
+        hidden_sizes=[8, 16, 32],
+        depths=[1, 1, 1],
+        layer_type="bottleneck",
+        num_labels=4,
+    )
     return t.ResNetForImageClassification(cfg), _img()
 
 
@@ -63,66 +68,104 @@ def _convnext() -> tuple[nn.Module, Any]:
 @register_zoo("efficientnet")
 def _efficientnet() -> tuple[nn.Module, Any]:
     t = _t()
-    cfg = t.EfficientNetConfig(width_coefficient=0.1, depth_coefficient=0.1, image_size=32,
-                               num_labels=4, hidden_dim=128)
+    cfg = t.EfficientNetConfig(
+        width_coefficient=0.1, depth_coefficient=0.1, image_size=32, num_labels=4, hidden_dim=128
+    )
     return t.EfficientNetForImageClassification(cfg), _img()
 
 
 @register_zoo("regnet")
 def _regnet() -> tuple[nn.Module, Any]:
     t = _t()
-    cfg = t.RegNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                         groups_width=4, num_labels=4)
+    cfg = t.RegNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], groups_width=4, num_labels=4
+    )
     return t.RegNetForImageClassification(cfg), _img()
 
 
 @register_zoo("vit")
 def _vit() -> tuple[nn.Module, Any]:
     t = _t()
-    cfg = t.ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2,
-                      num_attention_heads=2, intermediate_size=32, num_labels=4)
+    cfg = t.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=4,
+    )
     return t.ViTForImageClassification(cfg), _img()
 
 
 @register_zoo("swin")
 def _swin() -> tuple[nn.Module, Any]:
     t = _t()
-    cfg = t.SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1],
-                       num_heads=[2, 2], window_size=4, num_labels=4)
+    cfg = t.SwinConfig(
+        image_size=32,
+        patch_size=4,
+        embed_dim=8,
+        depths=[1, 1],
+        num_heads=[2, 2],
+        window_size=4,
+        num_labels=4,
+    )
     return t.SwinForImageClassification(cfg), _img()
 
 
 @register_zoo("bert")
 def _bert() -> tuple[nn.Module, Any]:
     t = _t()
-    cfg = t.BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2,
-                       num_attention_heads=2, intermediate_size=32, num_labels=3)
+    cfg = t.BertConfig(
+        vocab_size=100,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
+    )
     return t.BertForSequenceClassification(cfg), _ids(100)
 
 
 @register_zoo("gpt2")
 def _gpt2() -> tuple[nn.Module, Any]:
     t = _t()
-    cfg = t.GPT2Config(vocab_size=100, n_embd=16, n_layer=2, n_head=2, bos_token_id=0,
-                       eos_token_id=0)
+    cfg = t.GPT2Config(
+        vocab_size=100, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
+    )
     return t.GPT2LMHeadModel(cfg), _ids(100)
 
 
 @register_zoo("llama-tiny")
 def _llama_tiny() -> tuple[nn.Module, Any]:
     t = _t()
-    cfg = t.LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32,
-                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    cfg = t.LlamaConfig(
+        vocab_size=100,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     return t.LlamaForCausalLM(cfg), _ids(100)
 
 
 def smollm2_config() -> Any:
     """SmolLM2-135M's architecture (LlamaConfig), for random-weight models."""
     return _t().LlamaConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-        rope_theta=100000.0, tie_word_embeddings=True, rms_norm_eps=1e-5, bos_token_id=0,
-        eos_token_id=0)
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
 
 
 @register_zoo("smollm2-config")
@@ -149,7 +192,8 @@ def random_init_fast(cls: Any, config: Any) -> nn.Module:
             p.normal_(0.0, 0.02, generator=gen)
     for mod in model.modules():  # non-persistent buffers (rotary inv_freq) are recomputed
         init = getattr(mod, "rope_init_fn", None) or getattr(
-            mod, "compute_default_rope_parameters", None)
+            mod, "compute_default_rope_parameters", None
+        )
         if init is not None and hasattr(mod, "inv_freq") and hasattr(mod, "config"):
             inv_freq, _ = init(mod.config)
             mod.inv_freq.copy_(inv_freq)
@@ -175,7 +219,9 @@ def _smollm2_real() -> tuple[nn.Module, Any]:
 def build(name: str) -> tuple[nn.Module, Any]:
     """Build zoo model ``name`` (eval mode) and its example input."""
     if name not in ZOO:
-        raise ValueError(f"model: unknown zoo name {name!r}; choose one of {sorted(ZOO)} or "
-                         "pass module:attr of a factory")
+        raise ValueError(
+            f"model: unknown zoo name {name!r}; choose one of {sorted(ZOO)} or "
+            "pass module:attr of a factory"
+        )
     model, example = ZOO[name]()
     return model.eval(), example

@@ -19,8 +19,15 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["FLOP_RULES", "FlopCounter", "call_model", "count_flops", "count_params",
-           "profile_model", "to_meta"]
+__all__ = [
+    "FLOP_RULES",
+    "FlopCounter",
+    "call_model",
+    "count_flops",
+    "count_params",
+    "profile_model",
+    "to_meta",
+]
 
 FlopRule = Callable[[Sequence[Any], Any], int]
 
@@ -71,11 +78,13 @@ def _conv(args: Sequence[Any], out: Any) -> int:
     return 2 * out.numel() * w.shape[1] * kernel  # weight (C_out, C_in / groups, k...)
 
 
-@FLOP_RULES.register(aten._scaled_dot_product_flash_attention_for_cpu,
-                     aten._scaled_dot_product_efficient_attention,
-                     aten._scaled_dot_product_flash_attention,
-                     aten._scaled_dot_product_cudnn_attention,
-                     aten.scaled_dot_product_attention)
+@FLOP_RULES.register(
+    aten._scaled_dot_product_flash_attention_for_cpu,
+    aten._scaled_dot_product_efficient_attention,
+    aten._scaled_dot_product_flash_attention,
+    aten._scaled_dot_product_cudnn_attention,
+    aten.scaled_dot_product_attention,
+)
 def _sdpa(args: Sequence[Any], out: Any) -> int:
     q, k, v = args[0], args[1], args[2]  # (..., L, E), (..., S, E), (..., S, Ev)
     batch = math.prod(q.shape[:-2])
@@ -95,8 +104,7 @@ class FlopCounter(TorchDispatchMode):
         self.total = 0
         self.by_op: Counter[str] = Counter()
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None
-                           ) -> Any:
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         rule = FLOP_RULES.get(func)
         if rule is not None:
@@ -120,12 +128,17 @@ def call_model(model: nn.Module, dummy_input: Any) -> Any:
     if isinstance(dummy_input, dict):
         return model(**dummy_input)
     if isinstance(dummy_input, tuple | list):
-        if len(dummy_input) == 2 and isinstance(dummy_input[0], tuple) and isinstance(
-                dummy_input[1], dict):
+        if (
+            len(dummy_input) == 2
+            and isinstance(dummy_input[0], tuple)
+            and isinstance(dummy_input[1], dict)
+        ):
             return model(*dummy_input[0], **dummy_input[1])
         return model(*dummy_input)
-    raise TypeError("dummy_input: expected a tensor, a tuple of positional inputs, a dict of "
-                    f"keyword inputs or (args, kwargs), got {type(dummy_input).__name__}")
+    raise TypeError(
+        "dummy_input: expected a tensor, a tuple of positional inputs, a dict of "
+        f"keyword inputs or (args, kwargs), got {type(dummy_input).__name__}"
+    )
 
 
 # Old private name, kept so that code written against it still imports.

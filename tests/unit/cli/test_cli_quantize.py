@@ -24,8 +24,13 @@ class CharTokenizer:
 def _tiny_llama():
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(
-        vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
     )
     return transformers.LlamaForCausalLM(cfg).eval()
 
@@ -54,8 +59,19 @@ ARGS = ["--calib-size", "2", "--eval-tokens", "64", "--seq-len", "32"]
 
 def test_quantize_json_report_then_eval_reloads_same_model(loader, text_file, tmp_path, capsys):
     out_dir = tmp_path / "q"
-    rc = main(["quantize", "--format", "int8", "--text", str(text_file), *ARGS,
-               "--output", str(out_dir), "--json"])
+    rc = main(
+        [
+            "quantize",
+            "--format",
+            "int8",
+            "--text",
+            str(text_file),
+            *ARGS,
+            "--output",
+            str(out_dir),
+            "--json",
+        ]
+    )
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert report["format"] == "int8"
@@ -72,8 +88,20 @@ def test_quantize_json_report_then_eval_reloads_same_model(loader, text_file, tm
     assert set(report["seconds"]) >= {"load", "eval_before", "quantize", "eval_after", "save"}
     assert (out_dir / "modelopt.pth").is_file()
 
-    rc = main(["eval", "--text", str(text_file), "--eval-tokens", "64", "--seq-len", "32",
-               "--quantized", str(out_dir), "--json"])
+    rc = main(
+        [
+            "eval",
+            "--text",
+            str(text_file),
+            "--eval-tokens",
+            "64",
+            "--seq-len",
+            "32",
+            "--quantized",
+            str(out_dir),
+            "--json",
+        ]
+    )
     assert rc == 0
     again = json.loads(capsys.readouterr().out)
     assert again["format"] == "int8"
@@ -113,8 +141,10 @@ def test_bad_input_exits_with_one_line_before_loading(loader, capsys, argv, mess
 
 @pytest.mark.parametrize(
     ("argv", "message"),
-    [(["quantize", "--format", "int3"], "invalid choice"),
-     (["quantize", "--calib-size", "0"], "positive integer")],
+    [
+        (["quantize", "--format", "int3"], "invalid choice"),
+        (["quantize", "--calib-size", "0"], "positive integer"),
+    ],
 )
 def test_argparse_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as exc:

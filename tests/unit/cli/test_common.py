@@ -70,8 +70,7 @@ def test_add_command_and_delegated_command_share_help_layout(capsys):
     p = add_command(sub, "go", help="h", description="line one\n  kept indent", epilog="EX")
     assert isinstance(p.formatter_class, type)
     assert p.format_help().count("  kept indent") == 1
-    register_delegated(sub, "onnxq", "modeloptim.onnx.quantization.cli", help="h",
-                       description="d")
+    register_delegated(sub, "onnxq", "modeloptim.onnx.quantization.cli", help="h", description="d")
     args = parser.parse_args(["onnxq", "model.onnx"])
     from modeloptim.onnx.quantization import cli
 

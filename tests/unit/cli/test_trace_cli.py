@@ -15,8 +15,19 @@ def test_trace_zoo_text_report(capsys):
 
 
 def test_trace_json_lists_groups_and_failures(capsys):
-    assert main(["trace", "--model", "tests.unit.torch.trace.hand_models:ControlFlowNet",
-                 "--input-shape", "3,4", "--json"]) == 0
+    assert (
+        main(
+            [
+                "trace",
+                "--model",
+                "tests.unit.torch.trace.hand_models:ControlFlowNet",
+                "--input-shape",
+                "3,4",
+                "--json",
+            ]
+        )
+        == 0
+    )
     rep = json.loads(capsys.readouterr().out)
     assert rep["model"] == "ControlFlowNet"
     assert [f["module"] for f in rep["failed_modules"]] == ["branch"]
@@ -26,16 +37,37 @@ def test_trace_json_lists_groups_and_failures(capsys):
     assert all(g["reasons"] for g in rep["frozen_groups"])
 
 
-@pytest.mark.parametrize(("argv", "msg"), [
-    (["trace", "--model", "no-such-model"], "unknown zoo name"),
-    (["trace", "--model", "tests.unit.torch.trace.hand_models:ControlFlowNet"],
-     "pass --input-shape"),
-    (["trace", "--model", "nosuchpkg.mod:f"], "cannot import"),
-    (["trace", "--model", "tests.unit.torch.trace.hand_models:ControlFlowNet",
-      "--input-shape", "3,x"], "--input-shape"),
-    (["trace", "--model", "tests.unit.torch.trace.hand_models:ControlFlowNet",
-      "--input-shape", "3,5"], "example_input: the model's forward failed"),
-])
+@pytest.mark.parametrize(
+    ("argv", "msg"),
+    [
+        (["trace", "--model", "no-such-model"], "unknown zoo name"),
+        (
+            ["trace", "--model", "tests.unit.torch.trace.hand_models:ControlFlowNet"],
+            "pass --input-shape",
+        ),
+        (["trace", "--model", "nosuchpkg.mod:f"], "cannot import"),
+        (
+            [
+                "trace",
+                "--model",
+                "tests.unit.torch.trace.hand_models:ControlFlowNet",
+                "--input-shape",
+                "3,x",
+            ],
+            "--input-shape",
+        ),
+        (
+            [
+                "trace",
+                "--model",
+                "tests.unit.torch.trace.hand_models:ControlFlowNet",
+                "--input-shape",
+                "3,5",
+            ],
+            "example_input: the model's forward failed",
+        ),
+    ],
+)
 def test_trace_bad_input_one_line_error(capsys, argv, msg):
     assert main(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()

@@ -28,9 +28,15 @@ def _tiny_llama_folder(path: Path) -> Path:
     from modeloptim.torch.utils.default_model import GGUF_FILE, default_model_dir
 
     tok = transformers.AutoTokenizer.from_pretrained(default_model_dir(), gguf_file=GGUF_FILE)
-    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                                   num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, tie_word_embeddings=True)
+    cfg = transformers.LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
@@ -42,9 +48,22 @@ def test_llm_ptq_quantizes_and_reloads_exactly(tmp_path: Path, preset: str) -> N
     # The example's default is SmolLM2 (the CLI tests cover it); a tiny model with the same
     # tokenizer runs the same code path in seconds.
     model_dir = _tiny_llama_folder(tmp_path / "tiny")
-    out = _load("llm_ptq").main(["--model", str(model_dir), "--preset", preset,
-                                 "--seq-len", "64", "--calib-windows", "4",
-                                 "--eval-windows", "2", "--export-dir", str(tmp_path / "q")])
+    out = _load("llm_ptq").main(
+        [
+            "--model",
+            str(model_dir),
+            "--preset",
+            preset,
+            "--seq-len",
+            "64",
+            "--calib-windows",
+            "4",
+            "--eval-windows",
+            "2",
+            "--export-dir",
+            str(tmp_path / "q"),
+        ]
+    )
     # A random model's perplexity is about the vocabulary size; quantization must not wreck it.
     assert out["ppl_quant"] < out["ppl_float"] * 1.5
     assert out["reload_max_diff"] == 0.0  # export -> reload reproduces the logits exactly
@@ -52,8 +71,9 @@ def test_llm_ptq_quantizes_and_reloads_exactly(tmp_path: Path, preset: str) -> N
 
 
 def test_cnn_prune_quantize_deploys() -> None:
-    out = _load("cnn_prune_quantize").main(["--train", "3000", "--test", "1000", "--epochs", "1",
-                                            "--candidates", "2"])
+    out = _load("cnn_prune_quantize").main(
+        ["--train", "3000", "--test", "1000", "--epochs", "1", "--candidates", "2"]
+    )
     assert out["float"] > 60.0  # one epoch on 3k images already learns Fashion-MNIST
     assert out["pruned+int8"] > out["pruned"] - 2.0
     assert out["restore_exact"] == 1.0

@@ -30,8 +30,9 @@ def _decoder(model: nn.Module) -> tuple[str, Any] | None:
         except AttributeError:
             continue
         layers = getattr(dec, "layers", None)
-        if isinstance(layers, nn.ModuleList) and isinstance(getattr(dec, "embed_tokens", None),
-                                                            nn.Embedding):
+        if isinstance(layers, nn.ModuleList) and isinstance(
+            getattr(dec, "embed_tokens", None), nn.Embedding
+        ):
             return prefix, dec
     return None
 
@@ -44,7 +45,8 @@ def is_llama_family(model: nn.Module) -> bool:
     layer = found[1].layers[0]
     attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
     return all(isinstance(getattr(attn, n, None), nn.Linear) for n in _ATTN) and all(
-        isinstance(getattr(mlp, n, None), nn.Linear) for n in _MLP)
+        isinstance(getattr(mlp, n, None), nn.Linear) for n in _MLP
+    )
 
 
 @SPACE_BUILDERS.register("llama", is_llama_family)
@@ -66,6 +68,7 @@ def llama_space(model: nn.Module, dummy_input: Any, config: dict[str, Any]) -> S
             return
         seen_dims.add((id(t), dim))
         space.add_map(canonical.setdefault(id(t), tensor), dim, channels + group_offset)
+
     hidden = int(dec.embed_tokens.weight.shape[1])
     hid = space.add_group("hidden", hidden, kind="hidden")
     ar = torch.arange(hidden)
@@ -104,7 +107,8 @@ def llama_space(model: nn.Module, dummy_input: Any, config: dict[str, Any]) -> S
                 add(ffn.offset, f"{lp}mlp.{n}.bias", 0, fr)
         add(ffn.offset, f"{lp}mlp.down_proj.weight", 1, fr)
         space.attrs[(f"{lp}mlp".rstrip("."), "intermediate_size")] = AttrSpec(
-            "count", fr + ffn.offset)
+            "count", fr + ffn.offset
+        )
         if hasattr(layer.mlp, "hidden_size"):
             space.attrs[(f"{lp}mlp", "hidden_size")] = AttrSpec("count", ar + hid.offset)
     space.attrs[("", "config.hidden_size")] = AttrSpec("count", ar + hid.offset)

@@ -43,6 +43,7 @@ def _enabled(model: nn.Module) -> list[TensorQuantizer]:
 def run_forward_loop(model: nn.Module, forward_loop: ForwardLoop, desc: str) -> None:
     """Run ``forward_loop(model)`` under ``no_grad`` with a tqdm counter of model calls."""
     with tqdm(desc=desc, unit="batch", leave=False) as bar:
+
         def count(*_: Any) -> None:
             # A forward hook's return value replaces the output: never return tqdm's bool.
             bar.update(1)

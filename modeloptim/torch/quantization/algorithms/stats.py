@@ -148,6 +148,7 @@ def collect_group_stats(
         handles.extend(m.register_forward_pre_hook(hook) for m in dict.fromkeys(g.modules))
     try:
         bar = tqdm(desc=desc, unit="batch", leave=False)
+
         def count(*_: object) -> None:
             bar.update(1)  # a forward hook's return value would replace the model's output
 

@@ -32,9 +32,13 @@ from modeloptim.torch.trace.processors.registry import PROCESSORS, NodeProcessor
 from modeloptim.torch.trace.result import AnalysisResult, ChannelGroup
 from modeloptim.torch.trace.symbols import SYM_RULES, CLType, Symbol, SymInfo
 
-_MASK_FUNCTIONS = ("create_causal_mask", "create_bidirectional_mask",
-                   "create_sliding_window_causal_mask", "create_bidirectional_sliding_window_mask",
-                   "create_chunked_causal_mask")
+_MASK_FUNCTIONS = (
+    "create_causal_mask",
+    "create_bidirectional_mask",
+    "create_sliding_window_causal_mask",
+    "create_bidirectional_sliding_window_mask",
+    "create_chunked_causal_mask",
+)
 _CALLS: dict[int, tuple[Callable[..., Any], dict[str, Any]]] = {}
 _KEYS = itertools.count()
 
@@ -58,8 +62,10 @@ def _stub(fn: Callable[..., Any]) -> Callable[..., Any]:
         shadow = getattr(tracer, "shadow", None)
         if shadow is not None:  # builders may return None (no mask needed): decide now
             example = {k: shadow(p.node) for k, p in proxies.items()}
-            if all(isinstance(v, torch.Tensor) for v in example.values()) and \
-                    mask_leaf(key, **example) is None:
+            if (
+                all(isinstance(v, torch.Tensor) for v in example.values())
+                and mask_leaf(key, **example) is None
+            ):
                 return None
         return tracer.create_proxy("call_function", mask_leaf, (key,), proxies)
 
@@ -89,8 +95,11 @@ def _configs(model: nn.Module) -> list[Any]:
         cfg = getattr(m, "config", None)
         if cfg is not None and hasattr(cfg, "to_dict") and all(c is not cfg for c in out):
             out.append(cfg)
-            out.extend(getattr(cfg, k) for k in getattr(cfg, "sub_configs", {}) if getattr(
-                cfg, k, None) is not None)
+            out.extend(
+                getattr(cfg, k)
+                for k in getattr(cfg, "sub_configs", {})
+                if getattr(cfg, k, None) is not None
+            )
     return out
 
 
@@ -132,8 +141,14 @@ def _register_conv1d() -> None:
     def _conv1d(m: Conv1D) -> SymInfo:
         i = Symbol("nx", m.nx, CLType.INCOMING)
         o = Symbol("nf", m.nf, CLType.OUTGOING)
-        return SymInfo.of(i, o, tensors={"weight": {0: i, 1: o}, "bias": {0: o}},
-                          inputs={"x": {-1: i}}, outputs={(): {-1: o}}, attrs={"nx": i, "nf": o})
+        return SymInfo.of(
+            i,
+            o,
+            tensors={"weight": {0: i, 1: o}, "bias": {0: o}},
+            inputs={"x": {-1: i}},
+            outputs={(): {-1: o}},
+            attrs={"nx": i, "nf": o},
+        )
 
 
 def _register_channel_norms() -> None:
@@ -144,9 +159,13 @@ def _register_channel_norms() -> None:
         def _convnext_ln(m: ConvNextLayerNorm) -> SymInfo:
             c = Symbol("normalized_shape_0", m.normalized_shape[0], CLType.INCOMING)
             dims = {1 if m.data_format == "channels_first" else -1: c}
-            return SymInfo.of(c, tensors={"weight": {0: c}, "bias": {0: c}},
-                              inputs={"features": dims}, outputs={(): dims},
-                              attrs={"normalized_shape": [(c,)]})
+            return SymInfo.of(
+                c,
+                tensors={"weight": {0: c}, "bias": {0: c}},
+                inputs={"features": dims},
+                outputs={(): dims},
+                attrs={"normalized_shape": [(c,)]},
+            )
 
 
 def _register_fixups() -> None:
@@ -207,8 +226,9 @@ def hf_search_space(model: nn.Module, result: AnalysisResult) -> dict[str, HFHpa
         name = next((n for n, p in model.named_parameters() if p is emb.weight), None)
         hidden = next(iter(result.group_of(name, 1)), None) if name else None
         if hidden is not None:
-            out["hidden_size"] = HFHparam("hidden_size", hidden.size, hidden.searchable, hidden,
-                                          hidden.reasons)
+            out["hidden_size"] = HFHparam(
+                "hidden_size", hidden.size, hidden.searchable, hidden, hidden.reasons
+            )
     layers_name, layers = _decoder_layers(model)
     if layers is None:
         return out
@@ -223,14 +243,20 @@ def hf_search_space(model: nn.Module, result: AnalysisResult) -> dict[str, HFHpa
                 continue
             prev = out.get(f"layers.{i}.{key}")
             if prev is None or (g.searchable and not prev.searchable):
-                out[f"layers.{i}.{key}"] = HFHparam(f"layers.{i}.{key}", g.size, g.searchable,
-                                                    g, g.reasons)
+                out[f"layers.{i}.{key}"] = HFHparam(
+                    f"layers.{i}.{key}", g.size, g.searchable, g, g.reasons
+                )
     on_stream = hidden is not None and all(
         any(m.tensor.startswith(f"{layers_name}.{i}.") for m in hidden.members)
-        for i in range(len(layers)))
+        for i in range(len(layers))
+    )
     out["num_hidden_layers"] = HFHparam(
-        "num_hidden_layers", len(layers), on_stream, None,
-        [] if on_stream else ["layers are not all on one residual stream"])
+        "num_hidden_layers",
+        len(layers),
+        on_stream,
+        None,
+        [] if on_stream else ["layers are not all on one residual stream"],
+    )
     return out
 
 
@@ -241,5 +267,12 @@ def _decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList | None]:
             return name, mod
     return "", None
 
-__all__ = ["HFHparam", "MaskBuilderProcessor", "hf_search_space", "hf_tracing", "mask_leaf",
-           "torch"]
+
+__all__ = [
+    "HFHparam",
+    "MaskBuilderProcessor",
+    "hf_search_space",
+    "hf_tracing",
+    "mask_leaf",
+    "torch",
+]

@@ -33,15 +33,24 @@ class ShapeGuardProcessor(NodeProcessor):
                 lay, d = picked
                 ctx.atoms.freeze(lay[d], reason)
                 continue
-            is_size = (n.op == "call_method" and n.target in ("size", "dim", "numel")) or (
-                n.op == "call_function" and n.target is builtins.getattr
-                and n.args[1] == "shape") or (n.op == "call_function" and n.target is builtins.len)
+            is_size = (
+                (n.op == "call_method" and n.target in ("size", "dim", "numel"))
+                or (
+                    n.op == "call_function"
+                    and n.target is builtins.getattr
+                    and n.args[1] == "shape"
+                )
+                or (n.op == "call_function" and n.target is builtins.len)
+            )
             if is_size:
                 lay = ctx.layout(n.args[0])
                 if not isinstance(lay, list):
                     continue
-                dim = n.args[1] if n.op == "call_method" and n.target == "size" and len(
-                    n.args) > 1 else n.kwargs.get("dim")
+                dim = (
+                    n.args[1]
+                    if n.op == "call_method" and n.target == "size" and len(n.args) > 1
+                    else n.kwargs.get("dim")
+                )
                 dims = list(range(len(lay))) if not isinstance(dim, int) else [dim]
                 for d in dims:
                     ctx.atoms.freeze(lay[d], reason)
@@ -51,17 +60,21 @@ class ShapeGuardProcessor(NodeProcessor):
 
 
 def _is_shape_query(n: fx.Node) -> bool:
-    return (n.op == "call_method" and n.target == "size" and len(n.args) == 1
-            and not n.kwargs) or (n.op == "call_function" and n.target is builtins.getattr
-                                  and n.args[1] == "shape")
+    return (n.op == "call_method" and n.target == "size" and len(n.args) == 1 and not n.kwargs) or (
+        n.op == "call_function" and n.target is builtins.getattr and n.args[1] == "shape"
+    )
 
 
 def _picked_dim(ctx: AnalysisContext, n: fx.Node) -> tuple[list, int] | None:
     """``(layout, dim)`` when ``n`` is ``x.shape[i]`` / ``x.size()[i]`` / ``x.size(i)``."""
     src: object = None
     idx: object = None
-    if n.op == "call_function" and n.target is operator.getitem and isinstance(
-            n.args[0], fx.Node) and _is_shape_query(n.args[0]):
+    if (
+        n.op == "call_function"
+        and n.target is operator.getitem
+        and isinstance(n.args[0], fx.Node)
+        and _is_shape_query(n.args[0])
+    ):
         src, idx = n.args[0].args[0], n.args[1]
     elif n.op == "call_method" and n.target == "size" and len(n.args) == 2:
         src, idx = n.args[0], n.args[1]

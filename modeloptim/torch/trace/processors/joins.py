@@ -51,8 +51,17 @@ class ConcatProcessor(NodeProcessor):
         ctx.desc[node] = res
 
 
-@PROCESSORS.register("split", "chunk", "tensor_split", "unbind", "split_with_sizes",
-                     torch.split, torch.chunk, torch.tensor_split, torch.unbind)
+@PROCESSORS.register(
+    "split",
+    "chunk",
+    "tensor_split",
+    "unbind",
+    "split_with_sizes",
+    torch.split,
+    torch.chunk,
+    torch.tensor_split,
+    torch.unbind,
+)
 class SplitProcessor(NodeProcessor):
     """``split``/``chunk``: consecutive pieces of the split dim's layout.
 
@@ -69,7 +78,7 @@ class SplitProcessor(NodeProcessor):
         if name == "unbind":
             dim = _dim_arg(node, 1) % x.dim()
             ctx.atoms.freeze(lay[dim], f"unbind at {node.name}")
-            ctx.desc[node] = tuple([*lay[:dim], *lay[dim + 1:]] for _ in outs)
+            ctx.desc[node] = tuple([*lay[:dim], *lay[dim + 1 :]] for _ in outs)
             return
         dim = _dim_arg(node, 2)
         dim %= x.dim()
@@ -78,11 +87,19 @@ class SplitProcessor(NodeProcessor):
         if pieces is None:
             ctx.boundary(node, "split does not cover the dim")
             return
-        size_arg = node.args[1] if len(node.args) > 1 else node.kwargs.get(
-            "split_size_or_sections", node.kwargs.get("split_size", node.kwargs.get("chunks")))
+        size_arg = (
+            node.args[1]
+            if len(node.args) > 1
+            else node.kwargs.get(
+                "split_size_or_sections", node.kwargs.get("split_size", node.kwargs.get("chunks"))
+            )
+        )
         by_count = name in ("chunk", "tensor_split") or isinstance(ctx.value(size_arg), int)
-        literal = name in ("split", "split_with_sizes") and not _all_derived(ctx.is_derived(
-            size_arg)) and not literal_is_fixed_up(node, "split")
+        literal = (
+            name in ("split", "split_with_sizes")
+            and not _all_derived(ctx.is_derived(size_arg))
+            and not literal_is_fixed_up(node, "split")
+        )
         if literal or not by_count or len(set(sizes)) != 1:
             # explicit piece sizes (or a hard-coded piece size) pin the whole dim
             ctx.atoms.freeze(lay[dim], f"split into fixed sizes at {node.name}")
@@ -91,7 +108,7 @@ class SplitProcessor(NodeProcessor):
             # way keeps them equal, so the pieces are tied to each other
             for p in pieces[1:]:
                 ctx.unify(pieces[0], p, node)
-        ctx.desc[node] = tuple([*lay[:dim], p, *lay[dim + 1:]] for p in pieces)
+        ctx.desc[node] = tuple([*lay[:dim], p, *lay[dim + 1 :]] for p in pieces)
 
 
 def _all_derived(flags: object) -> bool:

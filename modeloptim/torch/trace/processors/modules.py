@@ -60,8 +60,11 @@ class ModuleRuleProcessor:
                     primary = lay
                     primary_declared = {d % len(lay) for d in info.inputs[name]}
             elif lay is not None:
-                ctx.freeze(lay, f"input '{name}' of {owner} ({type(mod).__name__}) is not "
-                           "described by its rule")
+                ctx.freeze(
+                    lay,
+                    f"input '{name}' of {owner} ({type(mod).__name__}) is not "
+                    "described by its rule",
+                )
         out = ctx.value(node)
         layout = ctx.fresh(out)
         for path, dims in info.outputs.items():
@@ -74,9 +77,12 @@ class ModuleRuleProcessor:
             for k in range(len(sub)):
                 if k in declared:
                     continue
-                same = primary is not None and len(primary) == len(sub) and \
-                    k not in primary_declared and ctx.atoms.desc_size(primary[k]) == \
-                    ctx.atoms.desc_size(sub[k])
+                same = (
+                    primary is not None
+                    and len(primary) == len(sub)
+                    and k not in primary_declared
+                    and ctx.atoms.desc_size(primary[k]) == ctx.atoms.desc_size(sub[k])
+                )
                 if same:
                     sub[k] = primary[k]  # type: ignore[index]
                 else:
@@ -89,8 +95,9 @@ class ModuleRuleProcessor:
         ctx.desc[node] = layout
 
     @staticmethod
-    def _tensors(ctx: AnalysisContext, node: fx.Node, mod: nn.Module, owner: str,
-                 info: SymInfo) -> None:
+    def _tensors(
+        ctx: AnalysisContext, node: fx.Node, mod: nn.Module, owner: str, info: SymInfo
+    ) -> None:
         declared: set[int] = set()
         for tname, dims in info.tensors.items():
             t = get_path(mod, tname)
@@ -102,8 +109,11 @@ class ModuleRuleProcessor:
                 ctx.unify(td[dim], spec_desc(ctx, owner, spec), node)
                 syms = spec_symbols(spec)
                 names = ",".join(s.name for s in syms if s.size > 1 or len(syms) == 1)
-                cl = CLType.OUTGOING if any(s.cl_type == CLType.OUTGOING for s in syms) else \
-                    syms[-1].cl_type
+                cl = (
+                    CLType.OUTGOING
+                    if any(s.cl_type == CLType.OUTGOING for s in syms)
+                    else syms[-1].cl_type
+                )
                 rec.symbols[dim] = (f"{owner}:{names}", cl)
             for d in range(t.dim()):
                 if d not in dims:
@@ -111,9 +121,10 @@ class ModuleRuleProcessor:
             declared.add(id(t))
         for pname, p in [*mod.named_parameters(), *mod.named_buffers()]:
             if id(p) not in declared:
-                ctx.freeze(ctx.tensor_layout(p, f"{owner}.{pname}"),
-                           f"{owner}.{pname} is not described by the rule of "
-                           f"{type(mod).__name__}")
+                ctx.freeze(
+                    ctx.tensor_layout(p, f"{owner}.{pname}"),
+                    f"{owner}.{pname} is not described by the rule of {type(mod).__name__}",
+                )
 
 
 def _paths(layout: Any, prefix: tuple[int, ...] = ()) -> list[tuple[int, ...]]:

@@ -12,11 +12,40 @@ from modeloptim.torch.trace.context import AnalysisContext
 from modeloptim.torch.trace.layout import Desc
 from modeloptim.torch.trace.processors.registry import PROCESSORS, NodeProcessor
 
-_REDUCE = ("mean", "sum", "amax", "amin", "max", "min", "prod", "std", "var", "norm",
-           "logsumexp", "argmax", "argmin", "all", "any", "cumsum", torch.mean, torch.sum,
-           torch.amax, torch.amin, torch.max, torch.min, torch.prod, torch.std, torch.var,
-           torch.norm, torch.logsumexp, torch.argmax, torch.argmin, torch.all, torch.any,
-           torch.cumsum)
+_REDUCE = (
+    "mean",
+    "sum",
+    "amax",
+    "amin",
+    "max",
+    "min",
+    "prod",
+    "std",
+    "var",
+    "norm",
+    "logsumexp",
+    "argmax",
+    "argmin",
+    "all",
+    "any",
+    "cumsum",
+    torch.mean,
+    torch.sum,
+    torch.amax,
+    torch.amin,
+    torch.max,
+    torch.min,
+    torch.prod,
+    torch.std,
+    torch.var,
+    torch.norm,
+    torch.logsumexp,
+    torch.argmax,
+    torch.argmin,
+    torch.all,
+    torch.any,
+    torch.cumsum,
+)
 
 
 @PROCESSORS.register(*_REDUCE)
@@ -35,32 +64,65 @@ class ReduceProcessor(NodeProcessor):
             ctx.boundary(node, "reduction without layout")
             return
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        if isinstance(dim, fx.Node) or (dim is not None and not isinstance(dim, int | tuple |
-                                                                           list)):
+        if isinstance(dim, fx.Node) or (
+            dim is not None and not isinstance(dim, int | tuple | list)
+        ):
             ctx.boundary(node, "reduction over a computed dim")
             return
-        dims = set(range(x.dim())) if dim is None else {
-            d % x.dim() for d in (dim if isinstance(dim, tuple | list) else [dim])}
+        dims = (
+            set(range(x.dim()))
+            if dim is None
+            else {d % x.dim() for d in (dim if isinstance(dim, tuple | list) else [dim])}
+        )
         if str(node.target) == "cumsum" or getattr(node.target, "__name__", "") == "cumsum":
             dims = set()
         keep = [lay[k] if k not in dims else ctx.atoms.new_desc(1) for k in range(x.dim())]
-        kept = keep if first.dim() == x.dim() else [
-            lay[k] for k in range(x.dim()) if k not in dims]
+        kept = keep if first.dim() == x.dim() else [lay[k] for k in range(x.dim()) if k not in dims]
         if len(kept) != first.dim():
             ctx.boundary(node, "reduction with unexpected output rank")
             return
         ctx.desc[node] = tuple(kept for _ in out) if isinstance(out, tuple) else kept
 
 
-_POOL_FUNCS = (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
-               F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-               F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
-               F.adaptive_max_pool3d, F.interpolate, F.pad, F.lp_pool2d, F.pixel_shuffle)
-_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
-                 nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-                 nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-                 nn.AdaptiveMaxPool3d, nn.Upsample, nn.ZeroPad2d, nn.ConstantPad2d,
-                 nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ConstantPad1d, nn.ZeroPad1d)
+_POOL_FUNCS = (
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    F.interpolate,
+    F.pad,
+    F.lp_pool2d,
+    F.pixel_shuffle,
+)
+_POOL_MODULES = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.Upsample,
+    nn.ZeroPad2d,
+    nn.ConstantPad2d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad2d,
+    nn.ConstantPad1d,
+    nn.ZeroPad1d,
+)
 
 
 @PROCESSORS.register(*_POOL_FUNCS, *_POOL_MODULES)
@@ -82,16 +144,19 @@ class PoolProcessor(NodeProcessor):
             ctx.boundary(node, "padding/pooling changed the channel dim")
             return
         why = f"spatial size set by {node.name}"
-        res = [lay[k] if k < 2 or x.shape[k] == out.shape[k] else ctx.atoms.new_desc(
-            out.shape[k], why) for k in range(x.dim())]
+        res = [
+            lay[k] if k < 2 or x.shape[k] == out.shape[k] else ctx.atoms.new_desc(out.shape[k], why)
+            for k in range(x.dim())
+        ]
         for k in range(2, x.dim()):
             if x.shape[k] != out.shape[k]:  # e.g. F.pad of a feature dim: keep it fixed
                 ctx.atoms.freeze(lay[k], why)
         ctx.desc[node] = res if not isinstance(ctx.value(node), tuple) else (res, res)
 
 
-@PROCESSORS.register(torch.matmul, torch.bmm, torch.mm, "matmul", "bmm", "mm", operator.matmul,
-                     "__matmul__")
+@PROCESSORS.register(
+    torch.matmul, torch.bmm, torch.mm, "matmul", "bmm", "mm", operator.matmul, "__matmul__"
+)
 class MatmulProcessor(NodeProcessor):
     """``a @ b``: a's last dim ties b's second-to-last; batch dims broadcast."""
 
@@ -106,8 +171,11 @@ class MatmulProcessor(NodeProcessor):
         ctx.unify(la[-1], lb[-2], node)
         batch: list[Desc] = []
         for k in range(3, out.dim() + 1):
-            dims = [lay[-k] for lay, v in ((la, va), (lb, vb))
-                    if v.dim() >= k and v.shape[-k] == out.shape[-k]]
+            dims = [
+                lay[-k]
+                for lay, v in ((la, va), (lb, vb))
+                if v.dim() >= k and v.shape[-k] == out.shape[-k]
+            ]
             for d in dims[1:]:
                 ctx.unify(dims[0], d, node)
             batch.insert(0, dims[0] if dims else ctx.atoms.new_desc(out.shape[-k]))
@@ -185,14 +253,22 @@ class EinsumProcessor(NodeProcessor):
     def __call__(self, ctx: AnalysisContext, node: fx.Node) -> None:
         """Tie by subscript letters (equations with ``...`` are a boundary)."""
         eq = str(node.args[0]).replace(" ", "")
-        ops = list(node.args[1]) if len(node.args) == 2 and isinstance(
-            node.args[1], list | tuple) else list(node.args[1:])
+        ops = (
+            list(node.args[1])
+            if len(node.args) == 2 and isinstance(node.args[1], list | tuple)
+            else list(node.args[1:])
+        )
         lhs, _, rhs = eq.partition("->")
         terms = lhs.split(",")
         lays = [ctx.layout(o) for o in ops]
-        if "." in eq or len(terms) != len(ops) or any(
-                not isinstance(lay, list) or len(lay) != len(t) for lay, t in zip(
-                    lays, terms, strict=False)):
+        if (
+            "." in eq
+            or len(terms) != len(ops)
+            or any(
+                not isinstance(lay, list) or len(lay) != len(t)
+                for lay, t in zip(lays, terms, strict=False)
+            )
+        ):
             ctx.boundary(node, "einsum with ellipsis or unexpected operands")
             return
         letter: dict[str, Desc] = {}
@@ -208,5 +284,6 @@ class EinsumProcessor(NodeProcessor):
         if not rhs and "->" not in eq:
             rhs = "".join(sorted(c for c in set(lhs) - {","} if lhs.count(c) == 1))
         out = ctx.value(node)
-        ctx.desc[node] = [letter.get(ch) or ctx.atoms.new_desc(out.shape[k])
-                          for k, ch in enumerate(rhs)]
+        ctx.desc[node] = [
+            letter.get(ch) or ctx.atoms.new_desc(out.shape[k]) for k, ch in enumerate(rhs)
+        ]

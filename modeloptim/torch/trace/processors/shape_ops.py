@@ -79,9 +79,23 @@ def _flags_of(ctx: AnalysisContext, spec: Any) -> list[bool]:
     return [spec == -1]
 
 
-@PROCESSORS.register("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze",
-                     "view_as", "reshape_as", torch.reshape, torch.flatten, torch.unflatten,
-                     torch.squeeze, torch.unsqueeze, nn.Flatten, nn.Unflatten)
+@PROCESSORS.register(
+    "view",
+    "reshape",
+    "flatten",
+    "unflatten",
+    "squeeze",
+    "unsqueeze",
+    "view_as",
+    "reshape_as",
+    torch.reshape,
+    torch.flatten,
+    torch.unflatten,
+    torch.squeeze,
+    torch.unsqueeze,
+    nn.Flatten,
+    nn.Unflatten,
+)
 class ReshapeProcessor(NodeProcessor):
     """Reshapes: merged dims multiply layouts, split dims factor them.
 
@@ -101,19 +115,26 @@ class ReshapeProcessor(NodeProcessor):
         try:
             for gi, go in groups:
                 combined = self._merge(ctx, [lay[k] for k in gi])
-                parts = [combined] if len(go) == 1 else ctx.atoms.factor(
-                    combined, [out.shape[k] for k in go])
+                parts = (
+                    [combined]
+                    if len(go) == 1
+                    else ctx.atoms.factor(combined, [out.shape[k] for k in go])
+                )
                 for k, p in zip(go, parts, strict=True):
                     res[k] = p
         except LayoutConflictError as err:
             ctx.boundary(node, f"reshape mixes channel layouts ({err})")
             return
-        final = [d if d is not None else ctx.atoms.new_desc(out.shape[k])
-                 for k, d in enumerate(res)]
+        final = [
+            d if d is not None else ctx.atoms.new_desc(out.shape[k]) for k, d in enumerate(res)
+        ]
         for k, ok in enumerate(_shape_flags(ctx, node, out.dim())):
             if not ok and out.shape[k] > 1:
-                ctx.atoms.freeze(final[k], f"reshaped to hard-coded size {out.shape[k]} at "
-                                 f"{node.name} ({str(node.format_node())[:120]})")
+                ctx.atoms.freeze(
+                    final[k],
+                    f"reshaped to hard-coded size {out.shape[k]} at "
+                    f"{node.name} ({str(node.format_node())[:120]})",
+                )
         if str(node.target) in ("view_as", "reshape_as"):
             other = ctx.layout(node.args[1])
             for k in range(out.dim()):
@@ -133,9 +154,22 @@ class ReshapeProcessor(NodeProcessor):
         return [(*seg, *inner) for seg in descs[0]]
 
 
-_PERMUTES = ("permute", "transpose", "t", "movedim", "moveaxis", "swapaxes", "swapdims",
-             torch.permute, torch.transpose, torch.t, torch.movedim, torch.moveaxis,
-             torch.swapaxes, torch.swapdims)
+_PERMUTES = (
+    "permute",
+    "transpose",
+    "t",
+    "movedim",
+    "moveaxis",
+    "swapaxes",
+    "swapdims",
+    torch.permute,
+    torch.transpose,
+    torch.t,
+    torch.movedim,
+    torch.moveaxis,
+    torch.swapaxes,
+    torch.swapdims,
+)
 
 
 @PROCESSORS.register(*_PERMUTES)
@@ -164,8 +198,11 @@ class ExpandProcessor(NodeProcessor):
         lay, x, out = ctx.layout(src), ctx.value(src), ctx.value(node)
         name = str(node.target) if node.op == "call_method" else "broadcast_to"
         other = ctx.layout(node.args[1]) if name == "expand_as" else None
-        flags = [True] * out.dim() if other is not None else _flags_of(
-            ctx, node.args[1] if len(node.args) == 2 else list(node.args[1:]))
+        flags = (
+            [True] * out.dim()
+            if other is not None
+            else _flags_of(ctx, node.args[1] if len(node.args) == 2 else list(node.args[1:]))
+        )
         if len(flags) != out.dim():
             flags = [False] * out.dim()
         lead = out.dim() - x.dim()
@@ -211,14 +248,15 @@ class GetitemProcessor(NodeProcessor):
         items = [_resolve(ctx, i) for i in (list(idx) if isinstance(idx, tuple) else [idx])]
         if self._leading_index(ctx, node, lay, items):
             return
-        if any(isinstance(i, fx.Node | list | torch.Tensor) or i is True or i is False
-               for i in items):
+        if any(
+            isinstance(i, fx.Node | list | torch.Tensor) or i is True or i is False for i in items
+        ):
             ctx.boundary(node, "advanced (tensor) indexing")
             return
         n_real = sum(1 for i in items if i is not None and i is not Ellipsis)
         if Ellipsis in items:
             e = items.index(Ellipsis)
-            items = items[:e] + [slice(None)] * (val.dim() - n_real) + items[e + 1:]
+            items = items[:e] + [slice(None)] * (val.dim() - n_real) + items[e + 1 :]
         items += [slice(None)] * (val.dim() - sum(1 for i in items if i is not None))
         res: list[Desc] = []
         d = 0

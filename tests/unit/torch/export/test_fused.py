@@ -83,7 +83,9 @@ def test_fused_groups_are_the_trace_groups_and_smoothquant_needs_no_harmonizing(
     model, data = _unusual_quantized(copy.deepcopy(presets.INT8_SMOOTHQUANT_CFG))
     groups = find_shared_input_groups(model, lambda m: m(data[0]))
     assert sorted(map(sorted, groups)) == [
-        ["alpha", "heads.u", "heads.w", "zz.1"], ["omega"], ["tail"]
+        ["alpha", "heads.u", "heads.w", "zz.1"],
+        ["omega"],
+        ["tail"],
     ]
     # calibration already gave each group one input amax and one pre_quant_scale
     assert harmonize_groups(model, groups) == []

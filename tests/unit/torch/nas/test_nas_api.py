@@ -27,8 +27,11 @@ def test_convert_search_export_round_trip(tmp_path) -> None:
     fresh = copy.deepcopy(model)
     ref = model(X)
     f0 = count_flops(model, X)
-    model = mtn.convert(model, [("autonas", {"ratios": [0.25, 0.5, 1.0],
-                                             "group_ratios": {"head*": [1.0]}})], dummy_input=X)
+    model = mtn.convert(
+        model,
+        [("autonas", {"ratios": [0.25, 0.5, 1.0], "group_ratios": {"head*": [1.0]}})],
+        dummy_input=X,
+    )
     assert isinstance(model.stem[0], ElasticSlice)
     torch.testing.assert_close(model(X), ref, rtol=0, atol=0)  # full subnet == original
     opts = mtn.choices(model)
@@ -40,8 +43,9 @@ def test_convert_search_export_round_trip(tmp_path) -> None:
         seen.append(count_flops(m, X))
         return float(count_flops(m, X))  # prefers the largest subnet that fits
 
-    model, state = mtn.search(model, {"flops": "60%"}, X, {"score_func": score,
-                                                           "num_candidates": 6})
+    model, state = mtn.search(
+        model, {"flops": "60%"}, X, {"score_func": score, "num_candidates": 6}
+    )
     assert all(f <= 0.6 * f0 for f in seen)
     best = state["best"]
     assert best["score"] == max(seen)

@@ -13,8 +13,13 @@ class ResCNN(nn.Module):
     def __init__(self, c: int = 16, classes: int = 10) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
-        self.a = nn.Sequential(nn.Conv2d(c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c),
-                               nn.ReLU(), nn.Conv2d(2 * c, c, 3, padding=1), nn.BatchNorm2d(c))
+        self.a = nn.Sequential(
+            nn.Conv2d(c, 2 * c, 3, padding=1),
+            nn.BatchNorm2d(2 * c),
+            nn.ReLU(),
+            nn.Conv2d(2 * c, c, 3, padding=1),
+            nn.BatchNorm2d(c),
+        )
         self.b = nn.Sequential(nn.Conv2d(c, c, 1), nn.BatchNorm2d(c), nn.ReLU())
         self.head = nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1)
         self.bn = nn.BatchNorm2d(2 * c)

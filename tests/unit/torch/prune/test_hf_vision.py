@@ -17,8 +17,9 @@ X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
 def _resnet() -> torch.nn.Module:
-    cfg = transformers.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
-                                    layer_type="basic", num_labels=10)
+    cfg = transformers.ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic", num_labels=10
+    )
     return transformers.ResNetForImageClassification(cfg)
 
 
@@ -28,8 +29,15 @@ def _mobilenet() -> torch.nn.Module:
 
 
 def _vit() -> torch.nn.Module:
-    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                 intermediate_size=64, image_size=32, patch_size=8, num_labels=10)
+    cfg = transformers.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=10,
+    )
     return transformers.ViTForImageClassification(cfg)
 
 
@@ -44,8 +52,9 @@ def test_half_flops_runs_and_round_trips(make, tmp_path) -> None:
     model = make().eval()
     fresh = copy.deepcopy(model)
     f0 = count_flops(model, {"pixel_values": X})
-    pruned, _ = mtp.prune(model, [("fastnas", {"channel_divisor": 1})], {"flops": "50%"},
-                          {"pixel_values": X})
+    pruned, _ = mtp.prune(
+        model, [("fastnas", {"channel_divisor": 1})], {"flops": "50%"}, {"pixel_values": X}
+    )
     ratio = count_flops(pruned, {"pixel_values": X}) / f0
     assert 0.475 <= ratio <= 0.50, ratio  # within 5% of the target, never above it
     out = _logits(pruned)

@@ -65,8 +65,14 @@ def test_keep_order_is_descending_and_stable() -> None:
 def test_gradnas_on_tiny_bert(tmp_path) -> None:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=64, vocab_size=100, num_labels=3)
+    cfg = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=100,
+        num_labels=3,
+    )
     model = transformers.BertForSequenceClassification(cfg).eval()
     fresh = copy.deepcopy(model)
     ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
@@ -76,8 +82,13 @@ def test_gradnas_on_tiny_bert(tmp_path) -> None:
         return m(input_ids=batch[0], labels=batch[1]).loss
 
     p0 = count_params(model)
-    pruned, _ = mtp.prune(model, [("gradnas", {"channel_divisor": 1})], {"params": "85%"},
-                          {"input_ids": ids}, {"data_loader": data, "loss_func": loss})
+    pruned, _ = mtp.prune(
+        model,
+        [("gradnas", {"channel_divisor": 1})],
+        {"params": "85%"},
+        {"input_ids": ids},
+        {"data_loader": data, "loss_func": loss},
+    )
     assert 0.80 * p0 <= count_params(pruned) <= 0.85 * p0
     with torch.no_grad():
         out = pruned(input_ids=ids).logits

@@ -15,15 +15,23 @@ from modeloptim.torch.utils.profile import count_params
 transformers = pytest.importorskip("transformers")
 
 IDS = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(0))
-DATA = [{"input_ids": torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(i))}
-        for i in range(1, 4)]
+DATA = [
+    {"input_ids": torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(i))}
+    for i in range(1, 4)
+]
 
 
 def _llama(layers: int = 4) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
-                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
-                                   tie_word_embeddings=True)
+    cfg = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        tie_word_embeddings=True,
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
@@ -31,8 +39,9 @@ def test_width_to_75_percent_params_round_trips(tmp_path) -> None:
     model = _llama()
     fresh = copy.deepcopy(model)
     p0 = count_params(model)
-    pruned, state = mtp.prune(model, "minitron", {"params": "75%"}, {"input_ids": IDS},
-                              {"data_loader": DATA})
+    pruned, state = mtp.prune(
+        model, "minitron", {"params": "75%"}, {"input_ids": IDS}, {"data_loader": DATA}
+    )
     p1 = count_params(pruned)
     assert 0.70 * p0 <= p1 <= 0.75 * p0
     assert state["best"]["cost"]["params"] == p1
@@ -58,8 +67,13 @@ def test_activation_importance_keeps_the_loud_channels() -> None:
     model = _llama(2)
     with torch.no_grad():  # hidden channels 0..7 carry 100x larger embeddings
         model.model.embed_tokens.weight[:, :8] *= 100
-    pruned, _ = mtp.prune(model, [("minitron", {"prune": ["hidden"]})], {"params": "80%"},
-                          {"input_ids": IDS}, {"data_loader": DATA})
+    pruned, _ = mtp.prune(
+        model,
+        [("minitron", {"prune": ["hidden"]})],
+        {"params": "80%"},
+        {"input_ids": IDS},
+        {"data_loader": DATA},
+    )
     ref = _llama(2).model.embed_tokens.weight
     kept = pruned.model.embed_tokens.weight
     torch.testing.assert_close(kept[:, :8], ref[:, :8] * 100)
@@ -74,8 +88,13 @@ def test_depth_drops_the_layer_that_does_nothing() -> None:
     assert float(bi[2]) == pytest.approx(0.0, abs=1e-12)
     assert bool((bi[[0, 1, 3]] > 1e-6).all())
     kept_q = [model.model.layers[i].self_attn.q_proj.weight.clone() for i in (0, 1, 3)]
-    pruned, _ = mtp.prune(model, [("minitron", {"prune": ["ffn"]})], {"params": "99%"},
-                          {"input_ids": IDS}, {"data_loader": DATA, "num_layers": 3})
+    pruned, _ = mtp.prune(
+        model,
+        [("minitron", {"prune": ["ffn"]})],
+        {"params": "99%"},
+        {"input_ids": IDS},
+        {"data_loader": DATA, "num_layers": 3},
+    )
     assert len(pruned.model.layers) == 3
     assert pruned.config.num_hidden_layers == 3
     assert [la.self_attn.layer_idx for la in pruned.model.layers] == [0, 1, 2]
@@ -100,9 +119,13 @@ def test_search_with_score_keeps_unpruned_kinds_full() -> None:
         with torch.no_grad():
             return -float(m(input_ids=IDS).logits.float().std())
 
-    pruned, state = mtp.prune(model, [("minitron", {"prune": ["ffn"]})], {"params": "90%"},
-                              {"input_ids": IDS},
-                              {"data_loader": DATA, "score_func": score, "num_candidates": 3})
+    pruned, state = mtp.prune(
+        model,
+        [("minitron", {"prune": ["ffn"]})],
+        {"params": "90%"},
+        {"input_ids": IDS},
+        {"data_loader": DATA, "score_func": score, "num_candidates": 3},
+    )
     assert scored == [64, 64, 64]  # hidden never shrinks when only FFN may
     assert len(state["candidates"]) == 3
     assert pruned.model.embed_tokens.weight.shape[1] == 64
@@ -117,12 +140,14 @@ def test_elastic_llama_equals_physical_subnet() -> None:
     space = build_space(model, {"input_ids": IDS})
     assert {g.kind for g in space.groups} == {"hidden", "heads", "ffn"}
     g = torch.Generator().manual_seed(0)
-    keep = space.keep_vector({gr.name: torch.randperm(gr.size, generator=g)[: gr.size // 2]
-                              for gr in space.groups})
+    keep = space.keep_vector(
+        {gr.name: torch.randperm(gr.size, generator=g)[: gr.size // 2] for gr in space.groups}
+    )
     physical = space.plan(keep).apply(copy.deepcopy(model))
     assert physical.model.layers[0].self_attn.k_proj.weight.shape == (16, 32)  # 1 of 2 KV heads
     convert_elastic(model, space)
     activate(model, keep)
     with torch.no_grad():
-        torch.testing.assert_close(model(input_ids=IDS).logits, physical(input_ids=IDS).logits,
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            model(input_ids=IDS).logits, physical(input_ids=IDS).logits, rtol=0, atol=1e-6
+        )

@@ -39,8 +39,13 @@ def test_fastnas_flops_budget_and_round_trip(tmp_path) -> None:
         with torch.no_grad():
             return -float(m(X).std())
 
-    pruned, state = mtp.prune(model, [("fastnas", {"channel_divisor": 1})], {"flops": "50%"}, X,
-                              {"score_func": score, "data_loader": DATA, "num_candidates": 4})
+    pruned, state = mtp.prune(
+        model,
+        [("fastnas", {"channel_divisor": 1})],
+        {"flops": "50%"},
+        X,
+        {"score_func": score, "data_loader": DATA, "num_candidates": 4},
+    )
     f1 = count_flops(pruned, X)
     assert 0.45 * f0 <= f1 <= 0.50 * f0  # within 5% (of the original) below the target
     assert len(calls) == 4
@@ -48,8 +53,9 @@ def test_fastnas_flops_budget_and_round_trip(tmp_path) -> None:
     assert state["best"]["score"] == max(c["score"] for c in state["candidates"])
     assert state["best"]["cost"]["flops"] == f1
     assert count_params(pruned) < count_params(fresh)
-    assert all(type(m).__module__.startswith("torch.nn") for m in pruned.modules()
-               if m is not pruned)  # plain layers after export
+    assert all(
+        type(m).__module__.startswith("torch.nn") for m in pruned.modules() if m is not pruned
+    )  # plain layers after export
     path = tmp_path / "pruned.pt"
     mto.save(pruned, path)
     restored = mto.restore(copy.deepcopy(fresh), path)
@@ -93,8 +99,13 @@ def test_bn_recalibration_matches_fresh_statistics() -> None:
         seen["var"] = (bn.running_var.clone(), feats.var((0, 2, 3), unbiased=True))
         return 0.0
 
-    mtp.prune(model, "fastnas", {"flops": "60%"}, X,
-              {"score_func": score, "data_loader": DATA, "num_candidates": 1})
+    mtp.prune(
+        model,
+        "fastnas",
+        {"flops": "60%"},
+        X,
+        {"score_func": score, "data_loader": DATA, "num_candidates": 1},
+    )
     torch.testing.assert_close(*seen["mean"], rtol=1e-4, atol=1e-5)
     # cumulative average of per-batch unbiased variances (3 equal batches)
     assert torch.allclose(seen["var"][0], seen["var"][1], rtol=0.1)
@@ -147,15 +158,18 @@ def test_score_function_that_raises() -> None:
     assert not is_converted(model)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"mode": "slimnas"}, "mode: expected one of"),
-    ({"constraints": {"latency": 3}}, "unknown key 'latency'"),
-    ({"constraints": {"flops": "abc%"}}, "cannot read"),
-    ({"constraints": {"flops": -1}}, "must be positive"),
-    ({"config": {"score_fn": 1}}, "unknown keys"),
-    ({"mode": [("fastnas", {"channel_divisor": 0})]}, "channel_divisor"),
-    ({"mode": "gradnas"}, "needs 'data_loader' and 'loss_func"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mode": "slimnas"}, "mode: expected one of"),
+        ({"constraints": {"latency": 3}}, "unknown key 'latency'"),
+        ({"constraints": {"flops": "abc%"}}, "cannot read"),
+        ({"constraints": {"flops": -1}}, "must be positive"),
+        ({"config": {"score_fn": 1}}, "unknown keys"),
+        ({"mode": [("fastnas", {"channel_divisor": 0})]}, "channel_divisor"),
+        ({"mode": "gradnas"}, "needs 'data_loader' and 'loss_func"),
+    ],
+)
 def test_bad_arguments(kwargs, match) -> None:
     model = _model()
     before = copy.deepcopy(model)
@@ -169,5 +183,6 @@ def test_returned_model_has_recalibrated_batchnorm() -> None:
     pruned, _ = mtp.prune(_model(), "fastnas", {"flops": "60%"}, X, {"data_loader": DATA})
     with torch.no_grad():
         feats = torch.cat([pruned.stem[0](d) for d in DATA])
-    torch.testing.assert_close(pruned.stem[1].running_mean, feats.mean((0, 2, 3)), rtol=1e-4,
-                               atol=1e-5)
+    torch.testing.assert_close(
+        pruned.stem[1].running_mean, feats.mean((0, 2, 3)), rtol=1e-4, atol=1e-5
+    )

@@ -25,8 +25,10 @@ CASES = [
 
 def _random_keep(space: SearchSpace, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {gr.name: torch.randperm(gr.size, generator=g)[: max(1, gr.size // 2)].sort().values
-            for gr in space.groups}
+    return {
+        gr.name: torch.randperm(gr.size, generator=g)[: max(1, gr.size // 2)].sort().values
+        for gr in space.groups
+    }
 
 
 @pytest.mark.parametrize(("make", "inp"), CASES)

@@ -27,11 +27,9 @@ def test_knapsack_matches_brute_force():
         budget = rng.randint(sum(min(c) for c in costs), sum(max(c) for c in costs))
         picks = solve_multiple_choice_knapsack(scores, costs, budget, resolution=budget)
         best = min(
-
-                sum(scores[u][j] for u, j in enumerate(combo))
-                for combo in itertools.product(range(3), repeat=n)
-                if sum(costs[u][j] for u, j in enumerate(combo)) <= budget
-
+            sum(scores[u][j] for u, j in enumerate(combo))
+            for combo in itertools.product(range(3), repeat=n)
+            if sum(costs[u][j] for u, j in enumerate(combo)) <= budget
         )
         assert sum(costs[u][j] for u, j in enumerate(picks)) <= budget
         assert sum(scores[u][j] for u, j in enumerate(picks)) == pytest.approx(best)

@@ -27,7 +27,9 @@ def ids(seed):
     return torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(seed))
 """
 
-RESTORE = BUILD + """
+RESTORE = (
+    BUILD
+    + """
 import sys
 import modeloptim.torch.opt as mto
 from modeloptim.torch.quantization.compress import CompressedWeight
@@ -44,6 +46,7 @@ for name in sys.argv[2:]:
         }
 torch.save(out, f"{sys.argv[1]}/restored.pt")
 """
+)
 
 ns: dict = {}
 exec(BUILD, ns)  # the same builder in both processes

@@ -105,12 +105,16 @@ def test_dict_form_equals_list_form_including_class_scope():
     a, b = _converted(), _converted()
     _apply(a, dict_form)
     _apply(b, [e.model_dump(exclude_none=True) for e in list_form])
-    assert _enabled(a) == _enabled(b) == {
-        "up_proj.weight_quantizer",
-        "up_proj.input_quantizer",
-        "down_proj.weight_quantizer",
-        "down_proj.input_quantizer",
-    }
+    assert (
+        _enabled(a)
+        == _enabled(b)
+        == {
+            "up_proj.weight_quantizer",
+            "up_proj.input_quantizer",
+            "down_proj.weight_quantizer",
+            "down_proj.input_quantizer",
+        }
+    )
     assert a.up_proj.input_quantizer.format.name == "fp8_e4m3"
 
 
@@ -147,8 +151,11 @@ def test_unmatched_enabling_pattern_warns_but_exclusions_do_not():
 
 def test_set_quantizer_attribute_and_callable_pattern():
     model = _converted()
-    n = set_quantizer_attribute(model, lambda name: name.endswith("lm_head.input_quantizer"),
-                                {"num_bits": 6, "unsigned": True})
+    n = set_quantizer_attribute(
+        model,
+        lambda name: name.endswith("lm_head.input_quantizer"),
+        {"num_bits": 6, "unsigned": True},
+    )
     assert n == 1
     q = model.lm_head.input_quantizer
     assert q.num_bits == 6

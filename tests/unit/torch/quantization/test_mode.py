@@ -37,12 +37,21 @@ def build(kind: str) -> nn.Module:
         return nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 32)).eval()
     if kind == "cnn":
         return nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 10),
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64, 10),
         ).eval()
     cfg = transformers.LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=128, tie_word_embeddings=False,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        tie_word_embeddings=False,
     )
     return transformers.LlamaForCausalLM(cfg).eval()
 
@@ -96,7 +105,8 @@ def test_every_built_preset_round_trips_in_a_fresh_process(tmp_path):
         expected[f"{kind}-{preset}"] = run(model, kind, inputs(kind, 99))
     proc = subprocess.run(
         [sys.executable, "-c", RESTORE_SCRIPT, str(HERE), str(tmp_path)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     restored = torch.load(tmp_path / "restored.pt")

@@ -150,8 +150,9 @@ def _tensor_quantizers(model):
 def test_unbuilt_algorithm_raises_before_touching_model(name):
     model = _mlp()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(NotImplementedError, match=mtq.QuantizeConfig.parse(
-        mtq.PRESETS[name]).algorithm.method):
+    with pytest.raises(
+        NotImplementedError, match=mtq.QuantizeConfig.parse(mtq.PRESETS[name]).algorithm.method
+    ):
         mtq.quantize(model, mtq.PRESETS[name], _calib([torch.randn(4, 40)]))
     assert [type(m) for m in model] == [nn.Linear, nn.ReLU, nn.Linear]
     assert model.state_dict().keys() == before.keys()

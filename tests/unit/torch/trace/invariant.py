@@ -39,14 +39,22 @@ def check_prune_each(model: nn.Module, example: Any, res: AnalysisResult) -> int
         try:
             out = m2(*args, **kwargs)
         except Exception as err:
-            raise AssertionError(f"pruning group {g.name} ({g.size}) broke forward: {err}\n"
-                                 f"members: {[(m.tensor, m.dim) for m in g.members]}") from err
+            raise AssertionError(
+                f"pruning group {g.name} ({g.size}) broke forward: {err}\n"
+                f"members: {[(m.tensor, m.dim) for m in g.members]}"
+            ) from err
         assert _shapes(out) == ref, g.name
         for m in g.members:
-            t = m2.get_parameter(m.tensor) if m.tensor in dict(m2.named_parameters()) \
+            t = (
+                m2.get_parameter(m.tensor)
+                if m.tensor in dict(m2.named_parameters())
                 else m2.get_buffer(m.tensor)
-            orig = model.get_parameter(m.tensor) if m.tensor in dict(model.named_parameters()) \
+            )
+            orig = (
+                model.get_parameter(m.tensor)
+                if m.tensor in dict(model.named_parameters())
                 else model.get_buffer(m.tensor)
+            )
             assert t.shape[m.dim] < orig.shape[m.dim], (g.name, m.tensor)
     return len(res.searchable_groups)
 

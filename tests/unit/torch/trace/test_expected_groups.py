@@ -18,16 +18,43 @@ def _groups(name):
 def test_resnet_expected_groups():
     assert _groups("resnet") == {
         # stem + stage-1 residual stream (identity shortcuts) + stage-2 entry convs
-        (8, frozenset({"stem.0", "stem.1", "layer1.0.conv1", "layer1.0.conv2", "layer1.0.bn2",
-                       "layer1.1.conv1", "layer1.1.conv2", "layer1.1.bn2", "layer2.0.down.0",
-                       "layer2.0.conv1"})),
+        (
+            8,
+            frozenset(
+                {
+                    "stem.0",
+                    "stem.1",
+                    "layer1.0.conv1",
+                    "layer1.0.conv2",
+                    "layer1.0.bn2",
+                    "layer1.1.conv1",
+                    "layer1.1.conv2",
+                    "layer1.1.bn2",
+                    "layer2.0.down.0",
+                    "layer2.0.conv1",
+                }
+            ),
+        ),
         (8, frozenset({"layer1.0.conv1", "layer1.0.bn1", "layer1.0.conv2"})),
         (8, frozenset({"layer1.1.conv1", "layer1.1.bn1", "layer1.1.conv2"})),
         (16, frozenset({"layer2.0.conv1", "layer2.0.bn1", "layer2.0.conv2"})),
         (16, frozenset({"layer2.1.conv1", "layer2.1.bn1", "layer2.1.conv2"})),
         # stage-2 residual stream: downsample shortcut, block outputs, classifier input
-        (16, frozenset({"layer2.0.down.0", "layer2.0.down.1", "layer2.0.conv2", "layer2.0.bn2",
-                        "layer2.1.conv1", "layer2.1.conv2", "layer2.1.bn2", "fc"})),
+        (
+            16,
+            frozenset(
+                {
+                    "layer2.0.down.0",
+                    "layer2.0.down.1",
+                    "layer2.0.conv2",
+                    "layer2.0.bn2",
+                    "layer2.1.conv1",
+                    "layer2.1.conv2",
+                    "layer2.1.bn2",
+                    "fc",
+                }
+            ),
+        ),
     }
 
 
@@ -62,11 +89,11 @@ def test_data_dependent_root_falls_back_without_crash():
 
 
 def test_prelu_shared_and_per_channel():
-    m = nn.Sequential(nn.Conv2d(3, 8, 1), nn.PReLU(), nn.Conv2d(8, 4, 1), nn.PReLU(4),
-                      nn.Conv2d(4, 2, 1)).eval()
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.PReLU(), nn.Conv2d(8, 4, 1), nn.PReLU(4), nn.Conv2d(4, 2, 1)
+    ).eval()
     groups = dependency_groups(m, torch.randn(1, 3, 4, 4))
-    assert {(g.size, tuple(g.layers)) for g in groups} == {(8, ("0", "2")),
-                                                          (4, ("2", "3", "4"))}
+    assert {(g.size, tuple(g.layers)) for g in groups} == {(8, ("0", "2")), (4, ("2", "3", "4"))}
 
 
 class _RNNNet(nn.Module):
@@ -87,7 +114,9 @@ def test_recurrent_hidden_size_group_prunes(cls, bidirectional, layers):
     model, x = _RNNNet(cls, bidirectional, layers).eval(), torch.randn(2, 4, 5)
     res = analyze(model, x)
     assert {(g.size, tuple(g.layers)) for g in res.searchable_groups} == {
-        (6, ("inp", "rnn")), (8, ("rnn", "out"))}
+        (6, ("inp", "rnn")),
+        (8, ("rnn", "out")),
+    }
     check_prune_each(model, x, res)
     hidden = next(g for g in res.searchable_groups if g.size == 8)
     prune_group(model, hidden, [0, 3, 5])
@@ -140,7 +169,9 @@ def test_einsum_ties_contracted_and_carried_dims():
     model, x = _EinsumAttention().eval(), torch.randn(2, 3, 6)
     res = analyze(model, x)
     assert {(g.size, tuple(g.layers)) for g in res.searchable_groups} == {
-        (8, ("q", "k")), (5, ("v", "o"))}
+        (8, ("q", "k")),
+        (5, ("v", "o")),
+    }
     check_prune_each(model, x, res)
 
 
@@ -172,8 +203,9 @@ def test_index_lookup_keeps_heads_searchable():
 
 
 def test_unflatten_module_sizes_are_literals():
-    model = nn.Sequential(nn.Linear(4, 6), nn.Unflatten(1, (2, 3)), nn.Flatten(1),
-                          nn.Linear(6, 2)).eval()
+    model = nn.Sequential(
+        nn.Linear(4, 6), nn.Unflatten(1, (2, 3)), nn.Flatten(1), nn.Linear(6, 2)
+    ).eval()
     res = analyze(model, torch.randn(5, 4))
     assert res.searchable_groups == []
     groups = res.group_of("0.weight", 0)  # 6 = 2 x 3 factors, both fixed by the module
@@ -215,6 +247,9 @@ def test_chunk_pieces_are_tied_to_stay_equal():
     res = analyze(model, x)
     (g,) = [g for g in res.searchable_groups if "a" in g.layers]
     assert g.size == 4
-    assert {(m.tensor, m.dim) for m in g.members} >= {("a.weight", 0), ("b.weight", 1),
-                                                       ("c.weight", 1)}
+    assert {(m.tensor, m.dim) for m in g.members} >= {
+        ("a.weight", 0),
+        ("b.weight", 1),
+        ("c.weight", 1),
+    }
     check_prune_each(model, x, res)

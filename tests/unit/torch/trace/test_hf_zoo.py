@@ -16,9 +16,18 @@ from .invariant import check_prune_all, check_prune_each, half
 pytestmark = pytest.mark.hf
 
 # (zoo name, minimum number of searchable groups expected)
-ZOO_MODELS = [("resnet", 5), ("mobilenetv2", 10), ("convnext", 4), ("efficientnet", 5),
-              ("regnet", 6), ("vit", 5), ("swin", 6), ("bert", 6), ("gpt2", 5),
-              ("llama-tiny", 5)]
+ZOO_MODELS = [
+    ("resnet", 5),
+    ("mobilenetv2", 10),
+    ("convnext", 4),
+    ("efficientnet", 5),
+    ("regnet", 6),
+    ("vit", 5),
+    ("swin", 6),
+    ("bert", 6),
+    ("gpt2", 5),
+    ("llama-tiny", 5),
+]
 
 
 @pytest.mark.parametrize(("name", "min_groups"), ZOO_MODELS)
@@ -44,11 +53,16 @@ def test_llama_tiny_groups_are_the_expected_hparams():
     assert ("model.norm.weight", 0) in tensors
     for i in range(2):
         p = f"model.layers.{i}"
-        assert {(f"{p}.self_attn.q_proj.weight", 1), (f"{p}.self_attn.o_proj.weight", 0),
-                (f"{p}.mlp.down_proj.weight", 0), (f"{p}.input_layernorm.weight", 0)} <= tensors
+        assert {
+            (f"{p}.self_attn.q_proj.weight", 1),
+            (f"{p}.self_attn.o_proj.weight", 0),
+            (f"{p}.mlp.down_proj.weight", 0),
+            (f"{p}.input_layernorm.weight", 0),
+        } <= tensors
     heads = [g for g in res.searchable_groups if g.size == 2]
     assert {m.tensor for m in heads[0].members} == {
-        f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkvo"}
+        f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkvo"
+    }
     # q_proj rows: 2 KV heads x 2 queries each x head_dim 4 -> one KV head = 8 query rows
     q = next(m for m in heads[0].members if m.tensor.endswith("q_proj.weight"))
     assert q.layout == "16 of 16 in blocks of 8"
@@ -102,9 +116,14 @@ def test_hf_search_space_names_llama_hparams_and_depth_drop_runs():
     model, example = zoo.build("llama-tiny")
     space = hf_search_space(model, analyze(model, example))
     sizes = {k: (v.size, v.searchable) for k, v in space.items()}
-    assert sizes == {"hidden_size": (16, True), "num_hidden_layers": (2, True),
-                     "layers.0.heads": (2, True), "layers.0.intermediate_size": (32, True),
-                     "layers.1.heads": (2, True), "layers.1.intermediate_size": (32, True)}
+    assert sizes == {
+        "hidden_size": (16, True),
+        "num_hidden_layers": (2, True),
+        "layers.0.heads": (2, True),
+        "layers.0.intermediate_size": (32, True),
+        "layers.1.heads": (2, True),
+        "layers.1.intermediate_size": (32, True),
+    }
     # depth is searchable: dropping a decoder layer keeps the model running
     model.model.layers = torch.nn.ModuleList([model.model.layers[0]])
     model.config.num_hidden_layers = 1
@@ -117,10 +136,16 @@ def test_llama_pruning_equals_zeroing_the_removed_channels():
     model, example = zoo.build("llama-tiny")
     model = model.double()
     res = analyze(model, example)
-    heads = next(g for g in res.searchable_groups if g.size == 2
-                 and g.layers[0].startswith("model.layers.0."))
-    ffn = next(g for g in res.searchable_groups if g.size == 32
-               and g.layers[0].startswith("model.layers.1."))
+    heads = next(
+        g
+        for g in res.searchable_groups
+        if g.size == 2 and g.layers[0].startswith("model.layers.0.")
+    )
+    ffn = next(
+        g
+        for g in res.searchable_groups
+        if g.size == 32 and g.layers[0].startswith("model.layers.1.")
+    )
     ref = copy.deepcopy(model)
     with torch.no_grad():
         # KV head 1 serves query heads 2 and 3 (head_dim 4): o_proj input columns 8..15
@@ -129,15 +154,20 @@ def test_llama_pruning_equals_zeroing_the_removed_channels():
     prune_group(model, heads, [0])
     prune_group(model, ffn, list(range(16)))
     with torch.no_grad():
-        torch.testing.assert_close(model(**example).logits, ref(**example).logits,
-                                   rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            model(**example).logits, ref(**example).logits, rtol=1e-10, atol=1e-10
+        )
 
 
 def test_gpt2_heads_prune_with_attribute_fixup():
     model, example = zoo.build("gpt2")
     res = analyze(model, example)
-    heads = next(g for g in res.searchable_groups if g.size == 2
-                 and g.layers == ["transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj"])
+    heads = next(
+        g
+        for g in res.searchable_groups
+        if g.size == 2
+        and g.layers == ["transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj"]
+    )
     prune_group(model, heads, [1])
     attn = model.transformer.h[0].attn
     assert (attn.num_heads, attn.split_size, attn.c_attn.nf, attn.c_proj.nx) == (1, 8, 24, 8)

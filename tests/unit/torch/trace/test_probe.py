@@ -54,12 +54,23 @@ def test_groups_match_perturbation_probe(name):
     atoms = res.ctx.atoms
     checked = 0
     for g in res.searchable_groups:
-        producers = [(m, d) for m in g.members for (tn, d) in [(m.tensor, m.dim)]
-                     if tn.endswith(".weight") and m.dim == 0 and m.symbol
-                     and "out" in m.symbol.split(":")[1]]
-        consumers = [m for m in g.members if m.tensor.endswith(".weight") and m.dim == 1
-                     and isinstance(modules[m.module], nn.Linear | nn.Conv2d)
-                     and getattr(modules[m.module], "groups", 1) == 1]
+        producers = [
+            (m, d)
+            for m in g.members
+            for (tn, d) in [(m.tensor, m.dim)]
+            if tn.endswith(".weight")
+            and m.dim == 0
+            and m.symbol
+            and "out" in m.symbol.split(":")[1]
+        ]
+        consumers = [
+            m
+            for m in g.members
+            if m.tensor.endswith(".weight")
+            and m.dim == 1
+            and isinstance(modules[m.module], nn.Linear | nn.Conv2d)
+            and getattr(modules[m.module], "groups", 1) == 1
+        ]
         for pm, _ in producers[:1]:
             desc_p = next(d for t, dd, d in g._dims if t == pm.tensor and dd == 0)
             for c in range(min(g.size, 3)):
@@ -69,8 +80,9 @@ def test_groups_match_perturbation_probe(name):
                 for cm in consumers:
                     desc_c = next(d for t, dd, d in g._dims if t == cm.tensor and dd == 1)
                     expected = ~atoms.keep_mask(desc_c, g.root, keep)
-                    got = _changed_positions(model, x, modules[pm.module], out_mask,
-                                             modules[cm.module])
+                    got = _changed_positions(
+                        model, x, modules[pm.module], out_mask, modules[cm.module]
+                    )
                     # flatten->Linear consumers are checked in their own test
                     if got is None or expected.numel() != got.numel():
                         continue
@@ -97,12 +109,15 @@ def test_flatten_linear_blocks_match_probe():
     assert torch.equal(got, expected)
 
 
-@pytest.mark.parametrize(("name", "producer", "consumer", "offset", "width"), [
-    ("densenet", "l2.2", "trans", 10, 4),
-    ("densenet", "l1.2", "l2.2", 6, 4),
-    ("inception", "b2.2", "mix", 4, 6),
-    ("inception", "b3.1", "mix", 10, 2),
-])
+@pytest.mark.parametrize(
+    ("name", "producer", "consumer", "offset", "width"),
+    [
+        ("densenet", "l2.2", "trans", 10, 4),
+        ("densenet", "l1.2", "l2.2", 6, 4),
+        ("inception", "b2.2", "mix", 4, 6),
+        ("inception", "b3.1", "mix", 10, 2),
+    ],
+)
 def test_concat_offsets_exact(name, producer, consumer, offset, width):
     cls, make_x = HAND_MODELS[name]
     model, x = cls().eval(), make_x()
@@ -116,6 +131,7 @@ def test_concat_offsets_exact(name, producer, consumer, offset, width):
         keep[c] = False
         expected = ~res.ctx.atoms.keep_mask(desc, g.root, keep)
         assert expected.nonzero()[:, 0].tolist() == [offset + c]
-        got = _changed_positions(model, x, modules[producer], torch.arange(width) == c,
-                                 modules[consumer])
+        got = _changed_positions(
+            model, x, modules[producer], torch.arange(width) == c, modules[consumer]
+        )
         assert torch.equal(got, expected)

@@ -29,10 +29,14 @@ def _group(model: nn.Module, x: torch.Tensor, name: str) -> ChannelGroup:
 def test_concat_positions_hand_computed():
     g = _group(CatNet(), torch.randn(2, 4), "b.out_features")
     got = {(t, d): idx.tolist() for t, d, idx in g.member_channel_index()}
-    assert got == {("b.weight", 0): [0, 1], ("b.bias", 0): [0, 1],
-                   ("c.weight", 1): [-1, -1, -1, 0, 1]}
+    assert got == {
+        ("b.weight", 0): [0, 1],
+        ("b.bias", 0): [0, 1],
+        ("c.weight", 1): [-1, -1, -1, 0, 1],
+    }
     assert [(m.tensor, m.dim) for m in g.members] == [
-        (t, d) for t, d, _ in g.member_channel_index()]
+        (t, d) for t, d, _ in g.member_channel_index()
+    ]
     attrs = {(owner, attr): spec for owner, attr, spec in g.size_attrs}
     assert set(attrs) == {("b", "out_features"), ("c", "in_features")}
     assert g.symbol_channel_index(attrs[("b", "out_features")]).tolist() == [0, 1]
@@ -66,7 +70,10 @@ def test_not_from_analysis_is_a_clear_error():
     with pytest.raises(ValueError, match="group: 'manual' was not produced by"):
         g.member_channel_index()
     other = _group(CatNet(), torch.randn(2, 4), "a.out_features")
-    spec = next(s for o, a, s in _group(CatNet(), torch.randn(2, 4),
-                                         "a.out_features").size_attrs if a == "out_features")
+    spec = next(
+        s
+        for o, a, s in _group(CatNet(), torch.randn(2, 4), "a.out_features").size_attrs
+        if a == "out_features"
+    )
     with pytest.raises(ValueError, match=r"symbol: .* not a symbol of this group's analysis"):
         other.symbol_channel_index(spec)

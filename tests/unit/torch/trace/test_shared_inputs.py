@@ -136,8 +136,9 @@ def test_forward_loop_captures_first_call_and_stops():
 
 def test_predicate_limits_candidates():
     model = Unusual()
-    groups = shared_input_groups(model, torch.randn(2, 3, 16),
-                                 predicate=lambda n, _m: n in {"alpha", "tail"})
+    groups = shared_input_groups(
+        model, torch.randn(2, 3, 16), predicate=lambda n, _m: n in {"alpha", "tail"}
+    )
     assert sorted(tuple(g.names) for g in groups) == [("alpha",), ("tail",)]
     assert not groups[0].exclusive  # zz.1 etc. still read zz.0's output
 
@@ -151,8 +152,9 @@ def test_whole_trace_failure_falls_back_to_runtime(monkeypatch):
     groups = shared_input_groups(model, torch.randn(3, 16))
     assert {g.source for g in groups} == {GroupSource.RUNTIME}
     assert all("no graph today" in g.reason for g in groups)
-    assert _summary(groups) == _summary(find_shared_input_groups(model, lambda m: m(
-        torch.randn(3, 16))))
+    assert _summary(groups) == _summary(
+        find_shared_input_groups(model, lambda m: m(torch.randn(3, 16)))
+    )
 
 
 def test_bad_arguments_are_named():
@@ -183,9 +185,15 @@ def _loop(m):
 @pytest.mark.hf
 def test_hf_llama_groups_equal_runtime():
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
-                                   max_position_embeddings=64)
+    cfg = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(cfg).eval()
     graph = shared_input_groups(model, forward_loop=_loop)
@@ -240,15 +248,24 @@ def test_hf_qwen2_moe_shared_expert_sees_through_view():
     """
     transformers = pytest.importorskip("transformers")
     cfg = transformers.Qwen2MoeConfig(
-        hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
-        shared_expert_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
-        num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, vocab_size=128)
+        hidden_size=32,
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=32,
+        num_experts=4,
+        num_experts_per_tok=2,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+    )
     torch.manual_seed(0)
     model = transformers.Qwen2MoeForCausalLM(cfg).eval()
     groups = _by_members(shared_input_groups(model, forward_loop=_loop))
     p = "model.layers.0.mlp."
-    shared = groups[(p + "shared_expert.gate_proj", p + "shared_expert.up_proj",
-                     p + "shared_expert_gate")]
+    shared = groups[
+        (p + "shared_expert.gate_proj", p + "shared_expert.up_proj", p + "shared_expert_gate")
+    ]
     assert shared.producer == "model.layers.0.post_attention_layernorm"
     assert not shared.foldable  # the router reads it too
     assert shared.source is GroupSource.GRAPH
@@ -296,9 +313,15 @@ def test_hf_llama_attention_that_fails_to_trace(monkeypatch):
         return original(self, hidden_states, *args, **kwargs)
 
     monkeypatch.setattr(modeling_llama.LlamaAttention, "forward", moody)
-    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
-                                   max_position_embeddings=64)
+    cfg = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(cfg).eval()
     graph = shared_input_groups(model, forward_loop=_loop)

@@ -116,8 +116,11 @@ def test_symbol_states_and_queries():
     assert dict(res.named_dangling_symbols()) == {}
     grouped = analyze(GroupedConvNet().eval(), torch.randn(2, 3, 8, 8))
     # conv groups / group-norm groups are module-internal and stay free
-    assert set(dict(grouped.named_dangling_symbols())) == {"dw.groups", "gconv.groups",
-                                                            "gn.num_groups"}
+    assert set(dict(grouped.named_dangling_symbols())) == {
+        "dw.groups",
+        "gconv.groups",
+        "gn.num_groups",
+    }
     cross = dict(res.named_cross_layer_symbols())
     assert "ln1.normalized_shape_0" in cross
 
@@ -154,7 +157,11 @@ def test_register_leaf_keeps_module_opaque_and_frozen():
         g = res.group_of("0.weight", 0)[0]
         assert any("unknown op Mixer" in r for r in g.reasons)
         assert [n.target for n in res.gc[model].nodes if n.op == "call_module"] == [
-            "0", "1", "2", "3"]
+            "0",
+            "1",
+            "2",
+            "3",
+        ]
     finally:
         tracer_mod._LEAF_RULES.remove(rule)
 
@@ -163,10 +170,11 @@ def test_import_trace_does_not_import_transformers():
     import subprocess
     import sys
 
-    code = ("import sys, modeloptim.torch.trace, modeloptim.cli.commands.trace\n"
-            "print('transformers' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import sys, modeloptim.torch.trace, modeloptim.cli.commands.trace\n"
+        "print('transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
@@ -181,8 +189,11 @@ def test_concrete_args_pick_the_traced_branch():
             return self.b(x) if use_b else self.a(x)
 
     model = Flagged()
-    calls = [n.target for n in recursive_trace(model, concrete_args={"use_b": False})[model]
-             .nodes if n.op == "call_module"]
+    calls = [
+        n.target
+        for n in recursive_trace(model, concrete_args={"use_b": False})[model].nodes
+        if n.op == "call_module"
+    ]
     assert calls == ["a"]
     calls = [n.target for n in recursive_trace(model)[model].nodes if n.op == "call_module"]
     assert calls == ["b"]

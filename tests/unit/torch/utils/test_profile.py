@@ -44,8 +44,14 @@ def test_attention_and_matmul_hand_count() -> None:
 
 
 def test_matches_torch_flop_counter_on_cnn() -> None:
-    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1),
-                      nn.Flatten(), nn.Linear(4 * 30 * 30, 10))
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 1),
+        nn.Flatten(),
+        nn.Linear(4 * 30 * 30, 10),
+    )
     x = torch.randn(2, 3, 32, 32)
     with FlopCounterMode(display=False) as ref:
         m(x)

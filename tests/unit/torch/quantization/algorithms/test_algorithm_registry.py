@@ -46,9 +46,7 @@ def test_custom_algorithm_registers_and_runs_via_quantize(monkeypatch):
     with pytest.raises(ValueError, match="already registered"):
         reg.register("scale_half", HalfConfig)(scale_half)
     monkeypatch.setattr("modeloptim.torch.quantization.model_quant.calibration_algorithms", reg)
-    monkeypatch.setattr(
-        "modeloptim.torch.quantization.config.quantize.calibration_algorithms", reg
-    )
+    monkeypatch.setattr("modeloptim.torch.quantization.config.quantize.calibration_algorithms", reg)
     model = nn.Sequential(nn.Linear(4, 4))
     x = torch.randn(3, 4)
     cfg = {

@@ -160,8 +160,9 @@ def test_awq_lite_unusual_names_one_scale_per_group_exact_in_float():
     torch.manual_seed(0)
     model = Unusual()
     g = torch.Generator().manual_seed(7)
-    data = [torch.randn(2, 6, 16, generator=g) * (1 + 10 * (torch.arange(16) == 4)) for _ in
-            range(2)]
+    data = [
+        torch.randn(2, 6, 16, generator=g) * (1 + 10 * (torch.arange(16) == 4)) for _ in range(2)
+    ]
     ref = [model(x) for x in data]
     mtq.quantize(model, _int4({"method": "awq_lite"}), lambda m: [m(b) for b in data])
     report = {tuple(sorted(r["layers"])): r for r in model.__dict__["_awq_lite_report"]}

@@ -94,9 +94,7 @@ def test_gptq_beats_rtn_on_layer_output(act_order):
     h = 2 * x.T @ x / x.shape[0]
     rule = _IntRule(16)
     got = gptq_quantize(w, h, rule, block_size=32, act_order=act_order)
-    rtn = torch.cat(
-        [_rtn_group(w[:, i : i + 16]) for i in range(0, 64, 16)], dim=1
-    )
+    rtn = torch.cat([_rtn_group(w[:, i : i + 16]) for i in range(0, 64, 16)], dim=1)
     err_gptq = ((x @ (w - got).T) ** 2).mean()
     err_rtn = ((x @ (w - rtn).T) ** 2).mean()
     assert err_gptq < 0.7 * err_rtn

@@ -20,8 +20,9 @@ def test_percentile_amax_matches_numpy_percentile_of_abs_inputs():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 4))
     batches = [torch.randn(256, 16) for _ in range(4)]
-    mtq.quantize(model, _cfg("percentile", percentile=99.0, num_bins=4096), lambda m: [
-        m(b) for b in batches])
+    mtq.quantize(
+        model, _cfg("percentile", percentile=99.0, num_bins=4096), lambda m: [m(b) for b in batches]
+    )
     data = torch.cat(batches).abs().flatten().double().numpy()
     expected = np.percentile(data, 99.0)
     amax = model[0].input_quantizer.amax.item()

@@ -78,5 +78,4 @@ def test_finite_input_is_not_scanned_elementwise(monkeypatch):
     c.collect(x)
     assert seen
     assert max(seen) <= 64
-    torch.testing.assert_close(c.compute_amax(), x.abs().amax(dim=1, keepdim=True),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(c.compute_amax(), x.abs().amax(dim=1, keepdim=True), rtol=0, atol=0)

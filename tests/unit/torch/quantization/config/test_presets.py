@@ -37,8 +37,11 @@ def test_per_token_preset_is_dynamic_per_row():
 
 
 def _cfg(name: str, pattern: str):
-    entries = [e for e in mtq.QuantizeConfig.parse(mtq.PRESETS[name]).quant_cfg
-               if e.quantizer_name == pattern]
+    entries = [
+        e
+        for e in mtq.QuantizeConfig.parse(mtq.PRESETS[name]).quant_cfg
+        if e.quantizer_name == pattern
+    ]
     return entries[-1]
 
 
@@ -63,8 +66,12 @@ def test_numerics_match_modelopt():
     for name in ("INT8_DEFAULT_CFG", "NVFP4_DEFAULT_CFG", "MXFP4_DEFAULT_CFG"):
         entries = mtq.QuantizeConfig.parse(mtq.PRESETS[name]).quant_cfg
         off = {(e.quantizer_name, e.parent_class) for e in entries if e.resolved_enable is False}
-        assert {("*lm_head*", None), ("*router*", None), ("*", "nn.BatchNorm2d"),
-                ("default", None)} <= off
+        assert {
+            ("*lm_head*", None),
+            ("*router*", None),
+            ("*", "nn.BatchNorm2d"),
+            ("default", None),
+        } <= off
 
 
 def test_get_preset_returns_copy_and_rejects_unknown():

@@ -26,8 +26,14 @@ def test_dict_form_normalizes_in_order_with_toggle_and_cfg_entries():
 
 def test_block_sizes_dict_is_not_mistaken_for_class_scope():
     cfg = mtq.QuantizeConfig.parse(
-        {"quant_cfg": {"*w*": {"block_sizes": {-1: 32, "type": "dynamic", "scale_bits": (8, 0)},
-                               "num_bits": (4, 3)}}}
+        {
+            "quant_cfg": {
+                "*w*": {
+                    "block_sizes": {-1: 32, "type": "dynamic", "scale_bits": (8, 0)},
+                    "num_bits": (4, 3),
+                }
+            }
+        }
     )
     assert cfg.quant_cfg[0].cfg.block_sizes[-1] == 32
 
@@ -62,11 +68,13 @@ def test_bad_configs_name_the_field(config, message):
 
 def test_resolved_enable():
     cfg = mtq.QuantizeConfig.parse(
-        {"quant_cfg": [
-            {"quantizer_name": "a", "cfg": {"num_bits": 8}},
-            {"quantizer_name": "b", "cfg": {"num_bits": 8, "enable": False}},
-            {"quantizer_name": "c", "cfg": {"num_bits": 8}, "enable": False},
-            {"quantizer_name": "d", "enable": True},
-        ]}
+        {
+            "quant_cfg": [
+                {"quantizer_name": "a", "cfg": {"num_bits": 8}},
+                {"quantizer_name": "b", "cfg": {"num_bits": 8, "enable": False}},
+                {"quantizer_name": "c", "cfg": {"num_bits": 8}, "enable": False},
+                {"quantizer_name": "d", "enable": True},
+            ]
+        }
     )
     assert [e.resolved_enable for e in cfg.quant_cfg] == [True, False, False, True]

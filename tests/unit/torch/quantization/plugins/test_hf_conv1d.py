@@ -18,8 +18,15 @@ from transformers.pytorch_utils import Conv1D  # noqa: E402
 
 
 def _gpt2() -> nn.Module:
-    cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=128, n_positions=32,
-                                  bos_token_id=0, eos_token_id=0)
+    cfg = transformers.GPT2Config(
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        vocab_size=128,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     torch.manual_seed(0)
     return transformers.GPT2LMHeadModel(cfg).eval()
 
@@ -32,8 +39,10 @@ def _loop(x: torch.Tensor) -> Callable[[nn.Module], None]:
     return loop
 
 
-@pytest.mark.parametrize("preset", ["INT8_DEFAULT_CFG", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG",
-                                    "NVFP4_DEFAULT_CFG", "FP8_DEFAULT_CFG"])
+@pytest.mark.parametrize(
+    "preset",
+    ["INT8_DEFAULT_CFG", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "NVFP4_DEFAULT_CFG", "FP8_DEFAULT_CFG"],
+)
 def test_conv1d_matches_linear_with_transposed_weight(preset: str) -> None:
     torch.manual_seed(0)
     conv = nn.Sequential(Conv1D(96, 64))

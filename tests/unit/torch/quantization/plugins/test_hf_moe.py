@@ -119,8 +119,9 @@ def test_quantized_forward_equals_original_with_quantizers_off(family: str) -> N
     assert isinstance(experts_of(model)[0], QuantHFMoEExperts)
     ids = token_batches(1, 16, seed=5, vocab=64)[0]
     with torch.no_grad():
-        torch.testing.assert_close(model(input_ids=ids).logits, ref(input_ids=ids).logits,
-                                   rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(
+            model(input_ids=ids).logits, ref(input_ids=ids).logits, rtol=1e-6, atol=1e-6
+        )
 
 
 class _ThreeD(nn.Module):
@@ -198,8 +199,10 @@ def test_unrouted_experts_are_calibrated_on_all_tokens_and_output_is_unchanged()
     for e in range(8):
         box = experts.expert(e)
         for proj in ("gate_up_proj", "down_proj"):
-            for q in (box.get_submodule(proj).input_quantizer,
-                      box.get_submodule(proj).weight_quantizer):
+            for q in (
+                box.get_submodule(proj).input_quantizer,
+                box.get_submodule(proj).weight_quantizer,
+            ):
                 assert q.amax is not None
                 assert torch.isfinite(q.amax).all()
                 assert q.amax > 0
@@ -207,8 +210,9 @@ def test_unrouted_experts_are_calibrated_on_all_tokens_and_output_is_unchanged()
         assert torch.equal(box.gate_up_proj.input_quantizer.amax, seen["h"].abs().amax())
         gate, up = (h64 @ experts.gate_up_proj[e].detach().double().T).chunk(2, dim=-1)
         act = F.silu(gate) * up
-        torch.testing.assert_close(box.down_proj.input_quantizer.amax.double(),
-                                   act.abs().amax(), rtol=1e-5, atol=0)
+        torch.testing.assert_close(
+            box.down_proj.input_quantizer.amax.double(), act.abs().amax(), rtol=1e-5, atol=0
+        )
 
 
 # --------------------------------------------------------------------------- numerics
@@ -364,7 +368,12 @@ def test_fuse_unfused_expert_weights_inverts_the_per_expert_layout() -> None:
         sd[f"{name}.{e}.down_proj.weight"] = experts.down_proj[e].detach().T
         sd[f"{name}.{e}.down_proj.bias"] = experts.down_proj_bias[e].detach()
     fused = fuse_unfused_expert_weights(model, sd)
-    assert set(fused) == {"other", *(f"{name}.{p}" for p in (
-        "gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"))}
+    assert set(fused) == {
+        "other",
+        *(
+            f"{name}.{p}"
+            for p in ("gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias")
+        ),
+    }
     for p in ("gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"):
         assert torch.equal(fused[f"{name}.{p}"], getattr(experts, p).detach())

@@ -69,8 +69,11 @@ def test_gate_up_of_every_expert_joins_the_shared_expert_group(
     groups = {tuple(g.names) for g in discover_groups(model, lm_loop(CALIB[:1]))}
     for layer in range(2):
         p = f"model.layers.{layer}.mlp"
-        expected = (f"{p}.shared_expert.gate_proj", f"{p}.shared_expert.up_proj",
-                    *(f"{p}.experts.{e}.gate_up_proj" for e in range(8)))
+        expected = (
+            f"{p}.shared_expert.gate_proj",
+            f"{p}.shared_expert.up_proj",
+            *(f"{p}.experts.{e}.gate_up_proj" for e in range(8)),
+        )
         assert expected in groups
         for e in range(8):  # each expert's down_proj reads its own activations
             assert (f"{p}.experts.{e}.down_proj",) in groups
@@ -83,8 +86,7 @@ def test_smoothquant_beats_plain_w8a8_and_smooths_every_expert(
     plain_cfg = copy.deepcopy(mtq.INT8_SMOOTHQUANT_CFG)
     plain_cfg["algorithm"] = "max"
     plain = mtq.quantize(copy.deepcopy(model), plain_cfg, lm_loop(CALIB))
-    sq = mtq.quantize(copy.deepcopy(model), copy.deepcopy(mtq.INT8_SMOOTHQUANT_CFG),
-                      lm_loop(CALIB))
+    sq = mtq.quantize(copy.deepcopy(model), copy.deepcopy(mtq.INT8_SMOOTHQUANT_CFG), lm_loop(CALIB))
     assert all(_pre_scaled(sq, "gate_up_proj"))
     assert all(_pre_scaled(sq, "down_proj"))
     e_plain, e_sq = _error(plain, ref), _error(sq, ref)
@@ -127,8 +129,11 @@ def test_gptq_updates_every_expert_and_beats_rtn(
 def test_algorithms_cover_experts_the_router_never_picks(algorithm: dict[str, str]) -> None:
     model = with_outliers(qwen2_moe(num_experts=8, top_k=1, layers=1))
     ids = token_batches(1, 3, seed=4)[0][:1]  # 3 tokens, top-1: at most 3 of 8 experts hit
-    cfg = copy.deepcopy(mtq.INT8_SMOOTHQUANT_CFG) if algorithm["method"] == "smoothquant" \
+    cfg = (
+        copy.deepcopy(mtq.INT8_SMOOTHQUANT_CFG)
+        if algorithm["method"] == "smoothquant"
         else _int4(algorithm)
+    )
     before = experts_of(model)[0].down_proj.detach().clone()
     mtq.quantize(model, cfg, lm_loop([ids]))
     (experts,) = experts_of(model)
@@ -151,10 +156,13 @@ def test_auto_quantize_refuses_3d_experts_instead_of_skipping_them() -> None:
     model = qwen2_moe(num_experts=4, layers=1)
     with pytest.raises(ValueError, match="3-D MoE experts"):
         mtq.auto_quantize(
-            model, constraints={"effective_bits": 6.0},
-            quantization_formats=[mtq.FP8_DEFAULT_CFG], data_loader=CALIB[:1],
+            model,
+            constraints={"effective_bits": 6.0},
+            quantization_formats=[mtq.FP8_DEFAULT_CFG],
+            data_loader=CALIB[:1],
             forward_step=lambda m, b: m(input_ids=b),
             loss_func=lambda out, _b: out.logits.square().mean(),
-            num_calib_steps=1, num_score_steps=1,
+            num_calib_steps=1,
+            num_score_steps=1,
         )
     assert not is_quantized(model)  # refused before anything was converted

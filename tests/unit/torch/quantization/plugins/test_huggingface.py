@@ -100,7 +100,7 @@ def test_kv_cache_quantizers_calibrate_and_quantize_post_rope_keys(monkeypatch):
     seen.clear()
     with torch.no_grad():
         model(input_ids=ids)
-    (k_q, v_q), = seen
+    ((k_q, v_q),) = seen
 
     def fp8_ref(x, amax):
         scale = torch.div(torch.tensor(448.0), amax)  # IEEE division

@@ -16,8 +16,13 @@ pytestmark = pytest.mark.hf
 
 def _kv_quantized_llama() -> tuple[torch.nn.Module, torch.Tensor]:
     cfg = transformers.LlamaConfig(
-        vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
         attn_implementation="eager",
     )
     torch.manual_seed(0)

@@ -56,8 +56,14 @@ def test_conv_transpose_default_axis_is_output_channels():
 
 @pytest.mark.parametrize(
     "layer",
-    [nn.MaxPool2d(2), nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(3).eval(),
-     nn.InstanceNorm2d(3), nn.LeakyReLU(0.1)],
+    [
+        nn.MaxPool2d(2),
+        nn.AvgPool2d(2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.BatchNorm2d(3).eval(),
+        nn.InstanceNorm2d(3),
+        nn.LeakyReLU(0.1),
+    ],
 )
 def test_input_and_output_quantizers(layer):
     ref = copy.deepcopy(layer)

@@ -56,11 +56,27 @@ def registered():
 
 
 def test_builtin_registrations():
-    for cls in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
-                nn.ConvTranspose2d, nn.ConvTranspose3d, nn.BatchNorm1d, nn.BatchNorm2d,
-                nn.BatchNorm3d, nn.InstanceNorm2d, nn.MaxPool2d, nn.AvgPool1d,
-                nn.AdaptiveAvgPool2d, nn.LeakyReLU, nn.LSTM, nn.GRU, nn.RNN,
-                nn.MultiheadAttention):
+    for cls in (
+        nn.Linear,
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.Conv3d,
+        nn.ConvTranspose1d,
+        nn.ConvTranspose2d,
+        nn.ConvTranspose3d,
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.BatchNorm3d,
+        nn.InstanceNorm2d,
+        nn.MaxPool2d,
+        nn.AvgPool1d,
+        nn.AdaptiveAvgPool2d,
+        nn.LeakyReLU,
+        nn.LSTM,
+        nn.GRU,
+        nn.RNN,
+        nn.MultiheadAttention,
+    ):
         assert cls in QuantModuleRegistry, cls
     assert QuantModuleRegistry.get_name(nn.BatchNorm2d) == "nn.BatchNorm2d"
     assert nn.ReLU not in QuantModuleRegistry
